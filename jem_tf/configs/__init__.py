@@ -1,0 +1,23 @@
+"""Experiment presets: each returns a validated `TrainConfig`; flags then override fields."""
+
+import functools
+
+from jem_tf.configs import paper, quick
+from jem_tf.configs.base import TrainConfig, incompatible_fields
+
+PRESETS = {
+    "paper": paper.get_config,
+    "svhn": functools.partial(paper.get_config, "svhn"),
+    "cifar10": functools.partial(paper.get_config, "cifar10"),
+    "cifar100": functools.partial(paper.get_config, "cifar100"),
+    "quick": quick.get_config,
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"--preset={name!r} is unknown; choose one of {sorted(PRESETS)}.")
+    return PRESETS[name]().validate()
+
+
+__all__ = ["PRESETS", "TrainConfig", "get_preset", "incompatible_fields"]

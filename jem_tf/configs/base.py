@@ -1,0 +1,153 @@
+"""The training configuration: one dataclass whose defaults are the paper's Table 4."""
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+OBJECTIVES = ("jem", "classifier")
+STRATEGIES = ("auto", "default", "mirrored")
+AUGMENTATIONS = ("none", "crop", "crop_flip")
+
+# Settings that define what a checkpoint *is*; resuming a workdir with any of them changed would
+# silently mix two different runs, so it is refused.
+RESUME_INVARIANT_FIELDS = (
+    "dataset",
+    "objective",
+    "depth",
+    "width",
+    "norm",
+    "activation",
+    "dropout_rate",
+    "buffer_size",
+    "batch_size",
+    "seed",
+)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a training run. Defaults reproduce Grathwohl et al. (2020), Table 4."""
+
+    preset: str = "paper"
+    dataset: str = "cifar10"
+    data_dir: Optional[str] = None
+    workdir: str = "runs/jem"
+    objective: str = "jem"
+    # WRN-28-10 without normalisation (the paper removes batch norm).
+    depth: int = 28
+    width: int = 10
+    norm: str = "none"
+    activation: str = "leaky_relu"
+    dropout_rate: float = 0.0
+    # Optimisation: Adam 1e-4, 150 epochs, x0.3 at epochs 50 and 100, batch 64.
+    batch_size: int = 64
+    epochs: int = 150
+    learning_rate: float = 1e-4
+    lr_decay_epochs: tuple = (50, 100)
+    lr_decay_rate: float = 0.3
+    # Linear warm-up used by the reference code's published command (--warmup_iters 1000).
+    warmup_steps: int = 1000
+    # SGLD and persistent chains.
+    sgld_steps: int = 20
+    sgld_step_size: float = 1.0
+    sgld_noise: float = 0.01
+    buffer_size: int = 10000
+    reinit_freq: float = 0.05
+    # Data: scale to [-1, 1] and add N(0, 0.03) noise; augmentation None = the dataset's default.
+    data_noise: float = 0.03
+    augmentation: Optional[str] = None
+    validation_fraction: float = 0.1
+    # Loss weights: L = xent + p_x_weight * L_gen(x) + p_xy_weight * L_gen(x, y).
+    p_x_weight: float = 1.0
+    p_xy_weight: float = 0.0
+    # Execution.
+    strategy: str = "auto"
+    seed: int = 0
+    max_steps: Optional[int] = None
+    jit_compile: bool = False
+    # Bookkeeping.
+    checkpoint_every_steps: int = 1000
+    keep_checkpoints: int = 3
+    summary_every_steps: int = 100
+    sample_every_steps: int = 1000
+    # The reference aborts when |L_gen| exceeds 1e8.
+    max_abs_generative_loss: float = 1e8
+    export: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Raises ValueError naming the first bad setting and what would be accepted."""
+
+        def check(condition, name, expected):
+            if not condition:
+                raise ValueError(f"--{name}={getattr(self, name)!r} is invalid: expected {expected}.")
+
+        check(self.objective in OBJECTIVES, "objective", f"one of {OBJECTIVES}")
+        check(self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}")
+        check(self.augmentation is None or self.augmentation in AUGMENTATIONS, "augmentation",
+              f"one of {AUGMENTATIONS}")
+        check(self.depth >= 10 and (self.depth - 4) % 6 == 0, "depth", "6n+4 with n >= 1 (10, 16, 22, 28, ...)")
+        check(self.width >= 1, "width", "a positive integer")
+        check(self.norm in ("none", "batch", "group"), "norm", "one of ('none', 'batch', 'group')")
+        check(self.activation in ("leaky_relu", "swish"), "activation", "one of ('leaky_relu', 'swish')")
+        check(0.0 <= self.dropout_rate < 1.0, "dropout_rate", "a value in [0, 1)")
+        check(self.batch_size >= 1, "batch_size", "a positive integer (the global batch)")
+        check(self.epochs >= 1, "epochs", "a positive integer")
+        check(self.learning_rate > 0, "learning_rate", "a positive number")
+        check(0 < self.lr_decay_rate <= 1, "lr_decay_rate", "a value in (0, 1]")
+        check(self.warmup_steps >= 0, "warmup_steps", "a non-negative integer")
+        check(self.sgld_steps >= 0, "sgld_steps", "a non-negative integer")
+        check(self.sgld_step_size >= 0, "sgld_step_size", "a non-negative number")
+        check(self.sgld_noise >= 0, "sgld_noise", "a non-negative number")
+        check(self.buffer_size >= 1, "buffer_size", "a positive integer")
+        check(0.0 <= self.reinit_freq <= 1.0, "reinit_freq", "a probability in [0, 1]")
+        check(self.data_noise >= 0, "data_noise", "a non-negative number")
+        check(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "a value in [0, 1)")
+        check(self.p_x_weight >= 0, "p_x_weight", "a non-negative number")
+        check(self.p_xy_weight >= 0, "p_xy_weight", "a non-negative number")
+        check(self.max_steps is None or self.max_steps >= 1, "max_steps", "a positive integer or unset")
+        check(self.checkpoint_every_steps >= 1, "checkpoint_every_steps", "a positive integer")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", "a positive integer")
+        check(self.summary_every_steps >= 1, "summary_every_steps", "a positive integer")
+        check(self.sample_every_steps >= 1, "sample_every_steps", "a positive integer")
+        check(self.max_abs_generative_loss > 0, "max_abs_generative_loss", "a positive number")
+        if self.objective == "jem":
+            check(self.batch_size <= self.buffer_size, "buffer_size",
+                  f"at least the batch size ({self.batch_size}) so a batch of chains fits")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown config keys {unknown}; known keys are {sorted(known)}.")
+        values = dict(values)
+        if "lr_decay_epochs" in values:
+            values["lr_decay_epochs"] = tuple(values["lr_decay_epochs"])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str) -> "TrainConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def incompatible_fields(saved: TrainConfig, requested: TrainConfig) -> list:
+    """The resume-invariant settings that differ, as 'name: saved -> requested' strings."""
+    return [
+        f"{name}: {getattr(saved, name)!r} -> {getattr(requested, name)!r}"
+        for name in RESUME_INVARIANT_FIELDS
+        if getattr(saved, name) != getattr(requested, name)
+    ]
+
+
+def write_json_atomically(path: str, payload: str) -> None:
+    """Writes via a temporary file and rename, so a crash never leaves half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(payload)
+    os.replace(tmp, path)

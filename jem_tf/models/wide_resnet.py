@@ -1,0 +1,183 @@
+"""Wide residual network (Zagoruyko & Komodakis, 2016) as used by JEM.
+
+Pre-activation blocks; normalisation is optional because the paper removes batch norm so that the
+logits, and therefore the energy, are a deterministic function of the input.
+"""
+
+import math
+
+import keras
+
+NORMALIZATIONS = ("none", "batch", "group")
+ACTIVATIONS = ("leaky_relu", "swish")
+MIN_INPUT_SIZE = 8
+# The reference code's LeakyReLU slope.
+LEAKY_RELU_SLOPE = 0.2
+
+
+def _conv(filters, kernel_size, strides=1, name=None):
+    # PyTorch's default conv initialisation (uniform, bound 1/sqrt(fan_in)), which the reference
+    # JEM trains with; Keras' glorot default changes the early energy landscape.
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=True,
+        kernel_initializer=keras.initializers.VarianceScaling(
+            scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+        ),
+        name=name,
+    )
+
+
+def _norm(kind, channels, name):
+    if kind == "none":
+        return None
+    if kind == "batch":
+        return keras.layers.BatchNormalization(momentum=0.9, name=name)
+    return keras.layers.GroupNormalization(groups=math.gcd(channels, 32), name=name)
+
+
+def _activation(kind):
+    if kind == "leaky_relu":
+        return keras.layers.LeakyReLU(negative_slope=LEAKY_RELU_SLOPE)
+    return keras.layers.Activation("swish")
+
+
+class WideBasicBlock(keras.layers.Layer):
+    """norm -> act -> conv3x3 -> dropout -> norm -> act -> conv3x3(stride), plus a shortcut."""
+
+    def __init__(self, filters, strides, norm, activation, dropout_rate, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.strides = strides
+        self.norm1 = _norm(norm, filters, "norm1")  # channel count only matters for 'group'
+        self.act1 = _activation(activation)
+        self.conv1 = _conv(filters, 3, name="conv1")
+        self.dropout = keras.layers.Dropout(dropout_rate) if dropout_rate > 0 else None
+        self.norm2 = _norm(norm, filters, "norm2")
+        self.act2 = _activation(activation)
+        self.conv2 = _conv(filters, 3, strides=strides, name="conv2")
+        self._norm_kind = norm
+        self.shortcut = None
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if self._norm_kind == "group" and self.norm1 is not None:
+            self.norm1 = _norm("group", in_channels, "norm1")
+        if self.strides != 1 or in_channels != self.filters:
+            self.shortcut = _conv(self.filters, 1, strides=self.strides, name="shortcut")
+
+    def call(self, x, training=False):
+        out = self.norm1(x, training=training) if self.norm1 is not None else x
+        out = self.conv1(self.act1(out))
+        if self.dropout is not None:
+            out = self.dropout(out, training=training)
+        if self.norm2 is not None:
+            out = self.norm2(out, training=training)
+        out = self.conv2(self.act2(out))
+        residual = self.shortcut(x) if self.shortcut is not None else x
+        return out + residual
+
+
+class WideResNet(keras.Model):
+    """WRN-depth-width classifier returning logits f(x) of shape [batch, num_classes].
+
+    Args:
+      depth: 6n+4 (10, 16, 22, 28, ...).
+      width: widening factor k; stages have 16k, 32k and 64k channels.
+      num_classes: K, the number of logits.
+      norm: 'none' (the paper), 'batch' or 'group'.
+      activation: 'leaky_relu' (slope 0.2, the reference code) or 'swish'.
+      dropout_rate: dropout between the two convolutions of each block, in [0, 1).
+    """
+
+    def __init__(
+        self,
+        depth=28,
+        width=10,
+        num_classes=10,
+        norm="none",
+        activation="leaky_relu",
+        dropout_rate=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+            raise ValueError(
+                f"WideResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...); received depth={depth!r}."
+            )
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"WideResNet width must be a positive integer; received width={width!r}.")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2; received num_classes={num_classes!r}.")
+        if norm not in NORMALIZATIONS:
+            raise ValueError(f"norm must be one of {NORMALIZATIONS}; received norm={norm!r}.")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}; received activation={activation!r}.")
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1); received dropout_rate={dropout_rate!r}.")
+        self.depth = depth
+        self.width = width
+        self.num_classes = num_classes
+        self.norm = norm
+        self.activation = activation
+        self.dropout_rate = dropout_rate
+
+        blocks_per_stage = (depth - 4) // 6
+        self.stem = _conv(16, 3, name="stem")
+        self.blocks = []
+        for stage, (filters, strides) in enumerate(((16 * width, 1), (32 * width, 2), (64 * width, 2))):
+            for index in range(blocks_per_stage):
+                self.blocks.append(
+                    WideBasicBlock(
+                        filters,
+                        strides if index == 0 else 1,
+                        norm,
+                        activation,
+                        dropout_rate,
+                        name=f"stage{stage + 1}_block{index + 1}",
+                    )
+                )
+        self.final_norm = _norm(norm, 64 * width, "final_norm")
+        self.final_act = _activation(activation)
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.classifier = keras.layers.Dense(num_classes, name="logits")
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"WideResNet expects images [batch, H, W, C]; received shape {tuple(input_shape)}.")
+        height, width, channels = input_shape[1], input_shape[2], input_shape[3]
+        if (height is not None and height < MIN_INPUT_SIZE) or (width is not None and width < MIN_INPUT_SIZE):
+            raise ValueError(
+                f"WideResNet needs images of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}; received {height}x{width}."
+            )
+        if channels is None:
+            raise ValueError("WideResNet needs a known channel count; received None.")
+        self.input_image_shape = (height, width, channels)
+        # A symbolic call creates every sublayer's weights now, so weights can be set or restored
+        # before the first real batch.
+        self.compute_output_spec(keras.KerasTensor((1, height, width, channels)))
+        super().build(input_shape)
+
+    def call(self, images, training=False):
+        out = self.stem(images)
+        for block in self.blocks:
+            out = block(out, training=training)
+        if self.final_norm is not None:
+            out = self.final_norm(out, training=training)
+        out = self.pool(self.final_act(out))
+        return self.classifier(out)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            depth=self.depth,
+            width=self.width,
+            num_classes=self.num_classes,
+            norm=self.norm,
+            activation=self.activation,
+            dropout_rate=self.dropout_rate,
+        )
+        return config

@@ -1,0 +1,1 @@
+"""Keras models that own a train_step (JEM, the classifier baseline) and the loop around them."""

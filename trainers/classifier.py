@@ -1,0 +1,90 @@
+"""The plain classifier baseline: the same WideResNet trained on cross-entropy only.
+
+`Classifier` holds what every objective shares (cross-entropy, accuracy, replica-scaled
+gradients, `test_step`); `trainers.jem.JEM` adds the generative term.
+"""
+
+import keras
+import tensorflow as tf
+
+from jem_tf import energy
+from jem_tf.models import WideResNet
+
+
+def num_replicas() -> int:
+    context = tf.distribute.get_replica_context()
+    return context.num_replicas_in_sync if context is not None else 1
+
+
+class Classifier(WideResNet):
+    """WideResNet with a cross-entropy `train_step`.
+
+    `train_step` returns this step's values (not running means) so the training loop can log them
+    and watch for divergence; the running means live in `self.metrics`.
+    """
+
+    def __init__(self, *args, seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed = int(seed)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.xent_tracker = keras.metrics.Mean(name="xent")
+        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.xent_tracker, self.accuracy_tracker]
+
+    def step_seed(self) -> tf.Tensor:
+        """Stateless seed [2] for this optimizer step: (config seed, step). Resuming from a
+        checkpoint restores the step, so a resumed run draws the same numbers."""
+        return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+
+    def objective_terms(self, images, labels):
+        """Returns (loss, dict of this step's logged values); called under the gradient tape."""
+        logits = self(images, training=True)
+        xent = tf.reduce_mean(energy.cross_entropy(logits, labels))
+        self.accuracy_tracker.update_state(labels, logits)
+        return xent, {"xent": xent, "accuracy": self._batch_accuracy(logits, labels)}
+
+    def train_step(self, data):
+        images, labels = data
+        with tf.GradientTape() as tape:
+            loss, logs = self.objective_terms(images, labels)
+            if self.losses:
+                loss = loss + tf.add_n(self.losses)
+            # The optimizer sums gradients over replicas; scale like Keras scales its own losses.
+            scaled_loss = loss / num_replicas()
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        self.after_update()
+        self.loss_tracker.update_state(loss)
+        self.xent_tracker.update_state(logs["xent"])
+        return {"loss": loss, **logs}
+
+    def after_update(self):
+        """Hook for state updated after the weights (the JEM replay buffer)."""
+
+    def test_step(self, data):
+        images, labels = data
+        logits = self(images, training=False)
+        xent = tf.reduce_mean(energy.cross_entropy(logits, labels))
+        self.xent_tracker.update_state(xent)
+        self.accuracy_tracker.update_state(labels, logits)
+        return {"xent": self.xent_tracker.result(), "accuracy": self.accuracy_tracker.result()}
+
+    @staticmethod
+    def _batch_accuracy(logits, labels):
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return tf.reduce_mean(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
+
+    def to_wide_resnet(self) -> WideResNet:
+        """A plain WideResNet with this model's weights and none of its training state (no replay
+        buffer, no optimizer), e.g. for export."""
+        network = WideResNet(**self.network_config())
+        network.build((None,) + self.input_image_shape)
+        network.set_weights(self.get_weights())
+        return network
+
+    def network_config(self) -> dict:
+        return dict(depth=self.depth, width=self.width, num_classes=self.num_classes, norm=self.norm,
+                    activation=self.activation, dropout_rate=self.dropout_rate)
