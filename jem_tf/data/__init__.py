@@ -1,0 +1,22 @@
+"""Data layer: offline dataset sources (`load`) and the batching pipeline (`make_batches`).
+
+    data = load("cifar10", data_dir="/data/tensorflow_datasets")
+    for images, labels in make_batches(data.train, 64, training=True,
+                                       augmentation=data.augmentation, data_noise=0.03,
+                                       seed=1, epoch=0):
+        ...  # images: float32 [64, 32, 32, 3] in [-1, 1]; labels: int32 [64]
+"""
+
+from jem_tf.data.pipeline import AUGMENTATIONS, crop_padding, make_batches, to_model_range
+from jem_tf.data.sources import DATASETS, DatasetUnavailableError, ImageData, load
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASETS",
+    "DatasetUnavailableError",
+    "ImageData",
+    "crop_padding",
+    "load",
+    "make_batches",
+    "to_model_range",
+]
