@@ -76,7 +76,8 @@ def log_density_and_score(log_density_fn: LogDensityFn,
         tape.watch(images)
         log_density = log_density_fn(images)
         total = tf.reduce_sum(log_density)
-    return log_density, tape.gradient(total, images)
+    # A density that ignores its input has a zero score, not None.
+    return log_density, tape.gradient(total, images, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def score_norm(score: tf.Tensor) -> tf.Tensor:

@@ -40,29 +40,33 @@ class Classifier(WideResNet):
         return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
 
     def objective_terms(self, images, labels):
-        """Returns (loss, dict of this step's logged values); called under the gradient tape."""
+        """Returns (loss, this step's logged values, pending state updates for `after_update`).
+
+        Called under the gradient tape. Nothing is stashed on `self`: under MirroredStrategy every
+        replica runs this concurrently on the same Python object.
+        """
         logits = self(images, training=True)
         xent = tf.reduce_mean(energy.cross_entropy(logits, labels))
         self.accuracy_tracker.update_state(labels, logits)
-        return xent, {"xent": xent, "accuracy": self._batch_accuracy(logits, labels)}
+        return xent, {"xent": xent, "accuracy": self._batch_accuracy(logits, labels)}, ()
 
     def train_step(self, data):
         images, labels = data
         with tf.GradientTape() as tape:
-            loss, logs = self.objective_terms(images, labels)
+            loss, logs, pending_updates = self.objective_terms(images, labels)
             if self.losses:
                 loss = loss + tf.add_n(self.losses)
             # The optimizer sums gradients over replicas; scale like Keras scales its own losses.
             scaled_loss = loss / num_replicas()
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        self.after_update()
+        self.after_update(pending_updates)
         self.loss_tracker.update_state(loss)
         self.xent_tracker.update_state(logs["xent"])
         return {"loss": loss, **logs}
 
-    def after_update(self):
-        """Hook for state updated after the weights (the JEM replay buffer)."""
+    def after_update(self, pending_updates):
+        """Applies state updates that follow the weight update (the JEM replay buffer)."""
 
     def test_step(self, data):
         images, labels = data

@@ -48,7 +48,6 @@ class JEM(Classifier):
         self.generative_loss_tracker = keras.metrics.Mean(name="generative_loss")
         self.log_px_data_tracker = keras.metrics.Mean(name="log_px_data")
         self.log_px_samples_tracker = keras.metrics.Mean(name="log_px_samples")
-        self._pending_writes = []
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -94,15 +93,15 @@ class JEM(Classifier):
             tf.random.experimental.stateless_split(self.step_seed(), 2)
         )
         batches = [images]
-        self._pending_writes = []
+        pending_writes = []
         if self.p_x_weight > 0:
             samples, slots = self.sample_chains(local_batch, unconditional_seed)
             batches.append(samples)
-            self._pending_writes.append((slots, samples))
+            pending_writes.append((slots, samples))
         if self.p_xy_weight > 0:
             conditional_samples, conditional_slots = self.sample_chains(local_batch, conditional_seed, labels)
             batches.append(conditional_samples)
-            self._pending_writes.append((conditional_slots, conditional_samples))
+            pending_writes.append((conditional_slots, conditional_samples))
 
         # One forward pass over data and samples: larger batches run faster than several small ones.
         all_logits = tf.split(self(tf.concat(batches, axis=0), training=True), len(batches), axis=0)
@@ -126,13 +125,12 @@ class JEM(Classifier):
         self.log_px_data_tracker.update_state(log_px_data)
         if "log_px_samples" in logs:
             self.log_px_samples_tracker.update_state(logs["log_px_samples"])
-        return xent + generative_loss, logs
+        return xent + generative_loss, logs, pending_writes
 
-    def after_update(self):
+    def after_update(self, pending_updates):
         # Chains go back to their slots after the weight update, as in Algorithm 1 (line 11).
-        for slots, samples in self._pending_writes:
+        for slots, samples in pending_updates:
             self.replay_buffer.write(slots, samples)
-        self._pending_writes = []
 
     def get_config(self):
         config = super().get_config()

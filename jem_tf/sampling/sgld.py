@@ -56,9 +56,8 @@ def sgld_sample(
 
     def body(step, images):
         _, score = energy.log_density_and_score(log_density_fn, images)
-        noise = tf.random.stateless_normal(
-            noise_shape, seed=tf.random.experimental.stateless_fold_in(seed, step)
-        )
+        # Deterministic given (seed, step); XLA-compiled and plain kernels draw different streams.
+        noise = tf.random.stateless_normal(noise_shape, seed=tf.random.experimental.stateless_fold_in(seed, step))
         noise = noise[noise_batch_offset : noise_batch_offset + local_batch]
         images = images + step_size * score + noise_std * noise
         return step + 1, tf.ensure_shape(images, initial_images.shape)
