@@ -8,6 +8,7 @@ Re-running the same command on the same workdir resumes from the latest checkpoi
 """
 
 import dataclasses
+import os
 import sys
 
 from absl import app, flags, logging
@@ -103,5 +104,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     define_flags()
     app.run(main)

@@ -88,8 +88,10 @@ class _WarmUp(keras.optimizers.schedules.LearningRateSchedule):
         return {"warmup_steps": self.warmup_steps}
 
 
-def _make_checkpoint(model, optimizer):
-    parts = dict(model=model, optimizer=optimizer)
+def _make_checkpoint(model, optimizer=None):
+    parts = dict(model=model)
+    if optimizer is not None:
+        parts["optimizer"] = optimizer
     if isinstance(model, JEM):
         parts["replay_buffer"] = model.replay_buffer
     return tf.train.Checkpoint(**parts)
@@ -118,7 +120,6 @@ def restore_model(workdir: str, checkpoint=None):
     with open(info_path) as f:
         run_info = json.load(f)
     model = build_model(config, run_info["image_shape"], run_info["num_classes"])
-    model.compile(optimizer=keras.optimizers.Adam())
     directory = os.path.join(workdir, CHECKPOINT_DIR)
     if checkpoint is None:
         path = tf.train.latest_checkpoint(directory)
@@ -134,8 +135,8 @@ def restore_model(workdir: str, checkpoint=None):
             f"Checkpoint {path!r} does not exist; available: "
             f"{list(available.all_model_checkpoint_paths) if available else []}."
         )
-    # The optimizer's slots are not needed to evaluate or export.
-    _make_checkpoint(model, model.optimizer).restore(path).expect_partial()
+    # The optimizer's state is not needed to evaluate or export.
+    _make_checkpoint(model).restore(path).expect_partial()
     run_info["checkpoint"] = path
     run_info["global_step"] = int(path.rsplit("-", 1)[-1])
     return model, config, run_info
@@ -166,16 +167,17 @@ class _DivergenceGuard:
             )
 
 
-def _image_grid(images, columns=8):
-    """[n, H, W, C] in [-1, 1] -> one uint8 grid image [1, rows*H, columns*W, C]."""
+def image_grid(images, columns=8, gap=1):
+    """[n, H, W, C] in [-1, 1] -> one uint8 grid image [rows*(H+gap)-gap, columns*(W+gap)-gap, C]."""
     images = np.clip((np.asarray(images) + 1.0) * 127.5, 0, 255).astype(np.uint8)
     n, height, width, channels = images.shape
+    columns = min(columns, n)
     rows = int(np.ceil(n / columns))
-    grid = np.zeros((rows * height, columns * width, channels), np.uint8)
+    grid = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, channels), 255, np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
-    return grid[None]
+        grid[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = image
+    return grid
 
 
 def _prepare_workdir(config: TrainConfig, data) -> bool:
@@ -253,6 +255,8 @@ def train(config: TrainConfig) -> dict:
     resuming = _prepare_workdir(config, data)
     augmentation = config.augmentation or data.augmentation
 
+    # Seeds the weight initialisers (and TF's global seed): two runs with one --seed are one run.
+    keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(config, data.image_shape, data.num_classes)
         optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch))
@@ -277,7 +281,7 @@ def train(config: TrainConfig) -> dict:
         config.objective, config.preset, data.name, config.depth, config.width, total_steps,
         steps_per_epoch, config.batch_size, replicas,
     )
-    progress = keras.utils.Progbar(total_steps, stateful_metrics=["epoch"], unit_name="step")
+    progress = keras.utils.Progbar(total_steps, stateful_metrics=["epoch"], unit_name="step", interval=1.0)
     progress.update(step)
     started = time.time()
     first_step = step
@@ -335,10 +339,10 @@ def train(config: TrainConfig) -> dict:
 def _write_sample_grid(model, workdir, step, count=64):
     """Current persistent chains to TensorBoard and to WORKDIR/samples/step_N.png."""
     count = min(count, model.replay_buffer.size)
-    grid = _image_grid(model.replay_buffer.images[:count].numpy())
-    tf.summary.image("train/sgld_samples", grid)
+    grid = image_grid(model.replay_buffer.images[:count].numpy())
+    tf.summary.image("train/sgld_samples", grid[None])
     os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
-    tf.io.write_file(os.path.join(workdir, SAMPLES_DIR, f"step_{step:07d}.png"), tf.io.encode_png(grid[0]))
+    tf.io.write_file(os.path.join(workdir, SAMPLES_DIR, f"step_{step:07d}.png"), tf.io.encode_png(grid))
 
 
 def _export(workdir, step):

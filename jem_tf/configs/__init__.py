@@ -7,9 +7,9 @@ from jem_tf.configs.base import TrainConfig, incompatible_fields
 
 PRESETS = {
     "paper": paper.get_config,
-    "svhn": functools.partial(paper.get_config, "svhn"),
-    "cifar10": functools.partial(paper.get_config, "cifar10"),
-    "cifar100": functools.partial(paper.get_config, "cifar100"),
+    "svhn": functools.partial(paper.get_config, "svhn", "svhn"),
+    "cifar10": functools.partial(paper.get_config, "cifar10", "cifar10"),
+    "cifar100": functools.partial(paper.get_config, "cifar100", "cifar100"),
     "quick": quick.get_config,
 }
 

@@ -13,6 +13,5 @@ prepared under --data_dir beforehand (nothing is downloaded).
 from jem_tf.configs.base import TrainConfig
 
 
-def get_config(dataset: str = "cifar10") -> TrainConfig:
-    return TrainConfig(preset="paper" if dataset == "cifar10" else dataset, dataset=dataset,
-                       workdir=f"runs/{dataset}")
+def get_config(dataset: str = "cifar10", preset: str = "paper") -> TrainConfig:
+    return TrainConfig(preset=preset, dataset=dataset, workdir=f"runs/{dataset}")

@@ -1,0 +1,146 @@
+"""End to end: the real `python -m jem_tf.train` command, resume after SIGKILL, refusal of bad
+input, the divergence guard, and the paper's tfds code path under mock data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from jem_tf.configs import get_preset
+from trainers import loop
+
+REPO = Path(__file__).resolve().parents[1]
+# WRN-10-1 on digits: the real code path at a size that runs in seconds.
+TINY = ["--preset=quick", "--depth=10", "--width=1", "--buffer_size=100", "--sgld_steps=2", "--batch_size=16",
+        "--export=false", "--summary_every_steps=2", "--sample_every_steps=4"]
+
+
+def run_cli(*flags, check=True, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "jem_tf.train", *flags], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_buffer(workdir):
+    path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    reader = tf.train.load_checkpoint(path)
+    name = next(n for n in reader.get_variable_to_shape_map() if n.startswith("replay_buffer/images"))
+    return reader.get_tensor(name), path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    result = run_cli(*TINY, f"--workdir={workdir}", "--max_steps=12", "--checkpoint_every_steps=3")
+    return workdir, result
+
+
+def test_cli_trains_and_writes_metrics_checkpoints_summaries_samples(uninterrupted):
+    workdir, result = uninterrupted
+    metrics = json.loads(Path(workdir, "metrics.json").read_text())
+    assert metrics["global_step"] == 12 and metrics["objective"] == "jem" and metrics["dataset"] == "digits"
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-12")
+    assert sorted(os.listdir(Path(workdir, "samples")))[-1] == "step_0000012.png"
+    assert any(name.startswith("events") for name in os.listdir(Path(workdir, "tensorboard")))
+    assert "Traceback" not in result.stderr
+
+
+def test_rerunning_a_finished_run_resumes_instead_of_restarting(uninterrupted):
+    workdir, _ = uninterrupted
+    result = run_cli(*TINY, f"--workdir={workdir}", "--max_steps=12", "--checkpoint_every_steps=3")
+    assert "Resumed from" in result.stderr
+    assert json.loads(Path(workdir, "metrics.json").read_text())["steps_this_session"] == 0
+
+
+def test_sigkill_mid_epoch_then_rerun_reaches_the_same_final_state(uninterrupted, tmp_path):
+    reference_workdir, _ = uninterrupted
+    workdir = str(tmp_path / "killed")
+    flags = [*TINY, f"--workdir={workdir}", "--max_steps=12", "--checkpoint_every_steps=3"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    process = subprocess.Popen([sys.executable, "-m", "jem_tf.train", *flags], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = Path(workdir, "checkpoints")
+    deadline = time.time() + 240
+    # Kill as soon as a mid-run checkpoint exists (step 3 of 12; an epoch of digits is 80 steps).
+    while time.time() < deadline and not any(checkpoints.glob("ckpt-*.index")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not Path(workdir, "metrics.json").exists(), "killed too late: the run had already finished"
+    result = run_cli(*flags)
+    assert "Resumed from" in result.stderr
+    metrics = json.loads(Path(workdir, "metrics.json").read_text())
+    assert metrics["global_step"] == 12 and metrics["steps_this_session"] < 12
+    resumed_buffer, _ = read_buffer(workdir)
+    reference_buffer, _ = read_buffer(reference_workdir)
+    # Same data order, same stateless noise keyed by the restored step: the same run.
+    np.testing.assert_allclose(resumed_buffer, reference_buffer, atol=1e-5)
+
+
+def test_incompatible_workdir_is_refused_and_left_untouched(uninterrupted):
+    workdir, _ = uninterrupted
+    before = Path(workdir, "config.json").read_text()
+    result = run_cli(*TINY, f"--workdir={workdir}", "--width=2", check=False)
+    assert result.returncode == 2
+    assert "width: 1 -> 2" in result.stderr and "Traceback" not in result.stderr
+    assert Path(workdir, "config.json").read_text() == before
+
+
+def test_unavailable_dataset_exits_2_with_one_clear_message(tmp_path):
+    result = run_cli("--dataset=svhn", f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'run'}", check=False)
+    assert result.returncode == 2
+    assert "--data_dir" in result.stderr and "svhn" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_flag_value_exits_2_naming_it(tmp_path):
+    result = run_cli("--preset=quick", "--reinit_freq=2", f"--workdir={tmp_path}", check=False)
+    assert result.returncode == 2 and "--reinit_freq=2.0" in result.stderr
+    assert not any(tmp_path.iterdir()), "nothing should be written for a refused run"
+
+
+def test_divergence_stops_cleanly_naming_step_and_last_good_checkpoint(tmp_path):
+    workdir = str(tmp_path / "diverge")
+    run_cli(*TINY, f"--workdir={workdir}", "--max_steps=2", "--checkpoint_every_steps=2")
+    buffer_before, checkpoint = read_buffer(workdir)
+    # A guard threshold no real step satisfies makes step 3 "diverge" deterministically.
+    result = run_cli(*TINY, f"--workdir={workdir}", "--max_steps=4", "--checkpoint_every_steps=1",
+                     "--max_abs_generative_loss=1e-12", check=False)
+    assert result.returncode == 3
+    assert "diverged at step 3" in result.stderr and "ckpt-2" in result.stderr
+    assert "Traceback" not in result.stderr
+    buffer_after, latest = read_buffer(workdir)
+    assert latest == checkpoint
+    np.testing.assert_array_equal(buffer_after, buffer_before)
+
+
+@pytest.mark.parametrize("dataset,num_classes", [("svhn", 10), ("cifar100", 100)])
+def test_paper_datasets_code_path_under_mock_data(tmp_path, dataset, num_classes):
+    config = get_preset(dataset)
+    config.workdir = str(tmp_path)
+    config.depth, config.width, config.buffer_size, config.batch_size = 10, 1, 64, 8
+    config.max_steps, config.sgld_steps, config.export = 2, 2, False
+    with tfds.testing.mock_data(num_examples=40):
+        metrics = loop.train(config)
+    assert metrics["global_step"] == 2 and metrics["dataset"] == dataset
+    model, restored_config, run_info = loop.restore_model(str(tmp_path))
+    assert run_info["image_shape"] == [32, 32, 3] and run_info["num_classes"] == num_classes
+    assert model.replay_buffer.images.shape == (64, 32, 32, 3)
+    assert restored_config.dataset == dataset
+
+
+def test_restore_model_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a jem_tf training workdir"):
+        loop.restore_model(str(tmp_path))
