@@ -130,3 +130,19 @@ def test_two_replicas_match_one_device():
     # Both replicas hold the same buffer, equal to the single device's: no update lost or drifted.
     np.testing.assert_array_equal(two_buffers[0], two_buffers[1])
     np.testing.assert_allclose(two_buffers[0], one_buffer[0], rtol=1e-4, atol=1e-5)
+
+
+def test_xla_compiled_sampler_trains():
+    model = _jem(jit_compile=True)
+    logs = tf.function(model.train_step)((IMAGES, LABELS))
+    assert np.isfinite(float(logs["loss"])) and "log_px_samples" in logs
+
+
+def test_auto_strategy_is_the_default_strategy_without_gpus():
+    from trainers.loop import make_strategy
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("this machine has GPUs")
+    assert make_strategy("auto") is tf.distribute.get_strategy()
+    assert make_strategy("default") is tf.distribute.get_strategy()
+    assert isinstance(make_strategy("mirrored"), tf.distribute.MirroredStrategy)
