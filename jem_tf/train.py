@@ -87,12 +87,16 @@ def config_from_flags(flag_values):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from jem_tf.data import DatasetUnavailableError  # noqa: PLC0415 (imports TensorFlow)
+    from export import savedmodel  # noqa: PLC0415 (imports TensorFlow)
+    from jem_tf.data import DatasetUnavailableError  # noqa: PLC0415
     from trainers import loop  # noqa: PLC0415
+
+    def export_final_checkpoint(workdir, version):
+        return savedmodel.export_run(workdir, output=os.path.join(workdir, "export"), version=version, overwrite=True)
 
     try:
         config = config_from_flags(flags.FLAGS)
-        metrics = loop.train(config)
+        metrics = loop.train(config, exporter=export_final_checkpoint)
     except (ValueError, DatasetUnavailableError, FileNotFoundError) as error:
         logging.error("%s", error)
         sys.exit(2)

@@ -234,8 +234,16 @@ def evaluate_classifier(model, dataset, strategy) -> dict:
     return results
 
 
-def train(config: TrainConfig) -> dict:
-    """Trains (or resumes) the run described by `config`; returns the final metrics."""
+def train(config: TrainConfig, exporter=None) -> dict:
+    """Trains (or resumes) the run described by `config`; returns the final metrics.
+
+    Args:
+      config: the run's settings.
+      exporter: when `config.export` is set, called as `exporter(workdir, version)` after the final
+        checkpoint and returning the export path; the global step is the TF Serving version, so a
+        re-export after resuming never collides. Injected to keep the export package (which
+        restores runs through this module) out of this module's dependencies.
+    """
     config.validate()
     data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction)
     strategy = make_strategy(config.strategy)
@@ -328,8 +336,8 @@ def train(config: TrainConfig) -> dict:
     with writer.as_default(step=step):
         tf.summary.scalar("test/accuracy", test["accuracy"])
     writer.flush()
-    if config.export:
-        metrics["export"] = _export(config.workdir, step)
+    if config.export and exporter is not None:
+        metrics["export"] = exporter(config.workdir, step)
     write_json_atomically(os.path.join(config.workdir, METRICS_FILE), json.dumps(metrics, indent=2))
     logging.info("Finished at step %d: test accuracy %.4f. Metrics in %s.", step, test["accuracy"],
                  os.path.join(config.workdir, METRICS_FILE))
@@ -343,17 +351,6 @@ def _write_sample_grid(model, workdir, step, count=64):
     tf.summary.image("train/sgld_samples", grid[None])
     os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
     tf.io.write_file(os.path.join(workdir, SAMPLES_DIR, f"step_{step:07d}.png"), tf.io.encode_png(grid))
-
-
-def _export(workdir, step):
-    """Exports the final checkpoint as a SavedModel under WORKDIR/export/<step>: the global step
-    is the TF Serving version, so re-exports after resuming never collide."""
-    try:
-        from export import savedmodel  # noqa: PLC0415 (export depends on this module)
-    except ImportError as error:
-        logging.warning("SavedModel export unavailable (%s); the checkpoint is in %s.", error, workdir)
-        return None
-    return savedmodel.export_run(workdir, output=os.path.join(workdir, "export"), version=step, overwrite=True)
 
 
 __all__ = [
