@@ -1,0 +1,102 @@
+"""Inception Score and FID (appendix B) with Keras InceptionV3.
+
+ImageNet weights cannot be downloaded on an offline machine, so the network is built from a local
+weights file (`keras.applications.InceptionV3(weights=PATH)`, the with-top file
+`inception_v3_weights_tf_dim_ordering_tf_kernels.h5`). Without one the evaluation is reported
+unavailable. `weights=None` builds random weights: the scores are then meaningless, which is only
+useful to test the plumbing.
+
+Numbers from Keras' InceptionV3 are not comparable with the paper's (which used the TF1 graph of
+Heusel et al. for FID and Du & Mordatch's code for IS; appendix B discusses how much those differ).
+"""
+
+import os
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from jem_tf import metrics
+from jem_tf.evaluation import common
+
+INCEPTION_SIZE = 299
+# InceptionV3's smallest accepted input.
+MIN_INCEPTION_SIZE = 75
+RANDOM_WEIGHTS = "random"
+
+
+class InceptionModel:
+    """InceptionV3 returning (2048-d pool features for FID, 1000-way probabilities for IS).
+
+    Args:
+      weights: a local .h5 weights path, or None for random weights (plumbing tests only).
+      image_size: network input size; images are resized to it (299 for real evaluations; tests
+        use the minimum, 75, to stay fast).
+    """
+
+    def __init__(self, weights=None, image_size: int = INCEPTION_SIZE):
+        if image_size < MIN_INCEPTION_SIZE:
+            raise ValueError(
+                f"InceptionV3 needs inputs of at least {MIN_INCEPTION_SIZE} pixels; received {image_size}.")
+        if weights is not None and not os.path.exists(weights):
+            raise common.Unavailable(f"InceptionV3 weights file {weights!r} does not exist")
+        self.image_size = int(image_size)
+        self.random_weights = weights is None
+        network = keras.applications.InceptionV3(
+            include_top=True, weights=weights, input_shape=(self.image_size, self.image_size, 3)
+        )
+        self._model = keras.Model(network.input, [network.get_layer("avg_pool").output, network.output])
+        # reduce_retracing: one trace per input image shape, whatever the batch size.
+        self._call = tf.function(lambda images: self._model(self._prepare(images), training=False),
+                                 reduce_retracing=True)
+
+    def _prepare(self, images):
+        if images.shape[-1] == 1:
+            images = tf.tile(images, [1, 1, 1, 3])
+        # Keras' InceptionV3 preprocessing maps [0, 255] to [-1, 1], the model range already; chains
+        # can drift outside it, so clip.
+        images = tf.clip_by_value(images, -1.0, 1.0)
+        return tf.image.resize(images, (self.image_size, self.image_size), method="bilinear")
+
+    def features_and_probabilities(self, images, batch_size: int, description: str, progress: bool = True):
+        outputs = common.map_batches(
+            lambda batch, _: dict(zip(("features", "probabilities"), self._call(batch), strict=True)),
+            images, batch_size, description, progress,
+        )
+        return outputs["features"], outputs["probabilities"]
+
+
+def evaluate_sample_quality(inception: InceptionModel, sample_sets: dict, reference_images, *, batch_size: int = 50,
+                            num_splits: int = 10, progress: bool = True) -> dict:
+    """IS of every sample set and of the reference (real) images; FID of every set to the reference.
+
+    Args:
+      sample_sets: name -> images in [-1, 1].
+      reference_images: real in-distribution images in [-1, 1] (the test subset).
+
+    Returns:
+      `sample_quality/<set>/inception_score`, `.../inception_score_std`, `.../fid`,
+      `.../num_images`, and the same IS keys for `reference`.
+    """
+    results = {"sample_quality/weights": "random (plumbing check only; the numbers are meaningless)"
+               if inception.random_weights else "keras InceptionV3 (ImageNet)"}
+    reference_features, reference_probabilities = inception.features_and_probabilities(
+        reference_images, batch_size, "InceptionV3 on real test images", progress)
+    mean_is, std_is = metrics.inception_score(reference_probabilities, num_splits)
+    results.update({"sample_quality/reference/inception_score": mean_is,
+                    "sample_quality/reference/inception_score_std": std_is,
+                    "sample_quality/reference/num_images": len(reference_features)})
+    for name, images in sample_sets.items():
+        if len(images) < 2:
+            results[f"sample_quality/{name}"] = common.unavailable("fewer than 2 samples")
+            continue
+        features, probabilities = inception.features_and_probabilities(
+            images, batch_size, f"InceptionV3 on samples '{name}'", progress)
+        mean_is, std_is = metrics.inception_score(probabilities, num_splits)
+        fid = metrics.frechet_distance_from_features(features, reference_features)
+        results.update({f"sample_quality/{name}/inception_score": mean_is,
+                        f"sample_quality/{name}/inception_score_std": std_is,
+                        f"sample_quality/{name}/fid": fid,
+                        f"sample_quality/{name}/num_images": len(features)})
+        logging.info("Sample quality of %s: IS %.3f +- %.3f, FID %.2f.", name, mean_is, std_is, fid)
+    return results
