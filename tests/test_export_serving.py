@@ -1,0 +1,392 @@
+"""Proof of servability, out of process: the export is loaded and served by
+
+  * a fresh Python process that imports only TensorFlow (importing Keras fails in it),
+  * `saved_model_cli show --all` and `saved_model_cli run` on every signature,
+  * the C++ SavedModel loader and Session::Run, driven like TF Serving's Predict handler
+    (export/serving_check), including every malformed request the signatures must refuse,
+  * the tensorflow-serving-api client, against the SignatureDefs and a local gRPC server,
+
+and everything it returns matches the in-memory model (`export.reference`).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent import futures
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export import client, reference, savedmodel, serving_check
+from export import signatures as sig
+from jem_tf.models import WideResNet
+
+# A colour model, so the byte path's RGB decoding is exercised too.
+IMAGE_SHAPE = (16, 16, 3)
+NUM_CLASSES = 10
+OOD_THRESHOLD = 2.3
+BATCH_SIZES = (1, 4)
+REFINE = {sig.STEPS: 3, sig.STEP_SIZE: 1.0, sig.NOISE_STD: 0.01, sig.SEED: [11, 12]}
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Loading and running are compared with the in-memory model at these tolerances: the graphs are
+# the same ops, but grappler may fuse them differently from eager execution.
+RTOL = ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def network():
+    keras.utils.set_random_seed(3)
+    network = WideResNet(10, 1, NUM_CLASSES)
+    network.build((None, *IMAGE_SHAPE))
+    return network
+
+
+@pytest.fixture(scope="module")
+def export_dir(network, tmp_path_factory):
+    return savedmodel.export_model(network, tmp_path_factory.mktemp("serving"), 1, max_refine_steps=20,
+                                   ood_threshold=OOD_THRESHOLD)
+
+
+def inputs_for(name, batch_size, seed=0):
+    inputs = serving_check.valid_inputs(name, IMAGE_SHAPE, batch_size, seed)
+    if sig.contract_for(name).name == sig.REFINE_THEN_CLASSIFY:
+        inputs.update(REFINE)
+    return inputs
+
+
+def assert_matches_reference(network, name, inputs, outputs, where):
+    want = reference.expected_outputs(network, name, inputs, OOD_THRESHOLD)
+    assert set(outputs) == set(want), where
+    for key, value in want.items():
+        np.testing.assert_allclose(outputs[key], value, rtol=RTOL, atol=ATOL, err_msg=f"{where}: {name}.{key}")
+
+
+def subprocess_env():
+    python_path = os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=python_path)
+    return env
+
+
+# -- a fresh process with TensorFlow only ------------------------------------------------------
+
+KERAS_FREE_SCRIPT = textwrap.dedent("""
+    import json, sys
+
+    # Keras must not be needed to serve: make every import of it fail.
+    for name in ("keras", "tf_keras"):
+        sys.modules[name] = None
+    try:
+        import keras  # noqa: F401
+        raise SystemExit("keras imported although blocked")
+    except ImportError:
+        pass
+
+    import numpy as np
+    import tensorflow as tf
+
+    export_dir, work_dir = sys.argv[1], sys.argv[2]
+    with open(f"{work_dir}/requests.json") as f:
+        requests = json.load(f)
+    arrays = np.load(f"{work_dir}/inputs.npz")
+    loaded = tf.saved_model.load(export_dir)
+    results = {}
+    for request in requests:
+        inputs = {}
+        for key, spec in request["inputs"].items():
+            if spec["kind"] == "files":
+                inputs[key] = tf.constant([open(path, "rb").read() for path in spec["paths"]])
+            else:
+                inputs[key] = tf.constant(arrays[spec["array"]])
+        outputs = loaded.signatures[request["signature"]](**inputs)
+        for key, value in outputs.items():
+            results[request["id"] + "/" + key] = value.numpy()
+    np.savez(f"{work_dir}/outputs.npz", **results)
+    loaded_keras = sorted(
+        m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in ("keras", "tf_keras"))
+    print(json.dumps({"keras_modules": loaded_keras}))
+""")
+
+
+def test_tensorflow_only_process_serves_every_signature_like_the_in_memory_model(network, export_dir, tmp_path):
+    requests, arrays, expected = [], {}, {}
+    for batch_size in BATCH_SIZES:
+        for name in sig.ALL_SIGNATURE_NAMES:
+            request_id = f"{name}_{batch_size}"
+            inputs = inputs_for(name, batch_size, seed=batch_size)
+            specs = {}
+            for key, value in inputs.items():
+                if key == sig.IMAGE_BYTES:
+                    paths = []
+                    for index, data in enumerate(value):
+                        paths.append(str(tmp_path / f"{request_id}_{index}.png"))
+                        with open(paths[-1], "wb") as f:
+                            f.write(data)
+                    specs[key] = {"kind": "files", "paths": paths}
+                else:
+                    dtype = sig.contract_for(name).input(key).dtype
+                    arrays[f"{request_id}_{key}"] = np.asarray(value, dtype)
+                    specs[key] = {"kind": "array", "array": f"{request_id}_{key}"}
+            requests.append({"id": request_id, "signature": name, "inputs": specs})
+            expected[request_id] = (name, inputs)
+    with open(tmp_path / "requests.json", "w") as f:
+        json.dump(requests, f)
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    script = tmp_path / "serve.py"
+    script.write_text(KERAS_FREE_SCRIPT)
+
+    result = subprocess.run([sys.executable, str(script), export_dir, str(tmp_path)], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=300, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"keras_modules": []}
+    outputs = np.load(tmp_path / "outputs.npz")
+    for request_id, (name, inputs) in expected.items():
+        got = {key.split("/", 1)[1]: outputs[key] for key in outputs.files if key.startswith(request_id + "/")}
+        assert_matches_reference(network, name, inputs, got, f"tensorflow-only process, {request_id}")
+
+
+# -- saved_model_cli ----------------------------------------------------------------------------
+
+
+def test_saved_model_cli_shows_every_signature(export_dir):
+    result = subprocess.run(["saved_model_cli", "show", "--dir", export_dir, "--all"], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in sig.ALL_SIGNATURE_NAMES:
+        assert f"signature_def['{name}']" in result.stdout
+    assert "shape: (-1, 16, 16, 3)" in result.stdout
+    assert "Method name is: tensorflow/serving/predict" in result.stdout
+
+
+def test_saved_model_cli_runs_every_signature(network, export_dir, tmp_path):
+    runs = {}
+    for name in sig.ALL_SIGNATURE_NAMES:
+        inputs = inputs_for(name, 2, seed=7)
+        files, literals = [], []
+        for key, value in inputs.items():
+            if key in (sig.IMAGES, sig.IMAGE_BYTES):
+                path = tmp_path / f"{name}_{key}.npy"
+                array = np.array(value, dtype=object) if key == sig.IMAGE_BYTES else np.asarray(value, np.float32)
+                np.save(path, array, allow_pickle=True)
+                files.append(f"{key}={path}")
+            else:
+                literals.append(f"{key}={json.dumps(value)}")
+        outdir = tmp_path / f"out_{name}"
+        command = ["saved_model_cli", "run", "--dir", export_dir, "--tag_set", "serve", "--signature_def", name,
+                   "--inputs", ";".join(files), "--outdir", str(outdir)]
+        if literals:
+            command += ["--input_exprs", ";".join(literals)]
+        # Concurrently: each run is mostly TensorFlow's import time.
+        runs[name] = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       env=subprocess_env()), inputs, outdir)
+    for name, (process, inputs, outdir) in runs.items():
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, f"saved_model_cli run {name}: {stderr[-3000:]}"
+        outputs = {file[:-4]: np.load(outdir / file) for file in os.listdir(outdir)}
+        assert_matches_reference(network, name, inputs, outputs, "saved_model_cli run")
+
+
+# -- the C++ loader, as TF Serving runs it ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checker_binary():
+    if serving_check.find_compiler() is None:
+        pytest.skip("No C++ compiler ($CXX, c++, g++ or clang++) to build export/serving_check; the C++ "
+                    "serving proof cannot run on this machine.")
+    return serving_check.build()
+
+
+def test_cpp_loader_serves_every_signature_and_refuses_every_bad_input(network, export_dir, checker_binary,
+                                                                       tmp_path):
+    del checker_binary  # built (and cached) by the fixture; check_export finds it
+    result, cases, paths = serving_check.check_export(export_dir, str(tmp_path), bad_inputs=True,
+                                                      batch_sizes=BATCH_SIZES)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "ALL PASSED" in result.stdout
+    bad = [case for case in cases if case.expected_error]
+    assert len(bad) >= 20 and all(case.expected_error[0] == "INVALID_ARGUMENT" for case in bad)
+    # What the C++ session returned equals the in-memory model.
+    checked = 0
+    for case, path in zip(cases, paths, strict=True):
+        if case.expected_error:
+            continue
+        name = case.request.model_spec.signature_name
+        inputs = {key: tf.make_ndarray(proto) for key, proto in case.request.inputs.items()}
+        if sig.IMAGE_BYTES in inputs:
+            inputs[sig.IMAGE_BYTES] = list(inputs[sig.IMAGE_BYTES])
+        assert_matches_reference(network, name, inputs, serving_check.read_response(path), f"C++ {case.name}")
+        checked += 1
+    assert checked == len(sig.ALL_SIGNATURE_NAMES) * len(BATCH_SIZES)
+
+
+def test_cpp_check_fails_when_a_signature_is_not_served(export_dir, checker_binary, tmp_path):
+    cases = serving_check.valid_cases({sig.CLASSIFY: None}, IMAGE_SHAPE, batch_sizes=(1,))
+    result = serving_check.run(checker_binary, export_dir, serving_check.write_cases(cases, str(tmp_path)))
+    assert result.returncode == 1
+    assert f"FAIL signature {sig.ENERGY} answered no request" in result.stdout
+
+
+def test_cpp_check_fails_on_an_unexpected_refusal_and_a_missing_export(export_dir, checker_binary, tmp_path):
+    bad = serving_check.bad_input_cases(IMAGE_SHAPE, 20)[0]
+    bad.expected_error = None  # now it is expected to succeed, and must be reported as a failure
+    result = serving_check.run(checker_binary, export_dir, serving_check.write_cases([bad], str(tmp_path)))
+    assert result.returncode == 1 and f"FAIL {tmp_path}/{bad.name}.request: INVALID_ARGUMENT" in result.stdout
+    result = serving_check.run(checker_binary, str(tmp_path / "missing"), [])
+    assert result.returncode == 2  # usage: no request files
+    result = serving_check.run(checker_binary, str(tmp_path / "missing"), ["x.request"])
+    assert result.returncode == 1 and "FAIL load" in result.stdout
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+
+def test_client_requests_fit_the_exported_signature_defs(export_dir):
+    defs = client.signature_defs_from_export(export_dir)
+    for name in sig.ALL_SIGNATURE_NAMES:
+        for batch_size in BATCH_SIZES:
+            client.check_request(client.build_request(name, inputs_for(name, batch_size)), defs)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.inputs.pop(sig.STEPS), "takes inputs"),
+    (lambda r: r.inputs[sig.IMAGES].CopyFrom(tf.make_tensor_proto(np.zeros((1, 8, 8, 3), np.float32))), "shape"),
+    (lambda r: r.inputs[sig.STEPS].CopyFrom(tf.make_tensor_proto(np.float32(2))), "must be int32"),
+    (lambda r: setattr(r.model_spec, "signature_name", "nope"), "no signature"),
+    (lambda r: r.output_filter.append("nope"), "no outputs"),
+])
+def test_client_refuses_requests_that_do_not_fit(export_dir, change, message):
+    defs = client.signature_defs_from_export(export_dir)
+    request = client.build_request(sig.REFINE_THEN_CLASSIFY, inputs_for(sig.REFINE_THEN_CLASSIFY, 1))
+    change(request)
+    with pytest.raises(client.RequestMismatchError, match=message):
+        client.check_request(request, defs)
+
+
+def test_build_request_refuses_wrong_keys():
+    with pytest.raises(client.RequestMismatchError, match="takes inputs"):
+        client.build_request(sig.CLASSIFY, {"image": np.zeros((1, *IMAGE_SHAPE))})
+
+
+def test_rest_body_is_the_columnar_format_with_base64_bytes():
+    body = client.rest_body(sig.CLASSIFY_IMAGE_BYTES, {sig.IMAGE_BYTES: [b"\x89PNG"]})
+    assert body == {"signature_name": sig.CLASSIFY_IMAGE_BYTES, "inputs": {sig.IMAGE_BYTES: [{"b64": "iVBORw=="}]}}
+    body = client.rest_body(sig.REFINE_THEN_CLASSIFY, inputs_for(sig.REFINE_THEN_CLASSIFY, 1))
+    assert body["inputs"][sig.STEPS] == 3 and body["inputs"][sig.SEED] == [11, 12]
+    assert np.asarray(body["inputs"][sig.IMAGES]).shape == (1, *IMAGE_SHAPE)
+    json.dumps(body)
+
+
+class _InProcessServer:
+    """A stand-in for TF Serving's gRPC API (Predict, GetModelMetadata) over the reloaded export,
+    to test the client's transport; the C++ test above is the proof of TF Serving's own path."""
+
+    def __init__(self, export_dir):
+        import grpc  # noqa: PLC0415
+        from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2  # noqa: PLC0415
+        from tensorflow_serving.apis import prediction_service_pb2_grpc as service  # noqa: PLC0415
+
+        loaded = tf.saved_model.load(export_dir)
+        defs = client.signature_defs_from_export(export_dir)
+
+        class Servicer(service.PredictionServiceServicer):
+            def Predict(self, request, context):  # noqa: N802 (gRPC method name)
+                function = loaded.signatures[request.model_spec.signature_name or sig.DEFAULT_SIGNATURE]
+                outputs = function(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+                response = predict_pb2.PredictResponse()
+                response.model_spec.CopyFrom(request.model_spec)
+                for key, value in outputs.items():
+                    response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+                return response
+
+            def GetModelMetadata(self, request, context):  # noqa: N802
+                signature_map = get_model_metadata_pb2.SignatureDefMap()
+                for name, definition in defs.items():
+                    signature_map.signature_def[name].CopyFrom(definition)
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.CopyFrom(request.model_spec)
+                response.metadata["signature_def"].Pack(signature_map)
+                return response
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        service.add_PredictionServiceServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("localhost:0")
+        self.server.start()
+
+
+@pytest.fixture(scope="module")
+def grpc_server(export_dir):
+    server = _InProcessServer(export_dir)
+    yield server
+    server.server.stop(None)
+
+
+def test_grpc_client_round_trip(network, grpc_server):
+    jem = client.GrpcClient(f"localhost:{grpc_server.port}", model_name="jem")
+    try:
+        assert set(jem.signature_defs()) >= set(sig.ALL_SIGNATURE_NAMES)
+        images = inputs_for(sig.CLASSIFY, 2)[sig.IMAGES]
+        assert_matches_reference(network, sig.CLASSIFY, {sig.IMAGES: images}, jem.classify(images), "gRPC")
+        assert_matches_reference(network, sig.ENERGY, {sig.IMAGES: images}, jem.energy(images), "gRPC")
+        refine = inputs_for(sig.REFINE_THEN_CLASSIFY, 2)
+        got = jem.refine_then_classify(refine[sig.IMAGES], refine[sig.STEPS], refine[sig.STEP_SIZE],
+                                       refine[sig.NOISE_STD], refine[sig.SEED])
+        assert_matches_reference(network, sig.REFINE_THEN_CLASSIFY, refine, got, "gRPC")
+        encoded = inputs_for(sig.CLASSIFY_IMAGE_BYTES, 2)
+        assert_matches_reference(network, sig.CLASSIFY_IMAGE_BYTES, encoded,
+                                 jem.classify_image_bytes(encoded[sig.IMAGE_BYTES]), "gRPC")
+        with pytest.raises(client.RequestMismatchError):
+            jem.classify(np.zeros((1, 8, 8, 3), np.float32))  # refused locally, never sent
+    finally:
+        jem.close()
+
+
+def test_client_command_line(grpc_server, tmp_path):
+    path = tmp_path / "a.png"
+    pixels = np.random.default_rng(0).integers(0, 256, IMAGE_SHAPE, dtype=np.uint8)
+    path.write_bytes(tf.io.encode_png(pixels).numpy())
+    result = subprocess.run(
+        [sys.executable, "-m", "export.client", f"--server=localhost:{grpc_server.port}",
+         "--signature=classify_image_bytes", f"--images={path}"],
+        capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = json.loads(result.stdout)
+    assert set(outputs) == set(sig.SIGNATURES[sig.CLASSIFY].output_keys(with_ood=True))
+    assert np.asarray(outputs[sig.PROBABILITIES]).shape == (1, NUM_CLASSES)
+
+
+def test_rest_predict_posts_the_columnar_body_to_the_predict_url():
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    seen = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server method name)
+            seen["path"] = self.path
+            seen["body"] = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            reply = json.dumps({"outputs": {sig.CLASS_ID: [3], sig.LOG_PX: [1.5]}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("localhost", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        inputs = inputs_for(sig.REFINE_THEN_CLASSIFY, 1)
+        outputs = client.rest_predict(f"http://localhost:{server.server_port}", sig.REFINE_THEN_CLASSIFY, inputs,
+                                      model_name="jem", version=3)
+    finally:
+        server.shutdown()
+    assert seen["path"] == "/v1/models/jem/versions/3:predict"
+    assert seen["body"] == client.rest_body(sig.REFINE_THEN_CLASSIFY, inputs)
+    np.testing.assert_array_equal(outputs[sig.CLASS_ID], [3])
