@@ -84,3 +84,18 @@ def test_config_round_trip_rebuilds_the_same_architecture():
     model.build((None, 8, 8, 3))
     clone.build((None, 8, 8, 3))
     assert clone.count_params() == model.count_params()
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_a_checkpoint_of_the_model_alone_restores_every_weight(tmp_path, norm):
+    import tensorflow as tf
+
+    model = WideResNet(10, 1, 3, norm=norm)
+    model.build((None, 8, 8, 1))
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    fresh = WideResNet(10, 1, 3, norm=norm)
+    fresh.build((None, 8, 8, 1))
+    tf.train.Checkpoint(model=fresh).restore(path).assert_consumed()
+    assert len(fresh.weights) == len(model.weights)
+    for saved, restored in zip(model.weights, fresh.weights):
+        np.testing.assert_array_equal(saved.numpy(), restored.numpy())

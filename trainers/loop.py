@@ -135,8 +135,8 @@ def restore_model(workdir: str, checkpoint=None):
             f"Checkpoint {path!r} does not exist; available: "
             f"{list(available.all_model_checkpoint_paths) if available else []}."
         )
-    # The optimizer's state is not needed to evaluate or export.
-    _make_checkpoint(model).restore(path).expect_partial()
+    # The optimizer's state is not needed to evaluate or export; every model variable must be found.
+    _make_checkpoint(model).restore(path).expect_partial().assert_existing_objects_matched()
     run_info["checkpoint"] = path
     run_info["global_step"] = int(path.rsplit("-", 1)[-1])
     return model, config, run_info

@@ -127,19 +127,15 @@ class WideResNet(keras.Model):
 
         blocks_per_stage = (depth - 4) // 6
         self.stem = _conv(16, 3, name="stem")
-        self.blocks = []
+        # Blocks are named attributes, not a list: tf.train.Checkpoint does not follow Keras 3's
+        # tracked lists, so listed blocks would be missing from checkpoints.
+        self.block_names = []
         for stage, (filters, strides) in enumerate(((16 * width, 1), (32 * width, 2), (64 * width, 2))):
             for index in range(blocks_per_stage):
-                self.blocks.append(
-                    WideBasicBlock(
-                        filters,
-                        strides if index == 0 else 1,
-                        norm,
-                        activation,
-                        dropout_rate,
-                        name=f"stage{stage + 1}_block{index + 1}",
-                    )
-                )
+                name = f"stage{stage + 1}_block{index + 1}"
+                block = WideBasicBlock(filters, strides if index == 0 else 1, norm, activation, dropout_rate, name=name)
+                setattr(self, name, block)
+                self.block_names.append(name)
         self.final_norm = _norm(norm, 64 * width, "final_norm")
         self.final_act = _activation(activation)
         self.pool = keras.layers.GlobalAveragePooling2D()
@@ -163,8 +159,8 @@ class WideResNet(keras.Model):
 
     def call(self, images, training=False):
         out = self.stem(images)
-        for block in self.blocks:
-            out = block(out, training=training)
+        for name in self.block_names:
+            out = getattr(self, name)(out, training=training)
         if self.final_norm is not None:
             out = self.final_norm(out, training=training)
         out = self.pool(self.final_act(out))
