@@ -1,0 +1,1 @@
+"""Performance benchmarks: programs that print measurements, not tests."""
