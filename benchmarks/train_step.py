@@ -245,11 +245,7 @@ def build_for_timing(config, settings):
     strategy = tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model(config, settings.image_shape, settings.num_classes)
-        # JEM keeps its sampler's XLA switch in `jit_compile`, which is also Keras' own attribute:
-        # a plain `compile()` resets it ("auto" is False on a CPU-only machine), and the training
-        # iteration would then run the plain sampler whatever the config says. Passing the config's
-        # value keeps the XLA rows honest.
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=config.jit_compile)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
         model.optimizer.build(model.trainable_variables)
     return model, distributed_train_step(model, strategy)
 

@@ -43,7 +43,7 @@ FLAG_HELP = {
     "strategy": "auto (MirroredStrategy when >1 GPU) | default | mirrored.",
     "seed": "Seed of data order, augmentation, buffer initialisation and SGLD noise.",
     "max_steps": "Stop after this many global steps (cap for smoke runs).",
-    "jit_compile": "XLA-compile the SGLD sampler.",
+    "jit_compile": "XLA-compile the SGLD sampler (for GPUs; measured 7-8x slower on CPU, see benchmarks).",
     "checkpoint_every_steps": "Save a checkpoint every N steps (and at the end).",
     "keep_checkpoints": "Keep the last K checkpoints.",
     "summary_every_steps": "TensorBoard scalars every N steps.",

@@ -82,9 +82,8 @@ def test_compare_jit_measures_xla_off_then_on():
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_the_timed_jem_uses_the_requested_sampler_compilation(jit):
-    # Keras' compile() would reset JEM's `jit_compile` (a name Keras uses too); the XLA rows
-    # must time the sampler they are labelled with.
+    # The XLA rows must time the sampler they are labelled with.
     settings = train_step.Settings(depth=10, width=1, batch_size=4, sgld_steps=1, image_size=8, channels=1,
                                    num_classes=4)
     model, _ = train_step.build_for_timing(train_step.train_config(settings, "jem", jit), settings)
-    assert model.jit_compile is jit
+    assert model.sgld_jit_compile is jit

@@ -133,8 +133,13 @@ def test_two_replicas_match_one_device():
 
 
 def test_xla_compiled_sampler_trains():
-    model = _jem(jit_compile=True)
-    logs = tf.function(model.train_step)((IMAGES, LABELS))
+    model = _jem(sgld_jit_compile=True)
+    assert model.sgld_jit_compile  # survives compile(), unlike Keras' own jit_compile attribute
+    train_step = tf.function(model.train_step)
+    graph = train_step.get_concrete_function((tf.TensorSpec(IMAGES.shape), tf.TensorSpec(LABELS.shape, tf.int32))).graph
+    # The sampler is called as an XLA-compiled function inside the training step.
+    assert any(function.definition.attr["_XlaMustCompile"].b for function in graph._functions.values())
+    logs = train_step((IMAGES, LABELS))
     assert np.isfinite(float(logs["loss"])) and "log_px_samples" in logs
 
 

@@ -67,6 +67,7 @@ class Classifier(WideResNet):
 
     def after_update(self, pending_updates):
         """Applies state updates that follow the weight update (the JEM replay buffer)."""
+        del pending_updates  # the classifier has none
 
     def test_step(self, data):
         images, labels = data

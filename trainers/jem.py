@@ -30,7 +30,7 @@ class JEM(Classifier):
         reinit_freq: float = 0.05,
         p_x_weight: float = 1.0,
         p_xy_weight: float = 0.0,
-        jit_compile: bool = False,
+        sgld_jit_compile: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -43,7 +43,8 @@ class JEM(Classifier):
         self.reinit_freq = reinit_freq
         self.p_x_weight = p_x_weight
         self.p_xy_weight = p_xy_weight
-        self.jit_compile = jit_compile
+        # Not `jit_compile`: that is Keras' own attribute, which `compile()` resets.
+        self.sgld_jit_compile = sgld_jit_compile
         self.replay_buffer = None
         self.generative_loss_tracker = keras.metrics.Mean(name="generative_loss")
         self.log_px_data_tracker = keras.metrics.Mean(name="log_px_data")
@@ -75,7 +76,7 @@ class JEM(Classifier):
             else energy.joint_log_density(logits_fn, labels)
         )
         global_batch, offset = replica_slice(local_batch)
-        samples = compiled_sgld(self.jit_compile)(
+        samples = compiled_sgld(self.sgld_jit_compile)(
             log_density,
             initial,
             self.sgld_steps,
@@ -137,7 +138,7 @@ class JEM(Classifier):
         config.update(
             sgld_steps=self.sgld_steps, sgld_step_size=self.sgld_step_size, sgld_noise=self.sgld_noise,
             buffer_size=self.buffer_size, reinit_freq=self.reinit_freq, p_x_weight=self.p_x_weight,
-            p_xy_weight=self.p_xy_weight, jit_compile=self.jit_compile, seed=self.seed,
+            p_xy_weight=self.p_xy_weight, sgld_jit_compile=self.sgld_jit_compile, seed=self.seed,
         )
         return config
 

@@ -59,7 +59,7 @@ def build_model(config: TrainConfig, image_shape, num_classes: int) -> Classifie
             **network, sgld_steps=config.sgld_steps, sgld_step_size=config.sgld_step_size,
             sgld_noise=config.sgld_noise, buffer_size=config.buffer_size,
             reinit_freq=config.reinit_freq, p_x_weight=config.p_x_weight,
-            p_xy_weight=config.p_xy_weight, jit_compile=config.jit_compile,
+            p_xy_weight=config.p_xy_weight, sgld_jit_compile=config.jit_compile,
         )
     model.build((None,) + tuple(image_shape))
     return model
