@@ -52,7 +52,7 @@ class WideBasicBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         self.filters = filters
         self.strides = strides
-        self.norm1 = _norm(norm, filters, "norm1")  # channel count only matters for 'group'
+        self.norm1 = None  # created in build(): group norm's group count depends on the input channels
         self.act1 = _activation(activation)
         self.conv1 = _conv(filters, 3, name="conv1")
         self.dropout = keras.layers.Dropout(dropout_rate) if dropout_rate > 0 else None
@@ -64,8 +64,7 @@ class WideBasicBlock(keras.layers.Layer):
 
     def build(self, input_shape):
         in_channels = input_shape[-1]
-        if self._norm_kind == "group" and self.norm1 is not None:
-            self.norm1 = _norm("group", in_channels, "norm1")
+        self.norm1 = _norm(self._norm_kind, in_channels, "norm1")
         if self.strides != 1 or in_channels != self.filters:
             self.shortcut = _conv(self.filters, 1, strides=self.strides, name="shortcut")
 
