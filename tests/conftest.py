@@ -16,3 +16,13 @@ if _cpus:
         )
     except RuntimeError:
         pass  # already initialised by an earlier import; distribution tests then skip
+
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Fixed initial weights and global seeds per test: results do not depend on test order."""
+    keras.utils.set_random_seed(0)
