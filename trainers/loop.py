@@ -217,21 +217,25 @@ def distributed_train_step(model, strategy):
     return train_step
 
 
-def evaluate_classifier(model, dataset, strategy) -> dict:
-    """Accuracy and cross-entropy over a finite dataset of (images, labels) batches."""
-    for metric in model.metrics:
-        metric.reset_state()
+def classifier_evaluator(model, strategy):
+    """Returns `evaluate(dataset) -> {accuracy, xent}` over a finite dataset of (images, labels)
+    batches; its compiled step is traced once and reused for every validation and test pass."""
 
     @tf.function
     def step(batch):
         strategy.run(model.test_step, args=(batch,))
 
-    for batch in strategy.experimental_distribute_dataset(dataset):
-        step(batch)
-    results = {"accuracy": float(model.accuracy_tracker.result()), "xent": float(model.xent_tracker.result())}
-    for metric in model.metrics:
-        metric.reset_state()
-    return results
+    def evaluate(dataset) -> dict:
+        for metric in model.metrics:
+            metric.reset_state()
+        for batch in strategy.experimental_distribute_dataset(dataset):
+            step(batch)
+        results = {"accuracy": float(model.accuracy_tracker.result()), "xent": float(model.xent_tracker.result())}
+        for metric in model.metrics:
+            metric.reset_state()
+        return results
+
+    return evaluate
 
 
 def train(config: TrainConfig, exporter=None) -> dict:
@@ -281,6 +285,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
             logging.info("Workdir %s has a config but no checkpoint yet; starting from step 0.", config.workdir)
 
     train_step = distributed_train_step(model, strategy)
+    evaluate = classifier_evaluator(model, strategy)
     writer = tf.summary.create_file_writer(os.path.join(config.workdir, TENSORBOARD_DIR))
     guard = _DivergenceGuard(config.max_abs_generative_loss, manager)
     step = int(optimizer.iterations)
@@ -314,9 +319,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
             if step % config.checkpoint_every_steps == 0:
                 manager.save(checkpoint_number=step)
         if step % steps_per_epoch == 0 and data.num_validation:
-            validation = evaluate_classifier(
-                model, jem_data.make_batches(data.validation, config.batch_size, training=False), strategy
-            )
+            validation = evaluate(jem_data.make_batches(data.validation, config.batch_size, training=False))
             logging.info("Epoch %d: validation accuracy %.4f, xent %.4f", epoch + 1,
                          validation["accuracy"], validation["xent"])
             with writer.as_default(step=step):
@@ -326,7 +329,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
         manager.save(checkpoint_number=step)
     elapsed = time.time() - started
 
-    test = evaluate_classifier(model, jem_data.make_batches(data.test, config.batch_size, training=False), strategy)
+    test = evaluate(jem_data.make_batches(data.test, config.batch_size, training=False))
     metrics = dict(
         test_accuracy=test["accuracy"], test_xent=test["xent"], global_step=step,
         objective=config.objective, dataset=data.name, preset=config.preset,
@@ -355,5 +358,5 @@ def _write_sample_grid(model, workdir, step, count=64):
 
 __all__ = [
     "IncompatibleWorkdirError", "TrainingDivergedError", "build_model", "distributed_train_step", "make_strategy",
-    "restore_model", "train", "evaluate_classifier",
+    "restore_model", "train", "classifier_evaluator",
 ]
