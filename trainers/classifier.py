@@ -45,10 +45,14 @@ class Classifier(WideResNet):
         Called under the gradient tape. Nothing is stashed on `self`: under MirroredStrategy every
         replica runs this concurrently on the same Python object.
         """
-        logits = self(images, training=True)
+        xent, logs = self.classification_terms(self(images, training=True), labels)
+        return xent, logs, ()
+
+    def classification_terms(self, logits, labels):
+        """Cross-entropy of the data logits and this step's logs; updates the accuracy tracker."""
         xent = tf.reduce_mean(energy.cross_entropy(logits, labels))
         self.accuracy_tracker.update_state(labels, logits)
-        return xent, {"xent": xent, "accuracy": self._batch_accuracy(logits, labels)}, ()
+        return xent, {"xent": xent, "accuracy": self._batch_accuracy(logits, labels)}
 
     def train_step(self, data):
         images, labels = data

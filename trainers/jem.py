@@ -107,10 +107,9 @@ class JEM(Classifier):
         # One forward pass over data and samples: larger batches run faster than several small ones.
         all_logits = tf.split(self(tf.concat(batches, axis=0), training=True), len(batches), axis=0)
         logits = all_logits[0]
-        xent = tf.reduce_mean(energy.cross_entropy(logits, labels))
-        self.accuracy_tracker.update_state(labels, logits)
+        xent, logs = self.classification_terms(logits, labels)
         log_px_data = tf.reduce_mean(energy.log_marginal(logits))
-        logs = {"xent": xent, "accuracy": self._batch_accuracy(logits, labels), "log_px_data": log_px_data}
+        logs["log_px_data"] = log_px_data
         generative_loss = tf.constant(0.0)
         if self.p_x_weight > 0:
             log_px_samples = tf.reduce_mean(energy.log_marginal(all_logits[1]))
