@@ -316,11 +316,10 @@ def export_run(
       ood_quantile: fraction of validation images the OOD threshold may flag.
       ood_max_images: validation images used for the threshold, at most.
     """
-    from trainers import loop  # noqa: PLC0415 (the trainer imports this module lazily too)
+    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
 
-    model, config, run_info = loop.restore_model(workdir, checkpoint)
-    network = model.to_wide_resnet()
-    del model  # the replay buffer can be large; it is never exported
+    # Read-only: the newest checkpoint that verifies, even while the run is training; no buffer.
+    network, config, run_info = workdir_lib.restore_run(workdir, checkpoint, with_replay_buffer=False)
     if run_info.get("checkpoint"):
         verify_weights_from_checkpoint(network, run_info["checkpoint"])
     else:

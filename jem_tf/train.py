@@ -3,8 +3,11 @@
     python -m jem_tf.train --preset=quick                # tiny WRN on bundled digits, minutes on a CPU
     python -m jem_tf.train --dataset=svhn --workdir=runs/svhn   # the paper's setup (Table 4)
 
-Re-running the same command on the same workdir resumes from the latest checkpoint. Exit codes:
-0 done, 2 bad flags / data unavailable / incompatible workdir, 3 training diverged.
+Re-running the same command on the same workdir resumes from the newest checkpoint that verifies.
+Exit codes: 0 done, 2 bad flags / data unavailable / incompatible workdir / workdir in use by another
+run (the message names its PID and host), 3 training diverged (after --max_recoveries automatic
+recoveries), 4 the workdir could not be written (e.g. disk full; free space and re-run to resume),
+143 / 130 stopped by SIGTERM / SIGINT (Ctrl-C) after saving a checkpoint (re-run to resume).
 """
 
 import dataclasses
@@ -45,10 +48,17 @@ FLAG_HELP = {
     "max_steps": "Stop after this many global steps (cap for smoke runs).",
     "jit_compile": "XLA-compile the SGLD sampler (for GPUs; measured 7-8x slower on CPU, see benchmarks).",
     "checkpoint_every_steps": "Save a checkpoint every N steps (and at the end).",
+    "checkpoint_every_secs": "Also save a checkpoint when this many seconds passed since the last one.",
     "keep_checkpoints": "Keep the last K checkpoints.",
     "summary_every_steps": "TensorBoard scalars every N steps.",
     "sample_every_steps": "Grid of current SGLD chains (TensorBoard + WORKDIR/samples) every N steps.",
-    "max_abs_generative_loss": "Divergence guard: stop when |generative loss| exceeds this (reference: 1e8).",
+    "max_abs_generative_loss": "Divergence guard: a step whose |generative loss| exceeds this diverged (reference: 1e8).",
+    "max_recoveries": "Automatic divergence recoveries (restore the last good checkpoint, apply the recovery "
+                      "policy, continue) before giving up with exit code 3; 0 stops at the first divergence.",
+    "recovery_lr_factor": "Recovery policy: multiply the learning rate by this at each recovery.",
+    "recovery_extra_sgld_steps": "Recovery policy: add this many SGLD steps per iteration at each recovery.",
+    "recovery_chain_limit": "Recovery policy: re-initialise replay-buffer chains with a non-finite pixel or one "
+                            "beyond +-this from U(-1, 1).",
     "export": "Export a SavedModel to WORKDIR/export at the end.",
 }
 
@@ -103,6 +113,9 @@ def main(argv):
     except loop.TrainingDivergedError as error:
         logging.error("%s", error)
         sys.exit(3)
+    except loop.workdir_lib.RunStopped as stop:  # preempted, workdir locked or not writable
+        logging.error("%s", stop)
+        sys.exit(stop.exit_code)
     logging.info("test_accuracy=%.4f global_step=%d workdir=%s", metrics["test_accuracy"],
                  metrics["global_step"], config.workdir)
 

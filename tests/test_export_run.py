@@ -16,8 +16,8 @@ import tensorflow as tf
 
 from export import client, reference, savedmodel, serving_check
 from export import signatures as sig
+from jem_tf import workdir as workdir_lib
 from jem_tf.configs.quick import get_config
-from trainers import loop
 from trainers.jem import JEM
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def restored_run(monkeypatch, tmp_path):
-    """`loop.restore_model` answering with a small JEM (random weights, with a replay buffer)."""
+    """`jem_tf.workdir.restore_run` answering with a small JEM's network (random weights)."""
     config = get_config()
     config.depth, config.width = 10, 1
     keras.utils.set_random_seed(0)
@@ -37,11 +37,11 @@ def restored_run(monkeypatch, tmp_path):
                 "dataset": "digits", "checkpoint": checkpoint, "global_step": 7}
     calls = []
 
-    def restore_model(workdir, checkpoint=None):
-        calls.append((workdir, checkpoint))
-        return model, config, dict(run_info)
+    def restore_run(workdir, checkpoint=None, *, with_replay_buffer=True):
+        calls.append((workdir, checkpoint, with_replay_buffer))
+        return model.to_wide_resnet(), config, dict(run_info)
 
-    monkeypatch.setattr(loop, "restore_model", restore_model)
+    monkeypatch.setattr(workdir_lib, "restore_run", restore_run)
     return model, calls
 
 
@@ -49,7 +49,7 @@ def test_export_run_versions_by_global_step_and_bakes_in_the_ood_threshold(resto
     model, calls = restored_run
     path = savedmodel.export_run(str(tmp_path / "run"), str(tmp_path / "export"), checkpoint=7, ood_max_images=100)
     assert path == str(tmp_path / "export" / "7")
-    assert calls == [(str(tmp_path / "run"), 7)]
+    assert calls == [(str(tmp_path / "run"), 7, False)]  # the replay buffer is never loaded for export
     metadata = savedmodel.read_metadata(path)
     assert metadata["run"]["global_step"] == 7
     assert metadata["class_names"] == [str(d) for d in range(10)]
@@ -127,7 +127,7 @@ def test_quick_training_run_exports_and_serves(tmp_path):
     for key in keys:
         np.testing.assert_array_equal(first.get_tensor(key), second.get_tensor(key), err_msg=key)
     # It serves the trained weights.
-    network = loop.restore_model(workdir)[0].to_wide_resnet()
+    network = workdir_lib.restore_run(workdir, with_replay_buffer=False)[0]
     images = serving_check.valid_inputs(sig.CLASSIFY, (8, 8, 1), batch_size=3)[sig.IMAGES]
     threshold = savedmodel.read_metadata(path)["ood"]["threshold"]
     want = reference.expected_outputs(network, sig.CLASSIFY, {sig.IMAGES: images}, threshold)

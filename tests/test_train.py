@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from jem_tf import workdir as workdir_lib
 from jem_tf.configs import get_preset
 from trainers import loop
 
@@ -73,10 +74,9 @@ def test_sigkill_mid_epoch_then_rerun_reaches_the_same_final_state(uninterrupted
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = Path(workdir, "checkpoints")
     deadline = time.time() + 240
-    # Kill as soon as a mid-run checkpoint is registered in the manager's index (step 3 of 12; an
-    # epoch of digits is 80 steps). Files of a checkpoint not yet in the index are ignored on
-    # restart, by design.
-    while time.time() < deadline and tf.train.latest_checkpoint(str(checkpoints)) is None:
+    # Kill as soon as a mid-run checkpoint (after the step-0 one) is registered in the manager's
+    # index (step 3 of 12; an epoch of digits is 80 steps).
+    while time.time() < deadline and (tf.train.latest_checkpoint(str(checkpoints)) or "ckpt-0").endswith("ckpt-0"):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -137,15 +137,15 @@ def test_paper_datasets_code_path_under_mock_data(tmp_path, dataset, num_classes
     with tfds.testing.mock_data(num_examples=40):
         metrics = loop.train(config)
     assert metrics["global_step"] == 2 and metrics["dataset"] == dataset
-    model, restored_config, run_info = loop.restore_model(str(tmp_path))
+    model, restored_config, run_info = workdir_lib.restore_run(str(tmp_path))
     assert run_info["image_shape"] == [32, 32, 3] and run_info["num_classes"] == num_classes
     assert model.replay_buffer.images.shape == (64, 32, 32, 3)
     assert restored_config.dataset == dataset
 
 
-def test_restore_model_errors_name_the_problem(tmp_path):
+def test_restore_run_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a jem_tf training workdir"):
-        loop.restore_model(str(tmp_path))
+        workdir_lib.restore_run(str(tmp_path))
 
 
 def test_paper_setup_runs_unchanged_through_the_cli_on_mock_svhn(tmp_path):

@@ -1,12 +1,24 @@
-"""The training loop around `train_step`: data, strategy, checkpoints, summaries, divergence guard.
+"""The training loop around `train_step`: data, strategy, checkpoints, summaries, and surviving
+faults: one writer per workdir, trusted restore, preemption, divergence recovery.
 
 Our own loop rather than `model.fit`: it resumes mid-epoch from a step-numbered checkpoint, checks
 every step for divergence, and is the shape multi-worker training needs (`fit` fails under
 MultiWorkerMirroredStrategy, keras#20585).
+
+A run survives:
+  * being killed: it holds WORKDIR/.lock (jem_tf.workdir.WorkdirLock) and resumes from the newest
+    checkpoint that verifies (jem_tf.workdir.restore_newest); broken ones are moved aside;
+  * preemption: SIGTERM or SIGINT finishes the current step, saves a checkpoint, writes
+    run_status.json "preempted" and ends with exit code 128 + the signal (143 / 130);
+  * divergence: a non-finite loss or a runaway generative loss restores the last good checkpoint
+    and continues with the recovery policy (`_recover`), at most --max_recoveries times.
 """
 
+import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 
 import keras
@@ -15,16 +27,26 @@ import tensorflow as tf
 from absl import logging
 
 from jem_tf import data as jem_data
-from jem_tf.configs.base import TrainConfig, incompatible_fields, write_json_atomically
+from jem_tf import workdir as workdir_lib
+from jem_tf.configs.base import RECOVERY_STATE_FIELDS, TrainConfig, incompatible_fields, write_json_atomically
 from trainers.classifier import Classifier
 from trainers.jem import JEM
 
-CONFIG_FILE = "config.json"
-RUN_INFO_FILE = "run_info.json"
-METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoints"
-SAMPLES_DIR = "samples"
-TENSORBOARD_DIR = "tensorboard"
+# File names live in jem_tf.workdir; these aliases keep the loop's callers working.
+CONFIG_FILE = workdir_lib.CONFIG_FILE
+RUN_INFO_FILE = workdir_lib.RUN_INFO_FILE
+METRICS_FILE = workdir_lib.METRICS_FILE
+CHECKPOINT_DIR = workdir_lib.CHECKPOINT_DIR
+SAMPLES_DIR = workdir_lib.SAMPLES_DIR
+TENSORBOARD_DIR = workdir_lib.TENSORBOARD_DIR
+
+# Exit codes (jem_tf/train.py documents them): preemption ends like a process killed by the signal
+# would, 128 + signal number, which schedulers (SLURM, Kubernetes) read as "terminated, requeue".
+PREEMPTED_EXIT_BASE = 128
+# The workdir could not be written (disk full, quota, permissions): free space and re-run.
+WORKDIR_WRITE_FAILED_EXIT = 4
+
+WorkdirLockedError = workdir_lib.WorkdirLockedError
 
 
 class TrainingDivergedError(RuntimeError):
@@ -33,6 +55,22 @@ class TrainingDivergedError(RuntimeError):
 
 class IncompatibleWorkdirError(ValueError):
     """The workdir holds a run made with settings that cannot be resumed by this one."""
+
+
+class TrainingPreemptedError(workdir_lib.RunStopped):
+    """SIGTERM/SIGINT: a checkpoint was saved at `step`; re-running the command resumes."""
+
+    def __init__(self, message, step, signal_number):
+        super().__init__(message)
+        self.step = step
+        self.signal_number = signal_number
+        self.exit_code = PREEMPTED_EXIT_BASE + signal_number
+
+
+class WorkdirWriteError(workdir_lib.RunStopped):
+    """A checkpoint or another run file could not be written (e.g. no space left on the device)."""
+
+    exit_code = WORKDIR_WRITE_FAILED_EXIT
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -97,74 +135,80 @@ def _make_checkpoint(model, optimizer=None):
     return tf.train.Checkpoint(**parts)
 
 
-def restore_model(workdir: str, checkpoint=None):
-    """Loads a trained run for evaluation or export.
+def divergence_reason(logs, max_abs_generative_loss):
+    """Why this step's logs show divergence (a non-finite loss, or |generative loss| above the
+    limit; the reference code aborts at 1e8), or None."""
+    loss = float(logs["loss"])
+    generative = float(logs.get("generative_loss", 0.0))
+    if not np.isfinite(loss):
+        return f"the loss is {loss}"
+    if not np.isfinite(generative) or abs(generative) > max_abs_generative_loss:
+        return f"|generative loss| = {abs(generative):.3g} exceeds --max_abs_generative_loss={max_abs_generative_loss:g}"
+    return None
 
-    Args:
-      workdir: a training workdir (config.json, run_info.json, checkpoints/).
-      checkpoint: None for the latest, a step number, or a checkpoint path prefix.
 
-    Returns:
-      (model, config, run_info): the built JEM or Classifier with weights and replay buffer
-      restored, the run's TrainConfig, and run_info (image_shape, num_classes, class_names,
-      dataset, global_step).
+class _ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning-rate schedule times `scale`, a variable the divergence recovery lowers.
+
+    A variable, not a Python float, so a traced train step sees the new value. It is reachable only
+    through this (untracked) schedule object, so it is not part of the checkpoint; the scale in
+    effect is stored in config.json instead. x1.0 is exact: an unrecovered run is unchanged.
     """
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    info_path = os.path.join(workdir, RUN_INFO_FILE)
-    if not (os.path.exists(config_path) and os.path.exists(info_path)):
-        raise FileNotFoundError(
-            f"{workdir!r} is not a jem_tf training workdir: expected {CONFIG_FILE} and {RUN_INFO_FILE} in it "
-            "(written by `python -m jem_tf.train --workdir=...`)."
-        )
-    config = TrainConfig.load(config_path)
-    with open(info_path) as f:
-        run_info = json.load(f)
-    model = build_model(config, run_info["image_shape"], run_info["num_classes"])
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    if checkpoint is None:
-        path = tf.train.latest_checkpoint(directory)
-        if path is None:
-            raise FileNotFoundError(f"No checkpoint in {directory!r}; has the run saved one yet?")
-    elif isinstance(checkpoint, int) or str(checkpoint).isdigit():
-        path = os.path.join(directory, f"ckpt-{int(checkpoint)}")
-    else:
-        path = str(checkpoint)
-    if not tf.io.gfile.exists(path + ".index"):
-        available = tf.train.get_checkpoint_state(directory)
-        raise FileNotFoundError(
-            f"Checkpoint {path!r} does not exist; available: "
-            f"{list(available.all_model_checkpoint_paths) if available else []}."
-        )
-    # The optimizer's state is not needed to evaluate or export; every model variable must be found.
-    _make_checkpoint(model).restore(path).expect_partial().assert_existing_objects_matched()
-    run_info["checkpoint"] = path
-    run_info["global_step"] = int(path.rsplit("-", 1)[-1])
-    return model, config, run_info
+
+    def __init__(self, schedule, scale: float):
+        self.schedule = schedule
+        self.scale = tf.Variable(float(scale), trainable=False, dtype=tf.float32, name="learning_rate_scale")
+
+    def __call__(self, step):
+        return self.schedule(step) * self.scale
+
+    def get_config(self):
+        return {"scale": float(self.scale.numpy())}
 
 
-class _DivergenceGuard:
-    """Stops training on a non-finite loss or a runaway generative loss (the reference code
-    aborts at |L_gen| > 1e8); the last good checkpoint is left untouched."""
+class _StopRequests:
+    """Turns SIGTERM and SIGINT into a request the loop honours between steps: finish the step,
+    save a checkpoint, write run_status.json, exit 128 + signal.
 
-    def __init__(self, max_abs_generative_loss, manager):
-        self.limit = max_abs_generative_loss
-        self.manager = manager
+    Why not tf.distribute.experimental.PreemptionCheckpointHandler: it supports only
+    MultiWorkerMirroredStrategy and TPUStrategy (not the default or MirroredStrategy this loop
+    runs), restores the latest checkpoint itself when created (bypassing the verified restore of
+    jem_tf.workdir), numbers checkpoints by its own run counter instead of the optimizer step the
+    data order is keyed on, watches SIGTERM only, and exits the process itself. Multi-worker
+    training would call it where this is checked.
+    """
 
-    def check(self, step, logs):
-        loss = float(logs["loss"])
-        generative = float(logs.get("generative_loss", 0.0))
-        reason = None
-        if not np.isfinite(loss):
-            reason = f"the loss is {loss}"
-        elif abs(generative) > self.limit:
-            reason = f"|generative loss| = {abs(generative):.3g} exceeds --max_abs_generative_loss={self.limit:g}"
-        if reason:
-            last = self.manager.latest_checkpoint
-            raise TrainingDivergedError(
-                f"Training diverged at step {step}: {reason}. The last good checkpoint is "
-                f"{last or 'none (no checkpoint was saved yet)'} and was left intact. The paper's remedies "
-                "(appendix G.3): resume with a lower --learning_rate, more --sgld_steps, or another --seed."
-            )
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal_number = None
+        self._previous = {}
+
+    def install(self) -> "_StopRequests":
+        if threading.current_thread() is not threading.main_thread():
+            logging.warning("Training outside the main thread: SIGTERM/SIGINT cannot be caught to save a checkpoint.")
+            return self
+        for number in self.SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        self._previous = {}
+
+    def _handle(self, number, frame):
+        del frame
+        name = signal.Signals(number).name
+        if self.signal_number is None:
+            self.signal_number = number
+            logging.warning("Received %s: finishing this step, then saving a checkpoint and stopping.", name)
+        else:
+            logging.warning("Received %s again: the checkpoint is being saved (SIGKILL stops without one).", name)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
 
 
 def image_grid(images, columns=8, gap=1):
@@ -180,10 +224,12 @@ def image_grid(images, columns=8, gap=1):
     return grid
 
 
-def _prepare_workdir(config: TrainConfig, data) -> bool:
-    """Writes config and run info; refuses a workdir made with incompatible settings.
+def _prepare_workdir(config: TrainConfig, data):
+    """Writes config and run info; refuses a workdir made with incompatible settings. Call with
+    the workdir lock held.
 
-    Returns True when the workdir already held this run (a resume).
+    Returns (resuming, config): resuming is True when the workdir already held this run; config
+    carries the saved run's recovery state (RECOVERY_STATE_FIELDS) over.
     """
     os.makedirs(config.workdir, exist_ok=True)
     config_path = os.path.join(config.workdir, CONFIG_FILE)
@@ -196,14 +242,15 @@ def _prepare_workdir(config: TrainConfig, data) -> bool:
                 f"Workdir {config.workdir!r} holds a run with different settings ({'; '.join(differences)}). "
                 "Resume it with its original settings, or choose a new --workdir."
             )
-    write_json_atomically(config_path, config.to_json())
+        config = dataclasses.replace(config, **{name: getattr(saved, name) for name in RECOVERY_STATE_FIELDS})
+    workdir_lib.write_config(config.workdir, config)
     run_info = dict(
         dataset=data.name, image_shape=list(data.image_shape), num_classes=data.num_classes,
         class_names=list(data.class_names), num_train=data.num_train,
         num_validation=data.num_validation, num_test=data.num_test,
     )
-    write_json_atomically(os.path.join(config.workdir, RUN_INFO_FILE), json.dumps(run_info, indent=2))
-    return resuming
+    workdir_lib.write_run_info(config.workdir, run_info)
+    return resuming, config
 
 
 def distributed_train_step(model, strategy):
@@ -245,8 +292,15 @@ def train(config: TrainConfig, exporter=None) -> dict:
       config: the run's settings.
       exporter: when `config.export` is set, called as `exporter(workdir, version)` after the final
         checkpoint and returning the export path; the global step is the TF Serving version, so a
-        re-export after resuming never collides. Injected to keep the export package (which
-        restores runs through this module) out of this module's dependencies.
+        re-export after resuming never collides. Injected to keep the export package out of this
+        module's dependencies.
+
+    Raises:
+      TrainingDivergedError: divergence after --max_recoveries automatic recoveries.
+      TrainingPreemptedError: SIGTERM/SIGINT; a checkpoint was saved (exit code 128 + signal).
+      WorkdirLockedError: another process trains in this workdir.
+      WorkdirWriteError: a checkpoint could not be written (e.g. disk full).
+      IncompatibleWorkdirError, ValueError: bad settings, before anything is written.
     """
     config.validate()
     data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction)
@@ -261,90 +315,245 @@ def train(config: TrainConfig, exporter=None) -> dict:
         raise ValueError(
             f"--batch_size={config.batch_size} is larger than the {data.num_train} training examples of {data.name!r}."
         )
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    resuming = _prepare_workdir(config, data)
-    augmentation = config.augmentation or data.augmentation
+    # One writer per workdir, from the first file written to the last.
+    with workdir_lib.WorkdirLock(config.workdir):
+        workdir_lib.clean_leftovers(config.workdir)
+        resuming, config = _prepare_workdir(config, data)
+        run = _Run(config, data, strategy, steps_per_epoch, resuming)
+        stop_requests = _StopRequests().install()
+        try:
+            return run.train(stop_requests, exporter)
+        except TrainingDivergedError as error:
+            workdir_lib.write_run_status(config.workdir, "diverged", run.step, message=str(error))
+            raise
+        except TrainingPreemptedError:
+            raise  # its status is written before the checkpoint is reported
+        except WorkdirWriteError as error:
+            workdir_lib.write_run_status(config.workdir, "failed", run.step, message=str(error))
+            raise
+        except OSError as error:
+            workdir_lib.write_run_status(config.workdir, "failed", run.step, message=str(error))
+            raise WorkdirWriteError(
+                f"Could not write to workdir {config.workdir!r}: {error}. Free space (or fix permissions) and re-run "
+                "the same command: it resumes from the last checkpoint."
+            ) from error
+        except BaseException as error:
+            workdir_lib.write_run_status(config.workdir, "failed", run.step, message=f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            stop_requests.uninstall()
 
-    # Seeds the weight initialisers (and TF's global seed): two runs with one --seed are one run.
-    keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        model = build_model(config, data.image_shape, data.num_classes)
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch))
-        model.compile(optimizer=optimizer)
-        optimizer.build(model.trainable_variables)
-        checkpoint = _make_checkpoint(model, optimizer)
-        manager = tf.train.CheckpointManager(
-            checkpoint, os.path.join(config.workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints
+
+class _Run:
+    """One training session of a run: the model, its checkpointing, and the loop."""
+
+    def __init__(self, config, data, strategy, steps_per_epoch, resuming):
+        self.config = config
+        self.data = data
+        self.strategy = strategy
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = config.epochs * steps_per_epoch
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.checkpoint_dir = workdir_lib.checkpoint_dir(config.workdir)
+        self.step = 0
+        # Seeds the weight initialisers (and TF's global seed): two runs with one --seed are one run.
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            self.model = build_model(config, data.image_shape, data.num_classes)
+            self.schedule = _ScaledSchedule(learning_rate_schedule(config, steps_per_epoch), config.learning_rate_scale)
+            self.optimizer = keras.optimizers.Adam(self.schedule)
+            self.model.compile(optimizer=self.optimizer)
+            self.optimizer.build(self.model.trainable_variables)
+            self.checkpoint = _make_checkpoint(self.model, self.optimizer)
+            if isinstance(self.model, JEM):
+                self.model.sgld_steps = config.sgld_steps + config.extra_sgld_steps
+            restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=True)
+        self.manager = self._make_manager()
+        self.step = int(self.optimizer.iterations)
+        if restored:
+            logging.info("Resumed from %s (step %d).", restored, self.step)
+        else:
+            if resuming:
+                logging.info("Workdir %s has a config but no checkpoint yet; starting from step 0.", config.workdir)
+            # Step 0 is the last good checkpoint a divergence before the first periodic one returns to.
+            self.save()
+        self.last_save_time = time.monotonic()
+
+    def _make_manager(self):
+        # Reads the state file restore_newest rebuilt: it lists exactly the checkpoints present.
+        return tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir, max_to_keep=self.config.keep_checkpoints)
+
+    def save(self) -> str:
+        try:
+            path = self.manager.save(checkpoint_number=self.step)
+        except (tf.errors.OpError, OSError) as error:
+            raise WorkdirWriteError(
+                f"Could not save the checkpoint of step {self.step} in {self.checkpoint_dir!r}: "
+                f"{str(error).strip().splitlines()[0]}. Free space (or fix permissions) and re-run the same command: "
+                f"it resumes from {self.manager.latest_checkpoint or 'step 0'}."
+            ) from None
+        self.last_save_time = time.monotonic()
+        return path
+
+    def train(self, stop_requests, exporter) -> dict:
+        config, data, model, optimizer = self.config, self.data, self.model, self.optimizer
+        steps_per_epoch, total_steps = self.steps_per_epoch, self.total_steps
+        augmentation = config.augmentation or data.augmentation
+        train_step = distributed_train_step(model, self.strategy)
+        evaluate = classifier_evaluator(model, self.strategy)
+        writer = tf.summary.create_file_writer(os.path.join(config.workdir, TENSORBOARD_DIR))
+        workdir_lib.write_run_status(config.workdir, "running", self.step)
+        logging.info(
+            "Training %s (%s) on %s: WRN-%d-%d, %d steps (%d per epoch), global batch %d on %d replica(s).",
+            config.objective, config.preset, data.name, config.depth, config.width, total_steps,
+            steps_per_epoch, config.batch_size, self.strategy.num_replicas_in_sync,
         )
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, int(optimizer.iterations))
-        elif resuming:
-            logging.info("Workdir %s has a config but no checkpoint yet; starting from step 0.", config.workdir)
+        progress = keras.utils.Progbar(total_steps, stateful_metrics=["epoch"], unit_name="step", interval=1.0)
+        progress.update(self.step)
+        started = time.time()
+        first_step = self.step
+        while self.step < total_steps and not stop_requests.requested:
+            epoch, done_in_epoch = divmod(self.step, steps_per_epoch)
+            batches = jem_data.make_batches(
+                data.train, config.batch_size, training=True, augmentation=augmentation,
+                data_noise=config.data_noise, seed=config.seed, epoch=epoch, skip_batches=done_in_epoch,
+            ).take(min(steps_per_epoch - done_in_epoch, total_steps - self.step))
+            recovered = False
+            for batch in self.strategy.experimental_distribute_dataset(batches):
+                logs = train_step(batch)
+                self.step += 1
+                reason = divergence_reason(logs, config.max_abs_generative_loss)
+                if reason:
+                    self._recover(reason, writer)
+                    # The train step is traced again: SGLD steps are a Python constant in it.
+                    train_step = distributed_train_step(model, self.strategy)
+                    recovered = True
+                    break
+                progress.update(self.step, [(k, float(v)) for k, v in logs.items()] + [("epoch", epoch + 1)])
+                with writer.as_default(step=self.step):
+                    if self.step % config.summary_every_steps == 0 or self.step == total_steps:
+                        for name, value in logs.items():
+                            tf.summary.scalar(f"train/{name}", value)
+                        tf.summary.scalar("train/learning_rate", optimizer.learning_rate)
+                    if isinstance(model, JEM) and (self.step % config.sample_every_steps == 0
+                                                   or self.step == total_steps):
+                        _write_sample_grid(model, config.workdir, self.step)
+                if (self.step % config.checkpoint_every_steps == 0 or stop_requests.requested
+                        or time.monotonic() - self.last_save_time >= config.checkpoint_every_secs):
+                    self.save()
+                if stop_requests.requested:
+                    break
+            if recovered or stop_requests.requested:
+                continue
+            if self.step % steps_per_epoch == 0 and data.num_validation:
+                validation = evaluate(jem_data.make_batches(data.validation, config.batch_size, training=False))
+                logging.info("Epoch %d: validation accuracy %.4f, xent %.4f", epoch + 1,
+                             validation["accuracy"], validation["xent"])
+                with writer.as_default(step=self.step):
+                    for name, value in validation.items():
+                        tf.summary.scalar(f"validation/{name}", value)
+        if self.manager.latest_checkpoint is None or workdir_lib.checkpoint_step(self.manager.latest_checkpoint) != self.step:
+            self.save()
+        writer.flush()
+        if stop_requests.requested:
+            self._stop_preempted(stop_requests.signal_number)
+        elapsed = time.time() - started
 
-    train_step = distributed_train_step(model, strategy)
-    evaluate = classifier_evaluator(model, strategy)
-    writer = tf.summary.create_file_writer(os.path.join(config.workdir, TENSORBOARD_DIR))
-    guard = _DivergenceGuard(config.max_abs_generative_loss, manager)
-    step = int(optimizer.iterations)
-    logging.info(
-        "Training %s (%s) on %s: WRN-%d-%d, %d steps (%d per epoch), global batch %d on %d replica(s).",
-        config.objective, config.preset, data.name, config.depth, config.width, total_steps,
-        steps_per_epoch, config.batch_size, replicas,
-    )
-    progress = keras.utils.Progbar(total_steps, stateful_metrics=["epoch"], unit_name="step", interval=1.0)
-    progress.update(step)
-    started = time.time()
-    first_step = step
-    while step < total_steps:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        batches = jem_data.make_batches(
-            data.train, config.batch_size, training=True, augmentation=augmentation,
-            data_noise=config.data_noise, seed=config.seed, epoch=epoch, skip_batches=done_in_epoch,
-        ).take(min(steps_per_epoch - done_in_epoch, total_steps - step))
-        for batch in strategy.experimental_distribute_dataset(batches):
-            logs = train_step(batch)
-            step += 1
-            guard.check(step, logs)
-            progress.update(step, [(k, float(v)) for k, v in logs.items()] + [("epoch", epoch + 1)])
-            with writer.as_default(step=step):
-                if step % config.summary_every_steps == 0 or step == total_steps:
-                    for name, value in logs.items():
-                        tf.summary.scalar(f"train/{name}", value)
-                    tf.summary.scalar("train/learning_rate", optimizer.learning_rate)
-                if isinstance(model, JEM) and (step % config.sample_every_steps == 0 or step == total_steps):
-                    _write_sample_grid(model, config.workdir, step)
-            if step % config.checkpoint_every_steps == 0:
-                manager.save(checkpoint_number=step)
-        if step % steps_per_epoch == 0 and data.num_validation:
-            validation = evaluate(jem_data.make_batches(data.validation, config.batch_size, training=False))
-            logging.info("Epoch %d: validation accuracy %.4f, xent %.4f", epoch + 1,
-                         validation["accuracy"], validation["xent"])
-            with writer.as_default(step=step):
-                for name, value in validation.items():
-                    tf.summary.scalar(f"validation/{name}", value)
-    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-        manager.save(checkpoint_number=step)
-    elapsed = time.time() - started
+        test = evaluate(jem_data.make_batches(data.test, config.batch_size, training=False))
+        metrics = dict(
+            test_accuracy=test["accuracy"], test_xent=test["xent"], global_step=self.step,
+            objective=config.objective, dataset=data.name, preset=config.preset,
+            steps_this_session=self.step - first_step, seconds_this_session=round(elapsed, 1),
+            checkpoint=self.manager.latest_checkpoint, recoveries=config.recoveries,
+        )
+        with writer.as_default(step=self.step):
+            tf.summary.scalar("test/accuracy", test["accuracy"])
+        writer.flush()
+        if config.export and exporter is not None:
+            metrics["export"] = exporter(config.workdir, self.step)
+        write_json_atomically(os.path.join(config.workdir, METRICS_FILE), json.dumps(metrics, indent=2))
+        workdir_lib.write_run_status(config.workdir, "finished", self.step)
+        logging.info("Finished at step %d: test accuracy %.4f. Metrics in %s.", self.step, test["accuracy"],
+                     os.path.join(config.workdir, METRICS_FILE))
+        return metrics
 
-    test = evaluate(jem_data.make_batches(data.test, config.batch_size, training=False))
-    metrics = dict(
-        test_accuracy=test["accuracy"], test_xent=test["xent"], global_step=step,
-        objective=config.objective, dataset=data.name, preset=config.preset,
-        steps_this_session=step - first_step, seconds_this_session=round(elapsed, 1),
-        checkpoint=manager.latest_checkpoint,
-    )
-    with writer.as_default(step=step):
-        tf.summary.scalar("test/accuracy", test["accuracy"])
-    writer.flush()
-    if config.export and exporter is not None:
-        metrics["export"] = exporter(config.workdir, step)
-    write_json_atomically(os.path.join(config.workdir, METRICS_FILE), json.dumps(metrics, indent=2))
-    logging.info("Finished at step %d: test accuracy %.4f. Metrics in %s.", step, test["accuracy"],
-                 os.path.join(config.workdir, METRICS_FILE))
-    return metrics
+    def _stop_preempted(self, signal_number):
+        name = signal.Signals(signal_number).name
+        workdir_lib.write_run_status(self.config.workdir, "preempted", self.step, signal=name,
+                                     checkpoint=self.manager.latest_checkpoint)
+        raise TrainingPreemptedError(
+            f"Stopped by {name} at step {self.step}; saved {self.manager.latest_checkpoint}. Re-run the same command "
+            "to resume.", self.step, signal_number)
+
+    def _recover(self, reason, writer):
+        """Divergence at self.step: restore the last good checkpoint and apply the recovery policy,
+        or raise TrainingDivergedError when --max_recoveries are used up."""
+        config = self.config
+        diverged_at = self.step
+        if config.recoveries >= config.max_recoveries:
+            last = self.manager.latest_checkpoint
+            raise TrainingDivergedError(
+                f"Training diverged at step {diverged_at}: {reason}. The last good checkpoint is "
+                f"{last or 'none (no checkpoint was saved yet)'} and was left intact. "
+                f"Automatic recoveries: {config.recoveries} of --max_recoveries={config.max_recoveries} used. "
+                "The paper's remedies (appendix G.3): resume with a lower --learning_rate, more --sgld_steps, "
+                "or another --seed."
+            )
+        with self.strategy.scope():
+            restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=True)
+        if restored is None:
+            raise TrainingDivergedError(
+                f"Training diverged at step {diverged_at}: {reason}, and no checkpoint restores to recover from.")
+        self.manager = self._make_manager()
+        self.step = int(self.optimizer.iterations)
+        model = self.model
+        change = dict(
+            step=diverged_at, reason=reason, restored_checkpoint=os.path.basename(restored), restored_step=self.step,
+            learning_rate_scale=[config.learning_rate_scale, config.learning_rate_scale * config.recovery_lr_factor],
+        )
+        config.learning_rate_scale *= config.recovery_lr_factor
+        self.schedule.scale.assign(config.learning_rate_scale)
+        if isinstance(model, JEM):
+            before = model.sgld_steps
+            config.extra_sgld_steps += config.recovery_extra_sgld_steps
+            model.sgld_steps = config.sgld_steps + config.extra_sgld_steps
+            change["sgld_steps"] = [before, model.sgld_steps]
+            change["chains_reinitialised"] = _reinitialise_wild_chains(
+                model.replay_buffer, config.recovery_chain_limit, seed=(config.seed, diverged_at, config.recoveries))
+        config.recoveries += 1
+        change["recovery"] = config.recoveries
+        change["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        # The effective values go into config.json, so a resumed run continues with them.
+        workdir_lib.write_config(config.workdir, config)
+        path = os.path.join(config.workdir, workdir_lib.RECOVERIES_FILE)
+        history = workdir_lib.read_json(path, [])
+        write_json_atomically(path, json.dumps(history + [change], indent=2))
+        logging.warning(
+            "Recovery %d of %d: training diverged at step %d (%s). Restored %s (step %d); learning rate x%g, "
+            "SGLD steps %s, %s replay-buffer chains re-initialised. Recorded in %s.",
+            config.recoveries, config.max_recoveries, diverged_at, reason, restored, self.step,
+            config.learning_rate_scale, change.get("sgld_steps", "n/a"), change.get("chains_reinitialised", 0), path,
+        )
+        with writer.as_default(step=diverged_at):
+            tf.summary.scalar("recovery/count", config.recoveries)
+            tf.summary.scalar("recovery/learning_rate_scale", config.learning_rate_scale)
+            tf.summary.text("recovery/event", json.dumps(change))
+
+
+def _reinitialise_wild_chains(buffer, limit: float, seed) -> int:
+    """Replaces replay-buffer chains holding a non-finite pixel or one beyond +-limit by fresh
+    U(-1, 1) noise (a stateless draw from `seed`); returns how many were replaced."""
+    images = buffer.images.read_value()
+    finite = tf.reduce_all(tf.math.is_finite(images), axis=[1, 2, 3])
+    bounded = tf.reduce_all(tf.abs(tf.where(tf.math.is_finite(images), images, 0.0)) <= limit, axis=[1, 2, 3])
+    wild = tf.logical_not(tf.logical_and(finite, bounded))
+    count = int(tf.reduce_sum(tf.cast(wild, tf.int32)))
+    if count:
+        fresh = tf.random.stateless_uniform(tf.shape(images), seed=tf.constant(
+            [seed[0], seed[1] * 1000 + seed[2]], tf.int64), minval=-1.0, maxval=1.0)
+        buffer.images.assign(tf.where(wild[:, None, None, None], fresh, images))
+    return count
 
 
 def _write_sample_grid(model, workdir, step, count=64):
@@ -357,6 +566,7 @@ def _write_sample_grid(model, workdir, step, count=64):
 
 
 __all__ = [
-    "IncompatibleWorkdirError", "TrainingDivergedError", "build_model", "distributed_train_step", "make_strategy",
-    "restore_model", "train", "classifier_evaluator",
+    "IncompatibleWorkdirError", "TrainingDivergedError", "TrainingPreemptedError", "WorkdirLockedError",
+    "WorkdirWriteError", "build_model", "classifier_evaluator", "distributed_train_step", "divergence_reason",
+    "make_strategy", "train",
 ]

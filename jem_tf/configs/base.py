@@ -24,6 +24,11 @@ RESUME_INVARIANT_FIELDS = (
     "seed",
 )
 
+# The automatic divergence recovery's state (trainers/loop.py): not flags; written into config.json
+# by the training loop and carried over when a run is resumed, so the resumed run continues with
+# the learning rate and SGLD steps the recoveries chose.
+RECOVERY_STATE_FIELDS = ("learning_rate_scale", "extra_sgld_steps", "recoveries")
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -68,11 +73,25 @@ class TrainConfig:
     jit_compile: bool = False
     # Bookkeeping.
     checkpoint_every_steps: int = 1000
+    # Also a checkpoint when this much time passed since the last one (preemption loses less).
+    checkpoint_every_secs: float = 300.0
     keep_checkpoints: int = 3
     summary_every_steps: int = 100
     sample_every_steps: int = 1000
     # The reference aborts when |L_gen| exceeds 1e8.
     max_abs_generative_loss: float = 1e8
+    # Automatic divergence recovery: restore the last good checkpoint, multiply the learning rate
+    # by recovery_lr_factor, add recovery_extra_sgld_steps SGLD steps, re-initialise replay-buffer
+    # chains that are non-finite or beyond +-recovery_chain_limit; give up after max_recoveries.
+    max_recoveries: int = 3
+    recovery_lr_factor: float = 0.5
+    recovery_extra_sgld_steps: int = 5
+    recovery_chain_limit: float = 3.0
+    # Recovery state in effect (see RECOVERY_STATE_FIELDS): the schedule's multiplier, SGLD steps
+    # added to sgld_steps, and recoveries made so far.
+    learning_rate_scale: float = 1.0
+    extra_sgld_steps: int = 0
+    recoveries: int = 0
     export: bool = True
 
     def validate(self) -> "TrainConfig":
@@ -111,6 +130,11 @@ class TrainConfig:
         check(self.summary_every_steps >= 1, "summary_every_steps", "a positive integer")
         check(self.sample_every_steps >= 1, "sample_every_steps", "a positive integer")
         check(self.max_abs_generative_loss > 0, "max_abs_generative_loss", "a positive number")
+        check(self.checkpoint_every_secs > 0, "checkpoint_every_secs", "a positive number of seconds")
+        check(self.max_recoveries >= 0, "max_recoveries", "a non-negative integer (0: stop at the first divergence)")
+        check(0 < self.recovery_lr_factor <= 1, "recovery_lr_factor", "a value in (0, 1]")
+        check(self.recovery_extra_sgld_steps >= 0, "recovery_extra_sgld_steps", "a non-negative integer")
+        check(self.recovery_chain_limit >= 1, "recovery_chain_limit", "a number >= 1 (chains start in [-1, 1])")
         if self.objective == "jem":
             check(self.batch_size <= self.buffer_size, "buffer_size",
                   f"at least the batch size ({self.batch_size}) so a batch of chains fits")

@@ -506,10 +506,11 @@ def load_test_split(dataset: str, data_dir, num_examples: int, batch_size: int, 
 
 
 def restore_run(workdir: str, checkpoint=None):
-    """Restores a training workdir's model (trainers.loop.restore_model): (EvaluatedRun, TrainConfig)."""
-    from trainers.loop import restore_model
+    """Restores a training workdir's network and replay buffer (jem_tf.workdir.restore_run, read-only):
+    (EvaluatedRun, TrainConfig)."""
+    from jem_tf import workdir as workdir_lib
 
-    model, config, run_info = restore_model(workdir, checkpoint)
+    model, config, run_info = workdir_lib.restore_run(workdir, checkpoint)
     return EvaluatedRun(
         model=model,
         name=f"{config.objective} ({os.path.basename(os.path.normpath(workdir))})",

@@ -1,0 +1,465 @@
+"""A training run's directory: its file names, config and run-info I/O, the one-writer lock, and
+the one trusted checkpoint restore that training, export and evaluation share.
+
+    WORKDIR/
+      config.json         the run's TrainConfig (with the effective recovery state)
+      run_info.json       dataset facts: image shape, classes, split sizes
+      run_status.json     running | preempted | finished | diverged | failed, at which step
+      recoveries.json     one entry per automatic divergence recovery
+      metrics.json        final test metrics
+      .lock               held (fcntl.flock) by the one training process; names its PID and host
+      checkpoints/        ckpt-N.index + ckpt-N.data-*, the `checkpoint` state file
+      checkpoints/broken/ checkpoints that failed verification, moved aside (never deleted)
+      tensorboard/ samples/ export/
+
+Restoring walks back from the newest checkpoint to the newest one that verifies (every tensor
+readable with a matching checksum, every model weight finite) and restores with every object
+matched. The checkpoint list comes from the `ckpt-N.index` files present, so a missing or garbled
+`checkpoint` state file never reads as "no checkpoint" (which would restart at step 0 and
+overwrite good checkpoints); the writer rebuilds that file.
+
+Readers (export, evaluation) build the network and replay buffer here from config.json and
+run_info.json, so they depend neither on the trainers nor on the writer's lock; they never write
+into the workdir and cope with a trainer saving or deleting checkpoints under them.
+"""
+
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from jem_tf.configs.base import TrainConfig, write_json_atomically
+
+CONFIG_FILE = "config.json"
+RUN_INFO_FILE = "run_info.json"
+RUN_STATUS_FILE = "run_status.json"
+RECOVERIES_FILE = "recoveries.json"
+METRICS_FILE = "metrics.json"
+LOCK_FILE = ".lock"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's own name for it
+BROKEN_CHECKPOINT_DIR = "broken"
+SAMPLES_DIR = "samples"
+TENSORBOARD_DIR = "tensorboard"
+EXPORT_DIR = "export"
+CHECKPOINT_PREFIX = "ckpt"
+
+_INDEX_PATTERN = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)\.index$")
+
+
+class RunStopped(Exception):
+    """An expected, explained end of a command; `exit_code` is the documented process exit code."""
+
+    exit_code = 1
+
+
+class WorkdirLockedError(RunStopped):
+    """Another process is training in this workdir."""
+
+    exit_code = 2
+
+
+class CheckpointMismatchError(ValueError):
+    """An intact checkpoint that does not fit the model built from the run's config."""
+
+
+# -- run files --------------------------------------------------------------------------------
+
+
+def is_workdir(workdir: str) -> bool:
+    return os.path.isfile(os.path.join(workdir, CONFIG_FILE)) and os.path.isfile(os.path.join(workdir, RUN_INFO_FILE))
+
+
+def load_config(workdir: str) -> TrainConfig:
+    _require_workdir(workdir)
+    return TrainConfig.load(os.path.join(workdir, CONFIG_FILE))
+
+
+def load_run_info(workdir: str) -> dict:
+    _require_workdir(workdir)
+    with open(os.path.join(workdir, RUN_INFO_FILE)) as f:
+        return json.load(f)
+
+
+def write_config(workdir: str, config: TrainConfig) -> None:
+    write_json_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json())
+
+
+def write_run_info(workdir: str, run_info: dict) -> None:
+    write_json_atomically(os.path.join(workdir, RUN_INFO_FILE), json.dumps(run_info, indent=2))
+
+
+def _require_workdir(workdir: str) -> None:
+    if not is_workdir(workdir):
+        raise FileNotFoundError(
+            f"{workdir!r} is not a jem_tf training workdir: expected {CONFIG_FILE} and {RUN_INFO_FILE} in it "
+            "(written by `python -m jem_tf.train --workdir=...`)."
+        )
+
+
+def write_run_status(workdir: str, state: str, step: int, **details) -> None:
+    """WORKDIR/run_status.json: {"state", "step", "pid", "host", "time", ...details}. Never raises
+    for a full disk: the status is informative, the checkpoint is what a resume needs."""
+    status = dict(state=state, step=int(step), pid=os.getpid(), host=socket.gethostname(),
+                  time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **details)
+    try:
+        write_json_atomically(os.path.join(workdir, RUN_STATUS_FILE), json.dumps(status, indent=2))
+    except OSError as error:
+        logging.warning("Could not write %s (%s).", RUN_STATUS_FILE, error)
+
+
+def read_json(path: str, default):
+    """A JSON file's content, or `default` when it is absent."""
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def clean_leftovers(workdir: str) -> list:
+    """Removes what killed processes left half-written: TF's `*_temp*` checkpoint staging folders,
+    `*.tmp-PID` files of atomic JSON writes, and export `.staging-*` / `.retired-*` folders of
+    processes that no longer run. Call only while holding the workdir lock. Returns the paths."""
+    removed = []
+    checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
+    if os.path.isdir(checkpoints):
+        for name in os.listdir(checkpoints):
+            if "_temp" in name:
+                removed.append(os.path.join(checkpoints, name))
+    for name in os.listdir(workdir) if os.path.isdir(workdir) else ():
+        match = re.search(r"\.tmp-(\d+)$", name)
+        if match and not _process_alive(int(match.group(1))):
+            removed.append(os.path.join(workdir, name))
+    export = os.path.join(workdir, EXPORT_DIR)
+    if os.path.isdir(export):
+        for name in os.listdir(export):
+            match = re.match(r"^\.(staging|retired)-.*-(\d+)$", name)
+            if match and not _process_alive(int(match.group(2))):
+                removed.append(os.path.join(export, name))
+    for path in removed:
+        logging.warning("Removing %s, left half-written by a killed run.", path)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- the writer lock --------------------------------------------------------------------------
+
+
+class WorkdirLock:
+    """Exclusive `fcntl.flock` on WORKDIR/.lock for the lifetime of a training run.
+
+    The kernel releases it when the process dies (even by SIGKILL), so a stale lock never blocks a
+    restart. flock (not lockf) locks are per open file: a second run in the same process is refused
+    too. The lock file is left in place; it records the holder's PID and host for the message.
+    """
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self._fd = None
+
+    def acquire(self) -> "WorkdirLock":
+        os.makedirs(self.workdir, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise WorkdirLockedError(
+                f"Workdir {self.workdir!r} is in use by another training run (PID {holder.get('pid', '?')} on host "
+                f"{holder.get('host', '?')}, started {holder.get('started', '?')}). One run writes a workdir at a "
+                "time: wait for it to finish, stop it (SIGTERM saves a checkpoint), or choose another --workdir."
+            ) from None
+        holder = dict(pid=os.getpid(), host=socket.gethostname(),
+                      started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _read_holder(fd) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, OSError):
+        return {}
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(workdir, CHECKPOINT_DIR)
+
+
+def checkpoint_path(directory: str, step: int) -> str:
+    return os.path.join(directory, f"{CHECKPOINT_PREFIX}-{int(step)}")
+
+
+def checkpoint_step(path: str) -> int:
+    return int(str(path).rsplit("-", 1)[-1])
+
+
+def checkpoint_steps(directory: str) -> list:
+    """Steps of the checkpoints whose index file is present, ascending."""
+    if not os.path.isdir(directory):
+        return []
+    steps = (_INDEX_PATTERN.match(name) for name in os.listdir(directory))
+    return sorted(int(match.group(1)) for match in steps if match)
+
+
+def _state_file_steps(directory: str):
+    """The steps the `checkpoint` state file lists, or None when it is missing or garbled.
+
+    Parsed here, not with tf.train.get_checkpoint_state, which answers None ("no checkpoint") for a
+    garbled file."""
+    path = os.path.join(directory, CHECKPOINT_STATE_FILE)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    entries = re.findall(r'^(model_checkpoint_path|all_model_checkpoint_paths): "([^"]*)"$', text, re.MULTILINE)
+    try:
+        latest = [checkpoint_step(p) for key, p in entries if key == "model_checkpoint_path"]
+        listed = [checkpoint_step(p) for key, p in entries if key == "all_model_checkpoint_paths"]
+    except ValueError:
+        return None
+    if len(latest) != 1 or not listed or latest[0] != listed[-1]:
+        return None
+    return listed
+
+
+def repair_checkpoint_state(directory: str) -> list:
+    """Makes the `checkpoint` state file list exactly the checkpoints present (by their index
+    files), oldest first; rewrites it when missing, garbled or stale. Writer only. Returns steps."""
+    steps = checkpoint_steps(directory)
+    if _state_file_steps(directory) == steps or (not steps and not os.path.exists(
+            os.path.join(directory, CHECKPOINT_STATE_FILE))):
+        return steps
+    path = os.path.join(directory, CHECKPOINT_STATE_FILE)
+    if not steps:
+        os.remove(path)
+        logging.warning("Removed checkpoint state file %s: no checkpoint is left beside it.", path)
+        return steps
+    names = [f"{CHECKPOINT_PREFIX}-{step}" for step in steps]
+    payload = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names)
+    write_json_atomically(path, payload)
+    logging.warning("Rebuilt checkpoint state file %s from the checkpoints present: %s.", path, ", ".join(names))
+    return steps
+
+
+def verify_checkpoint(path: str) -> None:
+    """Raises ValueError saying what is wrong unless every tensor of checkpoint `path` reads back
+    (TensorFlow checks each one's CRC32C) and every model weight is finite."""
+    if not os.path.exists(path + ".index"):
+        raise ValueError(f"{os.path.basename(path)}.index is missing")
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for key in sorted(reader.get_variable_to_shape_map()):
+            value = reader.get_tensor(key)
+            # The model's weights only: chains in the replay buffer may wander, the recovery
+            # policy re-initialises those.
+            if (key.startswith("model/") and "replay_buffer" not in key and isinstance(value, np.ndarray)
+                    and value.dtype.kind == "f" and not np.all(np.isfinite(value))):
+                raise ValueError(f"variable {key} holds non-finite values")
+    except (tf.errors.OpError, OSError) as error:
+        raise ValueError(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__) from None
+
+
+def move_aside(directory: str, step: int, reason: str) -> str:
+    """Moves checkpoint `step`'s files into checkpoints/broken/ (never deletes them)."""
+    broken = os.path.join(directory, BROKEN_CHECKPOINT_DIR)
+    os.makedirs(broken, exist_ok=True)
+    prefix = f"{CHECKPOINT_PREFIX}-{int(step)}"
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = os.path.join(broken, f"{prefix}.{stamp}")
+    for name in sorted(os.listdir(directory)):
+        if name == prefix + ".index" or name.startswith(prefix + ".data-"):
+            os.replace(os.path.join(directory, name), os.path.join(broken, f"{prefix}.{stamp}.{name[len(prefix) + 1:]}"))
+    write_json_atomically(target + ".reason.txt", reason + "\n")
+    return target
+
+
+def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *, writer: bool, partial: bool = False):
+    """Restores the newest checkpoint in `directory` that verifies into `checkpoint`.
+
+    Args:
+      checkpoint: the objects to restore (their variables already created).
+      directory: the checkpoints folder.
+      writer: True for the training process holding the workdir lock: broken checkpoints are moved
+        into checkpoints/broken/ and the state file is rebuilt. False for readers (export,
+        evaluation), which only skip them: a newest checkpoint may still be being written.
+      partial: the checkpoint holds more than `checkpoint` (e.g. the optimizer for a reader); every
+        object of `checkpoint` must still be matched.
+
+    Returns:
+      The restored checkpoint's path, or None when no checkpoint restores.
+
+    Raises:
+      CheckpointMismatchError: an intact checkpoint does not fit the objects (another run's).
+    """
+    skipped = []
+    if writer:
+        repair_checkpoint_state(directory)
+    for _attempt in range(3):  # a reader lists again when files vanish under it
+        candidates = [s for s in reversed(checkpoint_steps(directory)) if s not in skipped]
+        for step in candidates:
+            path = checkpoint_path(directory, step)
+            try:
+                verify_checkpoint(path)
+            except ValueError as error:
+                if not writer and not os.path.exists(path + ".index"):
+                    continue  # deleted by the trainer's rotation since listed: not a fault
+                skipped.append(step)
+                reason = f"{os.path.basename(path)} failed verification: {error}"
+                if writer:
+                    moved = move_aside(directory, step, reason)
+                    logging.warning("Skipping %s; moved it aside to %s.*", reason, moved)
+                else:
+                    logging.warning("Skipping %s.", reason)
+                continue
+            try:
+                status = checkpoint.restore(path)
+                if partial:
+                    status.expect_partial()
+                status.assert_existing_objects_matched()
+            except (tf.errors.NotFoundError, tf.errors.DataLossError) as error:
+                if writer:
+                    raise
+                logging.warning("Checkpoint %s changed while being read (%s); trying again.", path,
+                                str(error).splitlines()[0])
+                break  # files vanished under a reader: list again
+            except AssertionError as error:
+                raise CheckpointMismatchError(
+                    f"Checkpoint {path!r} is intact but does not match the model built from the run's "
+                    f"{CONFIG_FILE}: {str(error).splitlines()[0]}"
+                ) from None
+            if writer and skipped:
+                repair_checkpoint_state(directory)
+            if skipped:
+                logging.warning("Restored %s, the newest checkpoint that verifies.", path)
+            return path
+        else:
+            break
+    if writer and skipped:
+        repair_checkpoint_state(directory)
+    return None
+
+
+def restore_step(checkpoint: tf.train.Checkpoint, directory: str, step_or_path, *, partial: bool = False) -> str:
+    """Restores one named checkpoint (a step number or a path prefix); errors say what exists."""
+    if isinstance(step_or_path, int) or str(step_or_path).isdigit():
+        path = checkpoint_path(directory, int(step_or_path))
+    else:
+        path = str(step_or_path)
+    if not os.path.exists(path + ".index"):
+        available = [checkpoint_path(directory, s) for s in checkpoint_steps(directory)]
+        raise FileNotFoundError(f"Checkpoint {path!r} does not exist; available: {available}.")
+    try:
+        verify_checkpoint(path)
+    except ValueError as error:
+        raise FileNotFoundError(f"Checkpoint {path!r} is damaged ({error}); choose another with --checkpoint.") from None
+    status = checkpoint.restore(path)
+    if partial:
+        status.expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise CheckpointMismatchError(f"Checkpoint {path!r} does not match the run's model: "
+                                      f"{str(error).splitlines()[0]}") from None
+    return path
+
+
+# -- readers: the network and buffer of a run -------------------------------------------------
+
+
+def build_network(config: TrainConfig, run_info: dict, *, with_replay_buffer: bool = True):
+    """The run's WideResNet, built, with (for a JEM run, when asked) its replay buffer as
+    `network.replay_buffer`. Its checkpoint object graph is the trainer's minus the training state
+    (optimizer, metrics), so `restore_run` restores every object of it."""
+    from jem_tf.models import WideResNet  # noqa: PLC0415 (Keras; keep importing this module light)
+    from jem_tf.sampling import ReplayBuffer  # noqa: PLC0415
+
+    image_shape = tuple(int(d) for d in run_info["image_shape"])
+    network = WideResNet(depth=config.depth, width=config.width, num_classes=int(run_info["num_classes"]),
+                         norm=config.norm, activation=config.activation, dropout_rate=config.dropout_rate)
+    network.build((None,) + image_shape)
+    buffer = None
+    if with_replay_buffer and config.objective == "jem":
+        buffer = ReplayBuffer(config.buffer_size, image_shape, seed=config.seed)
+    return network, buffer
+
+
+def restore_run(workdir: str, checkpoint=None, *, with_replay_buffer: bool = True):
+    """Loads a trained run for evaluation or export, read-only.
+
+    Args:
+      workdir: a training workdir (config.json, run_info.json, checkpoints/).
+      checkpoint: None for the newest that verifies, a step number, or a checkpoint path prefix.
+      with_replay_buffer: also restore a JEM run's replay buffer (as `network.replay_buffer`).
+
+    Returns:
+      (network, config, run_info): the WideResNet with its weights restored, the run's TrainConfig,
+      and run_info (image_shape, num_classes, class_names, dataset, plus checkpoint and global_step).
+    """
+    config = load_config(workdir)
+    run_info = load_run_info(workdir)
+    network, buffer = build_network(config, run_info, with_replay_buffer=with_replay_buffer)
+    parts = dict(model=network)
+    if buffer is not None:
+        parts["replay_buffer"] = buffer
+    objects = tf.train.Checkpoint(**parts)
+    directory = checkpoint_dir(workdir)
+    if checkpoint is None:
+        path = restore_newest(objects, directory, writer=False, partial=True)
+        if path is None:
+            found = checkpoint_steps(directory)
+            raise FileNotFoundError(
+                f"No checkpoint in {directory!r} restores; has the run saved one yet?" if not found else
+                f"None of the checkpoints in {directory!r} ({found}) verifies; see the warnings above."
+            )
+    else:
+        path = restore_step(objects, directory, checkpoint, partial=True)
+    if buffer is not None:
+        network.replay_buffer = buffer
+    run_info["checkpoint"] = path
+    run_info["global_step"] = checkpoint_step(path)
+    return network, config, run_info
