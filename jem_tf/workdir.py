@@ -300,7 +300,7 @@ def verify_checkpoint(path: str) -> None:
             if (key.startswith("model/") and "replay_buffer" not in key and isinstance(value, np.ndarray)
                     and value.dtype.kind == "f" and not np.all(np.isfinite(value))):
                 raise ValueError(f"variable {key} holds non-finite values")
-    except (tf.errors.OpError, OSError) as error:
+    except Exception as error:  # noqa: BLE001 (the reader maps file damage to OpError, IndexError, ...)
         raise ValueError(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__) from None
 
 

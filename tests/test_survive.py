@@ -1,0 +1,304 @@
+"""A run survives (issue #7): damaged checkpoints, a garbled state file, two writers, preemption,
+divergence. Tiny in-process runs of `loop.train` (WRN-10-1 on digits, 10 steps, a checkpoint every
+5), each compared with one uninterrupted run: surviving means the same final weights."""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jem_tf import workdir as workdir_lib
+from jem_tf.configs import get_preset
+from jem_tf.evaluation import suite
+from trainers import loop
+
+FINAL_STEP = 10
+
+
+def tiny_config(workdir, **overrides):
+    config = dataclasses.replace(
+        get_preset("quick"), workdir=str(workdir), depth=10, width=1, buffer_size=100, sgld_steps=2, batch_size=16,
+        export=False, summary_every_steps=5, sample_every_steps=100, max_steps=FINAL_STEP, checkpoint_every_steps=5,
+        validation_fraction=0.0,
+    )
+    return dataclasses.replace(config, **overrides)
+
+
+def final_state(workdir, step=FINAL_STEP):
+    """Every tensor of checkpoint `step` (weights, optimizer, replay buffer), by name; not the
+    object graph or the count of saves, which differ when a run was interrupted."""
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
+
+
+def assert_same_state(workdir, reference_workdir):
+    got, want = final_state(workdir), final_state(reference_workdir)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run to FINAL_STEP: checkpoints 0, 5, 10."""
+    workdir = tmp_path_factory.mktemp("reference")
+    metrics = loop.train(tiny_config(workdir))
+    assert metrics["global_step"] == FINAL_STEP
+    assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 5, FINAL_STEP]
+    return str(workdir)
+
+
+@pytest.fixture
+def copy_of(reference, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference, workdir)
+    return workdir
+
+
+def _data_file(workdir, step):
+    directory = os.path.join(workdir, "checkpoints")
+    (name,) = [n for n in os.listdir(directory) if n.startswith(f"ckpt-{step}.data-")]
+    return os.path.join(directory, name)
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _overwrite_4kb(path):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        f.write(np.random.default_rng(0).bytes(4096))
+
+
+DAMAGES = {
+    "truncated data": lambda workdir: _truncate(_data_file(workdir, FINAL_STEP)),
+    "4 KB overwritten": lambda workdir: _overwrite_4kb(_data_file(workdir, FINAL_STEP)),
+    "index deleted": lambda workdir: os.remove(os.path.join(workdir, "checkpoints", f"ckpt-{FINAL_STEP}.index")),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_newest_checkpoint_is_skipped_by_every_command(copy_of, reference, damage, caplog):
+    DAMAGES[damage](copy_of)
+    checkpoints = os.path.join(copy_of, "checkpoints")
+    before = sorted(os.listdir(checkpoints))
+    # Evaluation and export (readers) restore the newest intact checkpoint and move nothing.
+    run, _ = suite.restore_run(copy_of)
+    assert run.checkpoint.endswith("ckpt-5") and run.global_step == 5 and run.has_replay_buffer
+    network, _, run_info = workdir_lib.restore_run(copy_of, with_replay_buffer=False)
+    assert run_info["global_step"] == 5 and not hasattr(network, "replay_buffer")
+    assert sorted(os.listdir(checkpoints)) == before
+    # Training moves the broken one aside, resumes from step 5 and ends where the intact run ended.
+    caplog.set_level("WARNING")
+    metrics = loop.train(tiny_config(copy_of))
+    assert metrics["steps_this_session"] == FINAL_STEP - 5
+    assert_same_state(copy_of, reference)
+    broken_dir = os.path.join(checkpoints, "broken")
+    broken = os.listdir(broken_dir) if os.path.isdir(broken_dir) else []
+    if damage == "index deleted":
+        assert broken == [], "a checkpoint without its index is not a candidate: nothing to move"
+    else:
+        assert any(name.endswith(".index") for name in broken) and any(".data-" in name for name in broken)
+        assert any(name.endswith(".reason.txt") for name in broken)
+        assert f"ckpt-{FINAL_STEP} failed verification" in caplog.text
+
+
+def test_export_of_a_run_with_a_damaged_newest_checkpoint_exports_the_intact_one(copy_of, tmp_path):
+    from export import savedmodel  # noqa: PLC0415
+
+    _truncate(_data_file(copy_of, FINAL_STEP))
+    path = savedmodel.export_run(copy_of, str(tmp_path / "export"), ood_max_images=20)
+    assert path == str(tmp_path / "export" / "5")
+    assert savedmodel.read_metadata(path)["run"]["checkpoint"].endswith("ckpt-5")
+
+
+def test_non_finite_weights_fail_verification(tmp_path):
+    weight = tf.Variable(tf.ones([3]))
+    path = tf.train.Checkpoint(model=tf.Module()).write(str(tmp_path / "empty"))
+    workdir_lib.verify_checkpoint(path)
+    module = tf.Module()
+    module.kernel = weight
+    weight.assign([1.0, np.nan, 2.0])
+    path = tf.train.Checkpoint(model=module).write(str(tmp_path / "nan"))
+    with pytest.raises(ValueError, match="non-finite"):
+        workdir_lib.verify_checkpoint(path)
+
+
+@pytest.mark.parametrize("state_file", ["deleted", "garbled", "stale"])
+def test_a_lost_state_file_is_rebuilt_not_read_as_no_checkpoint(copy_of, reference, state_file):
+    checkpoints = os.path.join(copy_of, "checkpoints")
+    state_path = os.path.join(checkpoints, "checkpoint")
+    if state_file == "deleted":
+        os.remove(state_path)
+    elif state_file == "garbled":
+        with open(state_path, "w") as f:
+            f.write('model_checkpoint_path: "ckpt-\x00\ngarbage {{{')
+    else:
+        with open(state_path, "w") as f:
+            f.write('model_checkpoint_path: "ckpt-0"\nall_model_checkpoint_paths: "ckpt-0"\n')
+    before = {name: os.path.getmtime(os.path.join(checkpoints, name)) for name in os.listdir(checkpoints)
+              if name.startswith("ckpt-")}
+    # Leftovers of a killed run are cleaned at start.
+    os.makedirs(os.path.join(checkpoints, "ckpt-15_temp", "part-00000-of-00001"))
+    os.makedirs(os.path.join(copy_of, "export", ".staging-15-999999999"))
+    with open(os.path.join(copy_of, "config.json.tmp-999999999"), "w") as f:
+        f.write("{")
+    metrics = loop.train(tiny_config(copy_of))
+    assert metrics["steps_this_session"] == 0, "it must resume at step 10, not restart at 0"
+    after = {name: os.path.getmtime(os.path.join(checkpoints, name)) for name in os.listdir(checkpoints)
+             if name.startswith("ckpt-")}
+    assert after == before, "no good checkpoint may be rewritten"
+    assert tf.train.get_checkpoint_state(checkpoints).all_model_checkpoint_paths[:] == [
+        os.path.join(checkpoints, f"ckpt-{s}") for s in (0, 5, FINAL_STEP)]
+    assert not os.path.exists(os.path.join(checkpoints, "ckpt-15_temp"))
+    assert not os.path.exists(os.path.join(copy_of, "export", ".staging-15-999999999"))
+    assert not os.path.exists(os.path.join(copy_of, "config.json.tmp-999999999"))
+    assert_same_state(copy_of, reference)
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_nothing_is_written(copy_of):
+    config_before = open(os.path.join(copy_of, "config.json")).read()
+    metrics_before = open(os.path.join(copy_of, "metrics.json")).read()
+    with workdir_lib.WorkdirLock(copy_of):
+        with pytest.raises(loop.WorkdirLockedError, match=rf"PID {os.getpid()} on host") as refused:
+            loop.train(tiny_config(copy_of, learning_rate=0.02))
+        # Readers do not take the lock.
+        assert workdir_lib.restore_run(copy_of)[2]["global_step"] == FINAL_STEP
+    assert refused.value.exit_code == 2
+    assert open(os.path.join(copy_of, "config.json")).read() == config_before
+    assert open(os.path.join(copy_of, "metrics.json")).read() == metrics_before
+    # Released: the next run proceeds.
+    assert loop.train(tiny_config(copy_of))["global_step"] == FINAL_STEP
+
+
+def _step_hook(monkeypatch, hook):
+    """Wraps the loop's compiled train step: hook(step, logs, model) -> logs, after each step."""
+    original = loop.distributed_train_step
+
+    def wrapped(model, strategy):
+        step_fn = original(model, strategy)
+
+        def train_step(batch):
+            logs = step_fn(batch)
+            return hook(int(model.optimizer.iterations), logs, model)
+
+        return train_step
+
+    monkeypatch.setattr(loop, "distributed_train_step", wrapped)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_and_a_rerun_continues_the_same_run(reference, tmp_path, monkeypatch,
+                                                                         signal_number):
+    workdir = str(tmp_path / "run")
+
+    def send_signal_at_step_3(step, logs, model):
+        if step == 3:
+            os.kill(os.getpid(), signal_number)  # delivered while the loop runs, like a scheduler's
+        return logs
+
+    _step_hook(monkeypatch, send_signal_at_step_3)
+    handler_before = signal.getsignal(signal_number)
+    with pytest.raises(loop.TrainingPreemptedError) as stopped:
+        loop.train(tiny_config(workdir))
+    assert stopped.value.step == 3 and stopped.value.exit_code == 128 + signal_number
+    status = json.load(open(os.path.join(workdir, "run_status.json")))
+    assert status["state"] == "preempted" and status["step"] == 3
+    assert status["signal"] == signal.Signals(signal_number).name
+    assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 3]
+    assert signal.getsignal(signal_number) is handler_before, "the loop's handler must be uninstalled"
+    monkeypatch.undo()
+    metrics = loop.train(tiny_config(workdir))
+    assert metrics["steps_this_session"] == FINAL_STEP - 3
+    assert json.load(open(os.path.join(workdir, "run_status.json")))["state"] == "finished"
+    assert_same_state(workdir, reference)
+
+
+def test_time_based_checkpoints(tmp_path):
+    workdir = str(tmp_path / "run")
+    loop.train(tiny_config(workdir, max_steps=3, checkpoint_every_steps=1000, checkpoint_every_secs=1e-6,
+                           keep_checkpoints=10))
+    assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 1, 2, 3]
+
+
+def _nan_at_step(step_to_break, attempts):
+    """A deterministic divergence: the first `attempts` times step `step_to_break` runs, a weight
+    becomes NaN and the loss is NaN, as in a real blow-up (the model stays broken until restored)."""
+    fired = []
+    seen = []
+
+    def hook(step, logs, model):
+        if step == step_to_break and len(fired) < attempts:
+            fired.append(step)
+            model.trainable_variables[0].assign(tf.fill(model.trainable_variables[0].shape, np.nan))
+            logs = dict(logs, loss=tf.constant(np.nan))
+        seen.append((step, float(logs["loss"]), getattr(model, "sgld_steps", None)))
+        return logs
+
+    return hook, seen
+
+
+def test_divergence_is_recovered_from_the_last_good_checkpoint(tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    hook, seen = _nan_at_step(7, attempts=1)
+    _step_hook(monkeypatch, hook)
+    metrics = loop.train(tiny_config(workdir))
+    assert metrics["global_step"] == FINAL_STEP and metrics["recoveries"] == 1
+    # Step 7 diverged; steps 6.. ran again from checkpoint 5 with 2 + 5 SGLD steps, to a finite end.
+    assert [s for s, _, _ in seen] == [1, 2, 3, 4, 5, 6, 7, 6, 7, 8, 9, 10]
+    assert seen[-1][0] == FINAL_STEP and np.isfinite(seen[-1][1]) and seen[-1][2] == 7
+    (record,) = json.load(open(os.path.join(workdir, "recoveries.json")))
+    assert record["step"] == 7 and record["restored_step"] == 5 and "the loss is nan" in record["reason"]
+    assert record["learning_rate_scale"] == [1.0, 0.5] and record["sgld_steps"] == [2, 7]
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert (config["learning_rate_scale"], config["extra_sgld_steps"], config["recoveries"]) == (0.5, 5, 1)
+    assert all(np.all(np.isfinite(v)) for v in final_state(workdir).values())
+    events = [value.tag for name in os.listdir(os.path.join(workdir, "tensorboard"))
+              for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, "tensorboard", name))
+              for value in event.summary.value]
+    assert "recovery/count" in events and "recovery/event" in events
+    # A resume continues with the recovered settings, even from the original command.
+    monkeypatch.undo()
+    hook, seen = _nan_at_step(-1, attempts=0)
+    _step_hook(monkeypatch, hook)
+    loop.train(tiny_config(workdir, max_steps=FINAL_STEP + 1))
+    assert seen == [(FINAL_STEP + 1, seen[0][1], 7)]
+    assert json.load(open(os.path.join(workdir, "config.json")))["learning_rate_scale"] == 0.5
+
+
+def test_without_recoveries_left_divergence_stops_as_before(tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    hook, _ = _nan_at_step(7, attempts=10)
+    _step_hook(monkeypatch, hook)
+    with pytest.raises(loop.TrainingDivergedError, match=r"diverged at step 7: the loss is nan.*ckpt-5"):
+        loop.train(tiny_config(workdir, max_recoveries=0))
+    assert json.load(open(os.path.join(workdir, "run_status.json")))["state"] == "diverged"
+    assert not os.path.exists(os.path.join(workdir, "recoveries.json"))
+    # With recoveries that keep failing, it gives up after --max_recoveries.
+    with pytest.raises(loop.TrainingDivergedError, match=r"2 of --max_recoveries=2 used"):
+        loop.train(tiny_config(workdir, max_recoveries=2))
+    assert len(json.load(open(os.path.join(workdir, "recoveries.json")))) == 2
+
+
+def test_recovery_reinitialises_only_wild_chains():
+    from jem_tf.sampling import ReplayBuffer  # noqa: PLC0415
+
+    buffer = ReplayBuffer(6, (2, 2, 1), seed=0)
+    images = buffer.images.numpy()
+    images[1, 0, 0, 0] = np.nan
+    images[4, 1, 1, 0] = -7.0
+    images[5, 1, 0, 0] = 2.5  # outside [-1, 1] but within the limit: kept
+    buffer.images.assign(images)
+    assert loop._reinitialise_wild_chains(buffer, 3.0, seed=(0, 7, 0)) == 2
+    after = buffer.images.numpy()
+    for kept in (0, 2, 3, 5):
+        np.testing.assert_array_equal(after[kept], images[kept])
+    assert np.all(np.abs(after[[1, 4]]) <= 1.0)
