@@ -91,6 +91,105 @@ def test_sigkill_mid_epoch_then_rerun_reaches_the_same_final_state(uninterrupted
     np.testing.assert_allclose(resumed_buffer, reference_buffer, atol=1e-5)
 
 
+def checkpoint_tensors(workdir, step=12):
+    """Every tensor of a run's checkpoint but the object graph and the count of saves."""
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
+
+
+def assert_same_final_state(workdir, reference_workdir):
+    got, want = checkpoint_tensors(workdir), checkpoint_tensors(reference_workdir)
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+def start_cli(*flags):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "jem_tf.train", *flags], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint_after_step_0(workdir, process, timeout=240):
+    checkpoints = str(Path(workdir, "checkpoints"))
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None and (
+            tf.train.latest_checkpoint(checkpoints) or "ckpt-0").endswith("ckpt-0"):
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_exits_with_its_code_and_a_rerun_finishes_the_same_run(
+        uninterrupted, tmp_path, signal_number):
+    reference_workdir, _ = uninterrupted
+    workdir = str(tmp_path / "preempted")
+    flags = [*TINY, f"--workdir={workdir}", "--max_steps=12", "--checkpoint_every_steps=3"]
+    process = start_cli(*flags)
+    wait_for_checkpoint_after_step_0(workdir, process)
+    process.send_signal(signal_number)
+    _, stderr = process.communicate(timeout=240)
+    assert not Path(workdir, "metrics.json").exists(), "signalled too late: the run had already finished"
+    assert process.returncode == 128 + signal_number, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    status = json.loads(Path(workdir, "run_status.json").read_text())
+    assert status["state"] == "preempted" and status["signal"] == signal.Signals(signal_number).name
+    assert f"Stopped by {status['signal']} at step {status['step']}" in stderr
+    assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith(f"ckpt-{status['step']}")
+    result = run_cli(*flags)
+    assert f"Resumed from {os.path.join(workdir, 'checkpoints', 'ckpt-' + str(status['step']))}" in result.stderr
+    assert json.loads(Path(workdir, "run_status.json").read_text())["state"] == "finished"
+    assert_same_final_state(workdir, reference_workdir)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_cleanly_and_the_rerun_with_space_finishes_the_same_run(uninterrupted, tmp_path):
+    reference_workdir, _ = uninterrupted
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    # A checkpoint of this run is ~1 MB: 2.5 MB hold the step-0 and step-3 ones, not the step-6 one.
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root / CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        workdir = str(mount_point / "run")
+        flags = [*TINY, f"--workdir={workdir}", "--max_steps=12", "--checkpoint_every_steps=3"]
+        full = run_cli(*flags, check=False)
+        assert full.returncode == 4, full.stderr[-3000:]
+        assert "No space left on device" in full.stderr and "re-run" in full.stderr
+        assert "Traceback" not in full.stderr
+        assert json.loads(Path(workdir, "run_status.json").read_text())["state"] == "failed"
+        subprocess.run(["mount", "-o", "remount,size=16m", str(mount_point)], check=True)
+        result = run_cli(*flags)
+        assert "Resumed from" in result.stderr
+        assert_same_final_state(workdir, reference_workdir)
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_locked_workdir_exits_2_naming_the_holder(tmp_path):
+    workdir = str(tmp_path / "locked")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from jem_tf.workdir import WorkdirLock; "
+         "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)", workdir],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2"), stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run_cli(*TINY, f"--workdir={workdir}", "--max_steps=2", "--learning_rate=0.02", check=False)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert f"PID {holder.pid} on host" in result.stderr and "Traceback" not in result.stderr
+        assert sorted(os.listdir(workdir)) == [".lock"], "the refused run must write nothing"
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases the lock with the process
+        holder.wait()
+    run_cli(*TINY, f"--workdir={workdir}", "--max_steps=2")
+    assert json.loads(Path(workdir, "config.json").read_text())["learning_rate"] != 0.02
+
+
 def test_incompatible_workdir_is_refused_and_left_untouched(uninterrupted):
     workdir, _ = uninterrupted
     before = Path(workdir, "config.json").read_text()
@@ -117,9 +216,10 @@ def test_divergence_stops_cleanly_naming_step_and_last_good_checkpoint(tmp_path)
     workdir = str(tmp_path / "diverge")
     run_cli(*TINY, f"--workdir={workdir}", "--max_steps=2", "--checkpoint_every_steps=2")
     buffer_before, checkpoint = read_buffer(workdir)
-    # A guard threshold no real step satisfies makes step 3 "diverge" deterministically.
+    # A guard threshold no real step satisfies makes step 3 "diverge" deterministically; without
+    # automatic recoveries the run stops there.
     result = run_cli(*TINY, f"--workdir={workdir}", "--max_steps=4", "--checkpoint_every_steps=1",
-                     "--max_abs_generative_loss=1e-12", check=False)
+                     "--max_abs_generative_loss=1e-12", "--max_recoveries=0", check=False)
     assert result.returncode == 3
     assert "diverged at step 3" in result.stderr and "ckpt-2" in result.stderr
     assert "Traceback" not in result.stderr
