@@ -82,6 +82,8 @@ DAMAGES = {
     "truncated data": lambda workdir: _truncate(_data_file(workdir, FINAL_STEP)),
     "4 KB overwritten": lambda workdir: _overwrite_4kb(_data_file(workdir, FINAL_STEP)),
     "index deleted": lambda workdir: os.remove(os.path.join(workdir, "checkpoints", f"ckpt-{FINAL_STEP}.index")),
+    # What a reader sees while the trainer is still writing the newest index.
+    "index half-written": lambda workdir: _truncate(os.path.join(workdir, "checkpoints", f"ckpt-{FINAL_STEP}.index")),
 }
 
 

@@ -461,6 +461,8 @@ class _Run:
         elapsed = time.time() - started
 
         test = evaluate(jem_data.make_batches(data.test, config.batch_size, training=False))
+        if stop_requests.requested:  # during the test pass: stop before the export; a re-run does both
+            self._stop_preempted(stop_requests.signal_number)
         metrics = dict(
             test_accuracy=test["accuracy"], test_xent=test["xent"], global_step=self.step,
             objective=config.objective, dataset=data.name, preset=config.preset,
