@@ -52,7 +52,8 @@ FLAG_HELP = {
     "keep_checkpoints": "Keep the last K checkpoints.",
     "summary_every_steps": "TensorBoard scalars every N steps.",
     "sample_every_steps": "Grid of current SGLD chains (TensorBoard + WORKDIR/samples) every N steps.",
-    "max_abs_generative_loss": "Divergence guard: a step whose |generative loss| exceeds this diverged (reference: 1e8).",
+    "max_abs_generative_loss": "Divergence guard: a step whose |generative loss| exceeds this diverged "
+                               "(reference: 1e8).",
     "max_recoveries": "Automatic divergence recoveries (restore the last good checkpoint, apply the recovery "
                       "policy, continue) before giving up with exit code 3; 0 stops at the first divergence.",
     "recovery_lr_factor": "Recovery policy: multiply the learning rate by this at each recovery.",
@@ -113,7 +114,7 @@ def main(argv):
     except loop.TrainingDivergedError as error:
         logging.error("%s", error)
         sys.exit(3)
-    except loop.workdir_lib.RunStopped as stop:  # preempted, workdir locked or not writable
+    except loop.RunStopped as stop:  # preempted, workdir locked or not writable
         logging.error("%s", stop)
         sys.exit(stop.exit_code)
     logging.info("test_accuracy=%.4f global_step=%d workdir=%s", metrics["test_accuracy"],

@@ -313,7 +313,8 @@ def move_aside(directory: str, step: int, reason: str) -> str:
     target = os.path.join(broken, f"{prefix}.{stamp}")
     for name in sorted(os.listdir(directory)):
         if name == prefix + ".index" or name.startswith(prefix + ".data-"):
-            os.replace(os.path.join(directory, name), os.path.join(broken, f"{prefix}.{stamp}.{name[len(prefix) + 1:]}"))
+            suffix = name[len(prefix) + 1:]
+            os.replace(os.path.join(directory, name), os.path.join(broken, f"{prefix}.{stamp}.{suffix}"))
     write_json_atomically(target + ".reason.txt", reason + "\n")
     return target
 
@@ -396,7 +397,8 @@ def restore_step(checkpoint: tf.train.Checkpoint, directory: str, step_or_path, 
     try:
         verify_checkpoint(path)
     except ValueError as error:
-        raise FileNotFoundError(f"Checkpoint {path!r} is damaged ({error}); choose another with --checkpoint.") from None
+        raise FileNotFoundError(
+            f"Checkpoint {path!r} is damaged ({error}); choose another with --checkpoint.") from None
     status = checkpoint.restore(path)
     if partial:
         status.expect_partial()

@@ -46,6 +46,7 @@ PREEMPTED_EXIT_BASE = 128
 # The workdir could not be written (disk full, quota, permissions): free space and re-run.
 WORKDIR_WRITE_FAILED_EXIT = 4
 
+RunStopped = workdir_lib.RunStopped  # an expected end with its own exit code (`.exit_code`)
 WorkdirLockedError = workdir_lib.WorkdirLockedError
 
 
@@ -143,7 +144,8 @@ def divergence_reason(logs, max_abs_generative_loss):
     if not np.isfinite(loss):
         return f"the loss is {loss}"
     if not np.isfinite(generative) or abs(generative) > max_abs_generative_loss:
-        return f"|generative loss| = {abs(generative):.3g} exceeds --max_abs_generative_loss={max_abs_generative_loss:g}"
+        return (f"|generative loss| = {abs(generative):.3g} exceeds "
+                f"--max_abs_generative_loss={max_abs_generative_loss:g}")
     return None
 
 
@@ -382,7 +384,8 @@ class _Run:
 
     def _make_manager(self):
         # Reads the state file restore_newest rebuilt: it lists exactly the checkpoints present.
-        return tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir, max_to_keep=self.config.keep_checkpoints)
+        return tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
+                                          max_to_keep=self.config.keep_checkpoints)
 
     def save(self) -> str:
         try:
@@ -453,7 +456,8 @@ class _Run:
                 with writer.as_default(step=self.step):
                     for name, value in validation.items():
                         tf.summary.scalar(f"validation/{name}", value)
-        if self.manager.latest_checkpoint is None or workdir_lib.checkpoint_step(self.manager.latest_checkpoint) != self.step:
+        latest = self.manager.latest_checkpoint
+        if latest is None or workdir_lib.checkpoint_step(latest) != self.step:
             self.save()
         writer.flush()
         if stop_requests.requested:
@@ -568,7 +572,7 @@ def _write_sample_grid(model, workdir, step, count=64):
 
 
 __all__ = [
-    "IncompatibleWorkdirError", "TrainingDivergedError", "TrainingPreemptedError", "WorkdirLockedError",
+    "IncompatibleWorkdirError", "RunStopped", "TrainingDivergedError", "TrainingPreemptedError", "WorkdirLockedError",
     "WorkdirWriteError", "build_model", "classifier_evaluator", "distributed_train_step", "divergence_reason",
     "make_strategy", "train",
 ]
