@@ -15,6 +15,7 @@ A run survives:
 """
 
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -321,26 +322,35 @@ def train(config: TrainConfig, exporter=None) -> dict:
     with workdir_lib.WorkdirLock(config.workdir):
         workdir_lib.clean_leftovers(config.workdir)
         resuming, config = _prepare_workdir(config, data)
-        run = _Run(config, data, strategy, steps_per_epoch, resuming)
+        # Installed before the model is built: a signal at any time from here ends with a checkpoint.
         stop_requests = _StopRequests().install()
+        run = None
+
+        def status(state, **details):
+            workdir_lib.write_run_status(config.workdir, state, run.step if run is not None else 0, **details)
+
         try:
+            run = _Run(config, data, strategy, steps_per_epoch, resuming)
             return run.train(stop_requests, exporter)
         except TrainingDivergedError as error:
-            workdir_lib.write_run_status(config.workdir, "diverged", run.step, message=str(error))
+            status("diverged", message=str(error))
             raise
         except TrainingPreemptedError:
-            raise  # its status is written before the checkpoint is reported
+            raise  # its status was written before
         except WorkdirWriteError as error:
-            workdir_lib.write_run_status(config.workdir, "failed", run.step, message=str(error))
+            status("failed", message=str(error))
             raise
         except OSError as error:
-            workdir_lib.write_run_status(config.workdir, "failed", run.step, message=str(error))
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                status("failed", message=f"{type(error).__name__}: {error}")
+                raise
+            status("failed", message=str(error))
             raise WorkdirWriteError(
-                f"Could not write to workdir {config.workdir!r}: {error}. Free space (or fix permissions) and re-run "
-                "the same command: it resumes from the last checkpoint."
+                f"Could not write to workdir {config.workdir!r}: {error}. Free space and re-run the same command: "
+                "it resumes from the last checkpoint."
             ) from error
         except BaseException as error:
-            workdir_lib.write_run_status(config.workdir, "failed", run.step, message=f"{type(error).__name__}: {error}")
+            status("failed", message=f"{type(error).__name__}: {error}")
             raise
         finally:
             stop_requests.uninstall()
