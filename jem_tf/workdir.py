@@ -340,7 +340,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *, writer: b
     skipped = []
     if writer:
         repair_checkpoint_state(directory)
-    for _attempt in range(3):  # a reader lists again when files vanish under it
+    for _attempt in range(10):  # a reader lists again when files vanish under it
         candidates = [s for s in reversed(checkpoint_steps(directory)) if s not in skipped]
         for step in candidates:
             path = checkpoint_path(directory, step)
@@ -348,7 +348,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *, writer: b
                 verify_checkpoint(path)
             except ValueError as error:
                 if not writer and not os.path.exists(path + ".index"):
-                    continue  # deleted by the trainer's rotation since listed: not a fault
+                    break  # deleted by the trainer's rotation since listed (not a fault): list again
                 skipped.append(step)
                 reason = f"{os.path.basename(path)} failed verification: {error}"
                 if writer:
@@ -362,17 +362,18 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *, writer: b
                 if partial:
                     status.expect_partial()
                 status.assert_existing_objects_matched()
-            except (tf.errors.NotFoundError, tf.errors.DataLossError) as error:
-                if writer:
-                    raise
-                logging.warning("Checkpoint %s changed while being read (%s); trying again.", path,
-                                str(error).splitlines()[0])
-                break  # files vanished under a reader: list again
             except AssertionError as error:
                 raise CheckpointMismatchError(
                     f"Checkpoint {path!r} is intact but does not match the model built from the run's "
                     f"{CONFIG_FILE}: {str(error).splitlines()[0]}"
                 ) from None
+            except Exception as error:  # noqa: BLE001
+                if writer:
+                    raise
+                # Verified a moment ago: the trainer's rotation deleted it while it was read.
+                logging.warning("Checkpoint %s changed while being read (%s); listing again.", path,
+                                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+                break
             if writer and skipped:
                 repair_checkpoint_state(directory)
             if skipped:

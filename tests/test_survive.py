@@ -304,3 +304,30 @@ def test_recovery_reinitialises_only_wild_chains():
     for kept in (0, 2, 3, 5):
         np.testing.assert_array_equal(after[kept], images[kept])
     assert np.all(np.abs(after[[1, 4]]) <= 1.0)
+
+
+
+def test_a_reader_lists_again_when_the_trainer_rotates_a_checkpoint_away_under_it(copy_of, monkeypatch):
+    """The race export/evaluation meet on a training workdir, made deterministic: while the reader
+    verifies ckpt-10, the trainer saves ckpt-11 and its rotation deletes every older checkpoint."""
+    checkpoints = os.path.join(copy_of, "checkpoints")
+    original_verify = workdir_lib.verify_checkpoint
+    rotated = []
+
+    def verify_during_rotation(path):
+        if not rotated:
+            rotated.append(path)
+            for name in os.listdir(checkpoints):
+                if name.startswith(f"ckpt-{FINAL_STEP}."):  # the "new" checkpoint: same content, next step
+                    shutil.copy(os.path.join(checkpoints, name),
+                                os.path.join(checkpoints, name.replace(f"ckpt-{FINAL_STEP}.", "ckpt-11.")))
+            for name in os.listdir(checkpoints):
+                if name.startswith(("ckpt-0.", "ckpt-5.", f"ckpt-{FINAL_STEP}.")):
+                    os.remove(os.path.join(checkpoints, name))
+        return original_verify(path)
+
+    monkeypatch.setattr(workdir_lib, "verify_checkpoint", verify_during_rotation)
+    _, _, run_info = workdir_lib.restore_run(copy_of, with_replay_buffer=False)
+    assert rotated == [os.path.join(checkpoints, f"ckpt-{FINAL_STEP}")]
+    assert run_info["global_step"] == 11
+    assert not os.path.exists(os.path.join(checkpoints, "broken")), "a reader moves nothing"
