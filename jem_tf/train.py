@@ -117,6 +117,9 @@ def main(argv):
     except loop.RunStopped as stop:  # preempted, workdir locked or not writable
         logging.error("%s", stop)
         sys.exit(stop.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training caught signals: nothing was trained yet
+        logging.error("Interrupted before training started; nothing was saved.")
+        sys.exit(130)
     logging.info("test_accuracy=%.4f global_step=%d workdir=%s", metrics["test_accuracy"],
                  metrics["global_step"], config.workdir)
 

@@ -231,28 +231,44 @@ def test_time_based_checkpoints(tmp_path):
     assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 1, 2, 3]
 
 
-def _nan_at_step(step_to_break, attempts):
+def _nan_at_step(step_to_break, attempts, wild_chain_at=None, crash_at_replayed=None):
     """A deterministic divergence: the first `attempts` times step `step_to_break` runs, a weight
-    becomes NaN and the loss is NaN, as in a real blow-up (the model stays broken until restored)."""
-    fired = []
-    seen = []
+    becomes NaN and the loss is NaN, as in a real blow-up (the model stays broken until restored).
+    Optionally one replay-buffer chain is sent to 50 at step `wild_chain_at` (so the checkpoint the
+    recovery restores holds a chain to re-initialise), and the process "crashes" when step
+    `crash_at_replayed` runs again after the recovery (before any new checkpoint)."""
+    fired, seen = [], []
 
     def hook(step, logs, model):
+        if step == wild_chain_at and all(s != step for s, _, _ in seen):
+            images = model.replay_buffer.images.numpy()
+            images[0] = 50.0
+            model.replay_buffer.images.assign(images)
         if step == step_to_break and len(fired) < attempts:
             fired.append(step)
             model.trainable_variables[0].assign(tf.fill(model.trainable_variables[0].shape, np.nan))
             logs = dict(logs, loss=tf.constant(np.nan))
+        if fired and step == crash_at_replayed:
+            raise RuntimeError("simulated crash after the recovery")
         seen.append((step, float(logs["loss"]), getattr(model, "sgld_steps", None)))
         return logs
 
     return hook, seen
 
 
-def test_divergence_is_recovered_from_the_last_good_checkpoint(tmp_path, monkeypatch):
-    workdir = str(tmp_path / "run")
-    hook, seen = _nan_at_step(7, attempts=1)
-    _step_hook(monkeypatch, hook)
-    metrics = loop.train(tiny_config(workdir))
+@pytest.fixture(scope="module")
+def recovered(tmp_path_factory):
+    """A run whose step 7 diverges once (with a wild chain in checkpoint 5), recovered."""
+    workdir = str(tmp_path_factory.mktemp("recovered"))
+    hook, seen = _nan_at_step(7, attempts=1, wild_chain_at=5)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _step_hook(monkeypatch, hook)
+        metrics = loop.train(tiny_config(workdir))
+    return workdir, metrics, seen
+
+
+def test_divergence_is_recovered_from_the_last_good_checkpoint(recovered):
+    workdir, metrics, seen = recovered
     assert metrics["global_step"] == FINAL_STEP and metrics["recoveries"] == 1
     # Step 7 diverged; steps 6.. ran again from checkpoint 5 with 2 + 5 SGLD steps, to a finite end.
     assert [s for s, _, _ in seen] == [1, 2, 3, 4, 5, 6, 7, 6, 7, 8, 9, 10]
@@ -260,6 +276,7 @@ def test_divergence_is_recovered_from_the_last_good_checkpoint(tmp_path, monkeyp
     (record,) = json.load(open(os.path.join(workdir, "recoveries.json")))
     assert record["step"] == 7 and record["restored_step"] == 5 and "the loss is nan" in record["reason"]
     assert record["learning_rate_scale"] == [1.0, 0.5] and record["sgld_steps"] == [2, 7]
+    assert record["chains_reinitialised"] == 1
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert (config["learning_rate_scale"], config["extra_sgld_steps"], config["recoveries"]) == (0.5, 5, 1)
     assert all(np.all(np.isfinite(v)) for v in final_state(workdir).values())
@@ -267,12 +284,30 @@ def test_divergence_is_recovered_from_the_last_good_checkpoint(tmp_path, monkeyp
               for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, "tensorboard", name))
               for value in event.summary.value]
     assert "recovery/count" in events and "recovery/event" in events
-    # A resume continues with the recovered settings, even from the original command.
+
+
+def test_a_run_killed_after_a_recovery_resumes_the_same_recovered_run(recovered, tmp_path, monkeypatch):
+    reference_workdir, _, _ = recovered
+    workdir = str(tmp_path / "run")
+    hook, _ = _nan_at_step(7, attempts=1, wild_chain_at=5, crash_at_replayed=6)
+    _step_hook(monkeypatch, hook)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        loop.train(tiny_config(workdir))
+    assert json.load(open(os.path.join(workdir, "run_status.json")))["state"] == "failed"
     monkeypatch.undo()
+    # From checkpoint 5 again, with the recovered settings from config.json and the same chains.
+    metrics = loop.train(tiny_config(workdir))
+    assert metrics["recoveries"] == 1 and metrics["steps_this_session"] == FINAL_STEP - 5
+    assert_same_state(workdir, reference_workdir)
+
+
+def test_a_resume_continues_with_the_recovered_settings(recovered, tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(recovered[0], workdir)
     hook, seen = _nan_at_step(-1, attempts=0)
     _step_hook(monkeypatch, hook)
-    loop.train(tiny_config(workdir, max_steps=FINAL_STEP + 1))
-    assert seen == [(FINAL_STEP + 1, seen[0][1], 7)]
+    loop.train(tiny_config(workdir, max_steps=FINAL_STEP + 1))  # the original command, one step more
+    assert [(step, sgld_steps) for step, _, sgld_steps in seen] == [(FINAL_STEP + 1, 7)]
     assert json.load(open(os.path.join(workdir, "config.json")))["learning_rate_scale"] == 0.5
 
 

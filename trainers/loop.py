@@ -385,12 +385,25 @@ class _Run:
         self.step = int(self.optimizer.iterations)
         if restored:
             logging.info("Resumed from %s (step %d).", restored, self.step)
+            self._reapply_last_recovery()
         else:
             if resuming:
                 logging.info("Workdir %s has a config but no checkpoint yet; starting from step 0.", config.workdir)
             # Step 0 is the last good checkpoint a divergence before the first periodic one returns to.
             self.save()
         self.last_save_time = time.monotonic()
+
+    def _reapply_last_recovery(self):
+        """A run killed after a recovery but before its next checkpoint resumes from the checkpoint
+        that recovery restored; the chain re-initialisation it then made is in no checkpoint, so it
+        is made again, identically (a stateless draw), to continue the same run. The learning-rate
+        scale and SGLD steps come back from config.json."""
+        history = workdir_lib.read_json(os.path.join(self.config.workdir, workdir_lib.RECOVERIES_FILE), [])
+        last = history[-1] if history else None
+        if last and last.get("restored_step") == self.step and "chain_seed" in last and isinstance(self.model, JEM):
+            count = _reinitialise_wild_chains(self.model.replay_buffer, last["chain_limit"], seed=last["chain_seed"])
+            logging.info("Re-applied recovery %d's re-initialisation of %d chains to the restored buffer.",
+                         last["recovery"], count)
 
     def _make_manager(self):
         # Reads the state file restore_newest rebuilt: it lists exactly the checkpoints present.
@@ -535,8 +548,10 @@ class _Run:
             config.extra_sgld_steps += config.recovery_extra_sgld_steps
             model.sgld_steps = config.sgld_steps + config.extra_sgld_steps
             change["sgld_steps"] = [before, model.sgld_steps]
+            change["chain_seed"] = [config.seed, diverged_at, config.recoveries]
+            change["chain_limit"] = config.recovery_chain_limit
             change["chains_reinitialised"] = _reinitialise_wild_chains(
-                model.replay_buffer, config.recovery_chain_limit, seed=(config.seed, diverged_at, config.recoveries))
+                model.replay_buffer, config.recovery_chain_limit, seed=change["chain_seed"])
         config.recoveries += 1
         change["recovery"] = config.recoveries
         change["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
