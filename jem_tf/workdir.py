@@ -257,6 +257,8 @@ def _state_file_steps(directory: str):
     except (OSError, UnicodeDecodeError):
         return None
     entries = re.findall(r'^(model_checkpoint_path|all_model_checkpoint_paths): "([^"]*)"$', text, re.MULTILINE)
+    if any(os.path.isabs(p) and os.path.dirname(p) != os.path.abspath(directory) for _, p in entries):
+        return None  # written before the workdir was moved: its absolute paths point elsewhere
     try:
         latest = [checkpoint_step(p) for key, p in entries if key == "model_checkpoint_path"]
         listed = [checkpoint_step(p) for key, p in entries if key == "all_model_checkpoint_paths"]
@@ -276,8 +278,11 @@ def repair_checkpoint_state(directory: str) -> list:
         return steps
     path = os.path.join(directory, CHECKPOINT_STATE_FILE)
     if not steps:
-        os.remove(path)
-        logging.warning("Removed checkpoint state file %s: no checkpoint is left beside it.", path)
+        broken = os.path.join(directory, BROKEN_CHECKPOINT_DIR)
+        os.makedirs(broken, exist_ok=True)
+        target = os.path.join(broken, f"{CHECKPOINT_STATE_FILE}.{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+        os.replace(path, target)
+        logging.warning("Moved checkpoint state file %s to %s: no checkpoint is left beside it.", path, target)
         return steps
     names = [f"{CHECKPOINT_PREFIX}-{step}" for step in steps]
     payload = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names)

@@ -366,3 +366,24 @@ def test_a_reader_lists_again_when_the_trainer_rotates_a_checkpoint_away_under_i
     assert rotated == [os.path.join(checkpoints, f"ckpt-{FINAL_STEP}")]
     assert run_info["global_step"] == 11
     assert not os.path.exists(os.path.join(checkpoints, "broken")), "a reader moves nothing"
+
+
+def test_state_file_repair_units(tmp_path):
+    directory = str(tmp_path)
+    for step in (3, 6):
+        open(os.path.join(directory, f"ckpt-{step}.index"), "w").close()
+    assert workdir_lib.repair_checkpoint_state(directory) == [3, 6]
+    state = tf.train.get_checkpoint_state(directory)
+    assert state.model_checkpoint_path == os.path.join(directory, "ckpt-6")
+    # Absolute paths of a workdir that was moved are stale.
+    with open(os.path.join(directory, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "/elsewhere/ckpt-6"\nall_model_checkpoint_paths: "/elsewhere/ckpt-3"\n'
+                'all_model_checkpoint_paths: "/elsewhere/ckpt-6"\n')
+    workdir_lib.repair_checkpoint_state(directory)
+    assert tf.train.get_checkpoint_state(directory).model_checkpoint_path == os.path.join(directory, "ckpt-6")
+    # A state file naming checkpoints that are all gone is moved aside, not deleted.
+    for step in (3, 6):
+        os.remove(os.path.join(directory, f"ckpt-{step}.index"))
+    assert workdir_lib.repair_checkpoint_state(directory) == []
+    assert not os.path.exists(os.path.join(directory, "checkpoint"))
+    assert [n.split(".")[0] for n in os.listdir(os.path.join(directory, "broken"))] == ["checkpoint"]
