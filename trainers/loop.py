@@ -15,6 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from jem_tf import data as jem_data
+from jem_tf import preflight
 from jem_tf.configs.base import TrainConfig, incompatible_fields, write_json_atomically
 from trainers.classifier import Classifier
 from trainers.jem import JEM
@@ -180,22 +181,36 @@ def image_grid(images, columns=8, gap=1):
     return grid
 
 
+def _check_resumable(config: TrainConfig) -> bool:
+    """Refuses (writing nothing) a workdir made with incompatible settings; True when the workdir
+    already holds this run (a resume)."""
+    config_path = os.path.join(config.workdir, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        return False
+    try:
+        saved = TrainConfig.load(config_path)
+    except (ValueError, TypeError) as error:
+        raise IncompatibleWorkdirError(
+            f"{config_path!r} cannot be read ({error}). Restore it from the command that started the run, or "
+            "choose a new --workdir."
+        ) from None
+    differences = incompatible_fields(saved, config)
+    if differences:
+        raise IncompatibleWorkdirError(
+            f"Workdir {config.workdir!r} holds a run with different settings ({'; '.join(differences)}). "
+            "Resume it with its original settings, or choose a new --workdir."
+        )
+    return True
+
+
 def _prepare_workdir(config: TrainConfig, data) -> bool:
     """Writes config and run info; refuses a workdir made with incompatible settings.
 
     Returns True when the workdir already held this run (a resume).
     """
+    resuming = _check_resumable(config)
     os.makedirs(config.workdir, exist_ok=True)
     config_path = os.path.join(config.workdir, CONFIG_FILE)
-    resuming = os.path.exists(config_path)
-    if resuming:
-        saved = TrainConfig.load(config_path)
-        differences = incompatible_fields(saved, config)
-        if differences:
-            raise IncompatibleWorkdirError(
-                f"Workdir {config.workdir!r} holds a run with different settings ({'; '.join(differences)}). "
-                "Resume it with its original settings, or choose a new --workdir."
-            )
     write_json_atomically(config_path, config.to_json())
     run_info = dict(
         dataset=data.name, image_shape=list(data.image_shape), num_classes=data.num_classes,
@@ -248,22 +263,26 @@ def train(config: TrainConfig, exporter=None) -> dict:
         re-export after resuming never collides. Injected to keep the export package (which
         restores runs through this module) out of this module's dependencies.
     """
+    # Every check that can refuse the command runs before the first write (preflight), so a refused
+    # command leaves the workdir as it was and the corrected one just runs.
     config.validate()
-    data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction)
+    preflight.check_workdir_path(config.workdir)
+    _check_resumable(config)
+    data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
+                         skip_bad_files=config.skip_bad_files, drop_empty_classes=config.drop_empty_classes)
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(
             f"--batch_size={config.batch_size} (global) must be divisible by the {replicas} replicas."
         )
+    config.validate_for_data(data.num_train)
     steps_per_epoch = data.num_train // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"--batch_size={config.batch_size} is larger than the {data.num_train} training examples of {data.name!r}."
-        )
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
+    preflight.check_not_past_end(config, total_steps, steps_per_epoch)
+    preflight.check_replay_buffer_memory(config, data.image_shape)
     resuming = _prepare_workdir(config, data)
     augmentation = config.augmentation or data.augmentation
 
