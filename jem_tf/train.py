@@ -109,6 +109,12 @@ def config_from_flags(flag_values):
 
 def main(argv):
     del argv  # cli.run refuses positional arguments
+    try:
+        # Before TensorFlow's import: a bad flag value is refused in a fraction of a second.
+        config = config_from_flags(flags.FLAGS)
+    except ValueError as error:
+        logging.error("%s", error)
+        sys.exit(cli.EXIT_BAD_INPUT)
     from export import savedmodel  # noqa: PLC0415 (imports TensorFlow)
     from jem_tf.data import DatasetUnavailableError  # noqa: PLC0415
     from trainers import loop  # noqa: PLC0415
@@ -117,7 +123,6 @@ def main(argv):
         return savedmodel.export_run(workdir, output=os.path.join(workdir, "export"), version=version, overwrite=True)
 
     try:
-        config = config_from_flags(flags.FLAGS)
         metrics = loop.train(config, exporter=export_final_checkpoint)
     except (ValueError, DatasetUnavailableError, FileNotFoundError) as error:
         logging.error("%s", error)

@@ -88,7 +88,10 @@ class TrainConfig:
 
         def check(condition, name, expected):
             if not condition:
-                raise ValueError(f"--{name}={getattr(self, name)!r} is invalid: expected {expected}.")
+                value = getattr(self, name)
+                # Lists as they are typed on the command line (--lr_decay_epochs=11,8).
+                shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else repr(value)
+                raise ValueError(f"--{name}={shown} is invalid: expected {expected}.")
 
         # inf or nan in any float setting would be trained into divergence (or never checked):
         # refused first, since every range check below is False for nan anyway.
