@@ -256,3 +256,11 @@ def test_flags_absl_cannot_parse_exit_2_with_one_line(argv, named, monkeypatch):
         cli.parse_flags(["jem_tf.train", *argv])
     assert exit_info.value.code == cli.EXIT_BAD_INPUT == 2
     assert named in stderr.getvalue() and "--helpshort" in stderr.getvalue()
+
+
+def test_number_list_flags_of_every_command_name_the_flag():
+    assert cli.parse_number_list("linf_epsilons", ["0.1", "2e-2"], float) == (0.1, 0.02)
+    with pytest.raises(cli.UsageError, match=r"--linf_epsilons=0.1,x is invalid: 'x' is not a number"):
+        cli.parse_number_list("linf_epsilons", ["0.1", "x"], float)
+    with pytest.raises(cli.UsageError, match=r"--refine_steps=1,2.5 is invalid: '2.5' is not a whole number"):
+        cli.parse_number_list("refine_steps", ["1", "2.5"], int)
