@@ -264,3 +264,13 @@ def test_number_list_flags_of_every_command_name_the_flag():
         cli.parse_number_list("linf_epsilons", ["0.1", "x"], float)
     with pytest.raises(cli.UsageError, match=r"--refine_steps=1,2.5 is invalid: '2.5' is not a whole number"):
         cli.parse_number_list("refine_steps", ["1", "2.5"], int)
+
+
+def test_a_model_that_fails_to_build_leaves_no_config_behind(tmp_path, monkeypatch):
+    def out_of_accelerator_memory(*args, **kwargs):
+        raise MemoryError("simulated: the buffer does not fit on the accelerator")
+
+    monkeypatch.setattr(loop, "build_model", out_of_accelerator_memory)
+    with pytest.raises(MemoryError):
+        loop.train(tiny_config(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -267,7 +267,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
     # command leaves the workdir as it was and the corrected one just runs.
     config.validate()
     preflight.check_workdir_path(config.workdir)
-    _check_resumable(config)
+    resuming = _check_resumable(config)
     data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
                          skip_bad_files=config.skip_bad_files, drop_empty_classes=config.drop_empty_classes)
     strategy = make_strategy(config.strategy)
@@ -283,7 +283,6 @@ def train(config: TrainConfig, exporter=None) -> dict:
         total_steps = min(total_steps, config.max_steps)
     preflight.check_not_past_end(config, total_steps, steps_per_epoch)
     preflight.check_replay_buffer_memory(config, data.image_shape)
-    resuming = _prepare_workdir(config, data)
     augmentation = config.augmentation or data.augmentation
 
     # Seeds the weight initialisers (and TF's global seed): two runs with one --seed are one run.
@@ -302,6 +301,9 @@ def train(config: TrainConfig, exporter=None) -> dict:
             logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, int(optimizer.iterations))
         elif resuming:
             logging.info("Workdir %s has a config but no checkpoint yet; starting from step 0.", config.workdir)
+    # Written once the model and its buffer exist: a build that fails (e.g. out of accelerator
+    # memory, which the host-memory check cannot see) leaves no config.json to refuse the next run.
+    _prepare_workdir(config, data)
 
     train_step = distributed_train_step(model, strategy)
     evaluate = classifier_evaluator(model, strategy)
