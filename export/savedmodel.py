@@ -23,12 +23,12 @@ import sys
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 from export import graph_audit
 from export import signatures as sig
 from export.serving_functions import ServingFunctions
-from jem_tf import energy
+from jem_tf import cli, energy
 
 # Metadata layout version (independent of the serving contract's version).
 METADATA_FORMAT = 1
@@ -230,7 +230,8 @@ def validation_ood_threshold(network, config, quantile=DEFAULT_OOD_QUANTILE, max
     from jem_tf import data as jem_data  # noqa: PLC0415 (heavy: tensorflow_datasets)
 
     try:
-        image_data = jem_data.load(config.dataset, config.data_dir, config.validation_fraction)
+        image_data = jem_data.load(config.dataset, config.data_dir, config.validation_fraction,
+                                   skip_bad_files=config.skip_bad_files, drop_empty_classes=config.drop_empty_classes)
     except (jem_data.DatasetUnavailableError, ValueError) as error:
         reason = f"dataset {config.dataset!r} is not available here: {error}"
         logging.warning("No OOD threshold in the export: %s", reason)
@@ -374,8 +375,7 @@ def define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # cli.run refuses positional arguments
     output = FLAGS.output or os.path.join(FLAGS.workdir, "export")
     try:
         path = export_run(
@@ -385,10 +385,10 @@ def main(argv):
         )
     except (FileExistsError, FileNotFoundError, ValueError) as error:  # CheckpointMismatchError too
         logging.error("%s", error)
-        sys.exit(2)
+        sys.exit(cli.EXIT_BAD_INPUT)
     print(path)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -6,20 +6,23 @@
 
 Writes OUTPUT/results.json, OUTPUT/report.md, one PNG per figure and TensorBoard summaries in
 OUTPUT/tensorboard (OUTPUT defaults to WORKDIR/eval). Exit codes: 0 done; 1 an evaluation failed
-or every requested one was unavailable; 2 bad flags, workdir or unavailable test data.
+or every requested one was unavailable (also absl's --help); 2 bad or unknown flags, workdir or
+unavailable test data (jem_tf/cli.py).
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from jem_tf import cli
 
 FLAGS = flags.FLAGS
 
 
-def _floats(values):
-    return tuple(float(v) for v in values)
+def _floats(name):
+    return cli.parse_number_list(name, FLAGS[name].value, float)
 
 
-def _ints(values):
-    return tuple(int(v) for v in values)
+def _ints(name):
+    return cli.parse_number_list(name, FLAGS[name].value, int)
 
 
 def define_flags():
@@ -78,13 +81,13 @@ def options_from_flags():
 
     return suite.EvalOptions(
         num_examples=FLAGS.num_examples, batch_size=FLAGS.batch_size, seed=FLAGS.seed, progress=FLAGS.progress,
-        refine_steps=_ints(FLAGS.refine_steps), calibration_bins=FLAGS.calibration_bins,
+        refine_steps=_ints("refine_steps"), calibration_bins=FLAGS.calibration_bins,
         ood_sets=tuple(FLAGS.ood_sets), sample_steps=FLAGS.sample_steps, num_samples=FLAGS.num_samples,
         samples_per_class=FLAGS.samples_per_class, max_grid_classes=FLAGS.max_grid_classes,
         inception_weights=FLAGS.inception_weights, quality_splits=FLAGS.quality_splits,
-        attack_examples=FLAGS.attack_examples, attack_refine_steps=_ints(FLAGS.attack_refine_steps),
-        attack_refine_noise=FLAGS.attack_refine_noise, linf_epsilons=_floats(FLAGS.linf_epsilons),
-        l2_epsilons=_floats(FLAGS.l2_epsilons), pgd_steps=FLAGS.pgd_steps, pgd_restarts=FLAGS.pgd_restarts,
+        attack_examples=FLAGS.attack_examples, attack_refine_steps=_ints("attack_refine_steps"),
+        attack_refine_noise=FLAGS.attack_refine_noise, linf_epsilons=_floats("linf_epsilons"),
+        l2_epsilons=_floats("l2_epsilons"), pgd_steps=FLAGS.pgd_steps, pgd_restarts=FLAGS.pgd_restarts,
         boundary_examples=FLAGS.boundary_examples, boundary_steps=FLAGS.boundary_steps,
         distal_per_class=FLAGS.distal_per_class, distal_steps=FLAGS.distal_steps,
         distal_step_size=FLAGS.distal_step_size,
@@ -103,8 +106,7 @@ def exit_code(results: dict, evaluations) -> int:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # cli.run refuses positional arguments
     from jem_tf import data as data_lib
     from jem_tf.evaluation import common, suite
 
@@ -125,4 +127,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -4,17 +4,32 @@
     python -m jem_tf.train --dataset=svhn --workdir=runs/svhn   # the paper's setup (Table 4)
 
 Re-running the same command on the same workdir resumes from the newest checkpoint that verifies.
-Exit codes: 0 done, 2 bad flags / data unavailable / incompatible workdir / workdir in use by another
-run (the message names its PID and host), 3 training diverged (after --max_recoveries automatic
-recoveries), 4 the workdir could not be written (e.g. disk full; free space and re-run to resume),
-143 / 130 stopped by SIGTERM / SIGINT (Ctrl-C) after saving a checkpoint (re-run to resume).
+
+Everything that can refuse the command is checked before anything is written (flags, data files,
+workdir, replay-buffer memory), so a refused command leaves the workdir as it was. Exit codes
+(`jem_tf/cli.py`):
+  0  done.
+  1  unexpected failure (a bug or an unforeseen environment problem), with a traceback; also
+     absl's `--help` / `--helpshort` / `--helpfull`, which print the flags and exit 1.
+  2  the command cannot run as given, one message saying what to change and nothing written: an
+     unknown flag or a value absl cannot parse, a bad flag value (range, inf/nan, --lr_decay_epochs),
+     data unavailable offline or unusable (undecodable files, < 2 classes, empty class, symlinks
+     out of the folder), a --workdir that is a file or a run with other settings, --max_steps /
+     --epochs before the workdir's latest step, a replay buffer that does not fit in memory; also
+     a workdir in use by another run (the message names its PID and host).
+  3  training diverged (non-finite loss or runaway generative loss) after --max_recoveries
+     automatic recoveries.
+  4  the workdir could not be written (disk full, quota, read-only): free space and re-run to resume.
+  130 / 143  stopped by SIGINT (Ctrl-C) / SIGTERM after saving a checkpoint: re-run to resume.
 """
 
 import dataclasses
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from jem_tf import cli
 
 # Flags that map one-to-one onto TrainConfig fields, with their help text. Every default is None:
 # unset flags keep the preset's value, and the default preset is the paper's setup.
@@ -41,11 +56,16 @@ FLAG_HELP = {
     "data_noise": "Std of Gaussian noise added to training images in [-1, 1] (paper: 0.03).",
     "augmentation": "none | crop | crop_flip (default: the dataset's own; svhn: crop, cifar: crop_flip).",
     "validation_fraction": "Fraction of the training split held out for validation.",
+    "skip_bad_files": "folder:PATH datasets: leave out image files that do not decode (or are smaller than 8x8), "
+                      "with a warning and their count, instead of refusing the dataset (default: refuse).",
+    "drop_empty_classes": "folder:PATH datasets: leave out class folders without training images (and their test "
+                          "images), with a warning, instead of refusing the dataset (default: refuse).",
     "p_x_weight": "Weight of the log p(x) term (paper: 1).",
     "p_xy_weight": "Weight of the optional log p(x, y) term with class-conditional chains (paper: 0).",
     "strategy": "auto (MirroredStrategy when >1 GPU) | default | mirrored.",
-    "seed": "Seed of data order, augmentation, buffer initialisation and SGLD noise.",
-    "max_steps": "Stop after this many global steps (cap for smoke runs).",
+    "seed": "Seed of data order, augmentation, buffer initialisation and SGLD noise: 0 .. 2**31-1.",
+    "max_steps": "Stop after this many global steps (cap for smoke runs); below the workdir's latest checkpoint "
+                 "the run is refused (training cannot go back).",
     "jit_compile": "XLA-compile the SGLD sampler (for GPUs; measured 7-8x slower on CPU, see benchmarks).",
     "checkpoint_every_steps": "Save a checkpoint every N steps (and at the end).",
     "checkpoint_every_secs": "Also save a checkpoint when this many seconds passed since the last one.",
@@ -64,40 +84,49 @@ FLAG_HELP = {
 }
 
 
-def define_flags():
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the command's flags in `flag_values` (absl's global FLAGS when run as a program)."""
     from jem_tf.configs import PRESETS, TrainConfig  # noqa: PLC0415
 
-    flags.DEFINE_enum("preset", "paper", sorted(PRESETS), "Experiment preset; other flags override its fields.")
+    flags.DEFINE_enum("preset", "paper", sorted(PRESETS), "Experiment preset; other flags override its fields.",
+                      flag_values=flag_values)
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name, help_text in FLAG_HELP.items():
         field_type = fields[name].type
         if field_type in (int, "int") or name in ("max_steps",):
-            flags.DEFINE_integer(name, None, help_text)
+            flags.DEFINE_integer(name, None, help_text, flag_values=flag_values)
         elif field_type in (float, "float"):
-            flags.DEFINE_float(name, None, help_text)
+            flags.DEFINE_float(name, None, help_text, flag_values=flag_values)
         elif field_type in (bool, "bool"):
-            flags.DEFINE_bool(name, None, help_text)
+            flags.DEFINE_bool(name, None, help_text, flag_values=flag_values)
         else:
-            flags.DEFINE_string(name, None, help_text)
-    flags.DEFINE_list("lr_decay_epochs", None, "Epochs at which the learning rate decays (paper: 50,100).")
+            flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
+    flags.DEFINE_list("lr_decay_epochs", None, "Epochs at which the learning rate decays, strictly increasing "
+                      "positive whole numbers (paper: 50,100).", flag_values=flag_values)
 
 
 def config_from_flags(flag_values):
-    """The preset's config with every explicitly set flag applied, validated."""
+    """The preset's config with every explicitly set flag applied, validated (ValueError naming
+    the flag otherwise)."""
     from jem_tf.configs import get_preset  # noqa: PLC0415
 
     config = get_preset(flag_values.preset)
     overrides = {name: flag_values[name].value for name in FLAG_HELP if flag_values[name].value is not None}
     if flag_values.lr_decay_epochs is not None:
-        overrides["lr_decay_epochs"] = tuple(int(e) for e in flag_values.lr_decay_epochs)
+        overrides["lr_decay_epochs"] = cli.parse_number_list("lr_decay_epochs", flag_values.lr_decay_epochs)
     if "dataset" in overrides and "workdir" not in overrides and flag_values.preset == "paper":
         overrides["workdir"] = f"runs/{overrides['dataset'].replace(':', '_').replace('/', '_')}"
     return dataclasses.replace(config, **overrides).validate()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # cli.run refuses positional arguments
+    try:
+        # Before TensorFlow's import: a bad flag value is refused in a fraction of a second.
+        config = config_from_flags(flags.FLAGS)
+    except ValueError as error:
+        logging.error("%s", error)
+        sys.exit(cli.EXIT_BAD_INPUT)
     from export import savedmodel  # noqa: PLC0415 (imports TensorFlow)
     from jem_tf.data import DatasetUnavailableError  # noqa: PLC0415
     from trainers import loop  # noqa: PLC0415
@@ -106,14 +135,13 @@ def main(argv):
         return savedmodel.export_run(workdir, output=os.path.join(workdir, "export"), version=version, overwrite=True)
 
     try:
-        config = config_from_flags(flags.FLAGS)
         metrics = loop.train(config, exporter=export_final_checkpoint)
     except (ValueError, DatasetUnavailableError, FileNotFoundError) as error:
         logging.error("%s", error)
-        sys.exit(2)
+        sys.exit(cli.EXIT_BAD_INPUT)
     except loop.TrainingDivergedError as error:
         logging.error("%s", error)
-        sys.exit(3)
+        sys.exit(cli.EXIT_DIVERGED)
     except loop.RunStopped as stop:  # preempted, workdir locked or not writable
         logging.error("%s", stop)
         sys.exit(stop.exit_code)
@@ -127,4 +155,4 @@ def main(argv):
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     define_flags()
-    app.run(main)
+    cli.run(main)

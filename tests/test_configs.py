@@ -1,6 +1,7 @@
 """Every preset loads and validates; broken settings are refused by name; flags override presets."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -37,11 +38,13 @@ def test_unknown_preset_is_named():
 @pytest.mark.parametrize(
     "field,value",
     [("depth", 12), ("objective", "gan"), ("reinit_freq", 1.5), ("sgld_steps", -1), ("batch_size", 0),
-     ("strategy", "tpu"), ("learning_rate", 0.0), ("buffer_size", 10), ("augmentation", "mixup")],
+     ("strategy", "tpu"), ("learning_rate", 0.0), ("augmentation", "mixup"), ("seed", -1), ("seed", 2**31),
+     ("lr_decay_epochs", (11, 8)), ("lr_decay_epochs", (-5,)), ("lr_decay_epochs", (5, 5)), ("lr_decay_epochs", (2.5,))],
 )
 def test_a_broken_setting_is_refused_naming_flag_and_value(field, value):
     config = dataclasses.replace(get_preset("quick"), **{field: value})
-    with pytest.raises(ValueError, match=f"--{field}={value!r}".replace("(", "\\(").replace(".", "\\.")):
+    shown = ",".join(map(str, value)) if isinstance(value, tuple) else repr(value)
+    with pytest.raises(ValueError, match=re.escape(f"--{field}={shown} is invalid")):
         config.validate()
 
 
@@ -58,3 +61,38 @@ def test_incompatible_fields_lists_what_changed():
     saved = get_preset("quick")
     assert incompatible_fields(saved, dataclasses.replace(saved, max_steps=5, learning_rate=0.1)) == []
     assert incompatible_fields(saved, dataclasses.replace(saved, width=3)) == ["width: 2 -> 3"]
+
+
+FLOAT_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.type in (float, "float")]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_every_float_setting_refuses_inf_and_nan(field, value):
+    config = dataclasses.replace(get_preset("quick"), **{field: value})
+    with pytest.raises(ValueError, match=f"--{field}={value!r}.*finite"):
+        config.validate()
+
+
+def test_float_fields_are_found():
+    # Guards the parametrization above against an empty list (it would test nothing).
+    assert {"learning_rate", "sgld_step_size", "max_abs_generative_loss"} <= set(FLOAT_FIELDS)
+
+
+def test_seed_range_ends_are_accepted():
+    for seed in (0, 2**31 - 1):
+        dataclasses.replace(get_preset("quick"), seed=seed).validate()
+
+
+def test_a_batch_larger_than_the_training_set_blames_batch_size_not_buffer_size():
+    config = dataclasses.replace(get_preset("quick"), batch_size=2000)  # buffer_size is 1000
+    config.validate()  # nothing wrong without the data
+    with pytest.raises(ValueError, match=r"--batch_size=2000 is larger than the 1293 training examples.*1293 or less"):
+        config.validate_for_data(1293)
+
+
+def test_a_buffer_smaller_than_the_batch_is_refused_naming_both():
+    config = dataclasses.replace(get_preset("quick"), buffer_size=10)
+    with pytest.raises(ValueError, match=r"--buffer_size=10 is smaller than --batch_size=64"):
+        config.validate_for_data(1293)
+    dataclasses.replace(config, objective="classifier").validate_for_data(1293)  # no buffer: fine

@@ -254,6 +254,103 @@ def test_folder_missing_path_or_split_raises(tmp_path):
         data.load("folder:")
 
 
+def test_folder_order_and_hold_out_match_tfds_image_folder(tmp_path):
+    """Earlier versions read folders with tfds.ImageFolder: existing runs must keep their data order."""
+    _write_image_tree(tmp_path, {"train": {"a": 5, "b": 4, "c": 3}, "test": {"a": 2, "b": 1, "c": 1}})
+    loaded = data.load(f"folder:{tmp_path}", validation_fraction=0.25)
+    reference = tfds.ImageFolder(str(tmp_path)).as_dataset(split="train", as_supervised=True, shuffle_files=False)
+    expected_images, expected_labels = _arrays(reference)
+    images, labels = _arrays(loaded.validation.concatenate(loaded.train))
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
+
+
+def _corrupt_files(folder: Path) -> dict:
+    """A truncated PNG, an empty JPEG, text named .png and a 4x4 image: each one kind of bad file."""
+    good = folder / "0.png"
+    files = {
+        "truncated.png": good.read_bytes()[:40],
+        "empty.jpg": b"",
+        "text.png": b"hello, I am not an image",
+    }
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / "tiny.png")
+    return {**files, "tiny.png": None}
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_folder_bad_files_are_named_in_one_error(tmp_path, split):
+    _write_image_tree(tmp_path, {"train": {"a": 3, "b": 3}, "test": {"a": 2, "b": 2}})
+    bad = _corrupt_files(tmp_path / split / "b")
+    with pytest.raises(data.InvalidDatasetError) as error:
+        data.load(f"folder:{tmp_path}")
+    message = str(error.value)
+    assert f"{len(bad)} file(s) do not decode" in message and "--skip_bad_files" in message
+    for name in bad:
+        assert str(tmp_path / split / "b" / name) in message
+    assert "Input is empty" in message and "4x4 pixels" in message  # the reason, per file
+    assert "function_node" not in message
+
+
+def test_folder_skip_bad_files_leaves_them_out_with_a_count(tmp_path, caplog):
+    _write_image_tree(tmp_path, {"train": {"a": 3, "b": 3}, "test": {"a": 2, "b": 2}})
+    _corrupt_files(tmp_path / "train" / "b")
+    _corrupt_files(tmp_path / "test" / "a")
+    loaded = data.load(f"folder:{tmp_path}", validation_fraction=0.0, skip_bad_files=True)
+    assert (loaded.num_train, loaded.num_test) == (6, 4)
+    assert len(_arrays(loaded.train)[0]) == 6 and len(_arrays(loaded.test)[0]) == 4  # every one decodes
+    assert sum("skipping 8 bad file(s)" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_folder_non_image_files_are_reported_once_not_silently_ignored(tmp_path, caplog):
+    _write_image_tree(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"a": 1}})
+    (tmp_path / "train/a/notes.txt").write_text("x")
+    (tmp_path / "train/a/scan.bmp").write_bytes(b"BM")
+    (tmp_path / "train/a/.DS_Store").write_bytes(b"")
+    (tmp_path / "train/stray.png").write_bytes(b"")  # a file where class folders belong
+    (tmp_path / "README").write_text("x")
+    loaded = data.load(f"folder:{tmp_path}", validation_fraction=0.0)
+    assert loaded.num_train == 4
+    reports = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert len(reports) == 1
+    assert "ignoring 5 entr(ies)" in reports[0] and ".txt: 1" in reports[0] and ".bmp: 1" in reports[0]
+    assert "notes.txt" in reports[0]
+
+
+def test_folder_empty_train_class_is_refused_or_dropped(tmp_path, caplog):
+    _write_image_tree(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1, "c": 2}})
+    (tmp_path / "train/c").mkdir()  # a class folder without images
+    with pytest.raises(data.InvalidDatasetError, match=r"class\(es\) c have no usable training images.*"
+                                                        r"--drop_empty_classes"):
+        data.load(f"folder:{tmp_path}")
+    loaded = data.load(f"folder:{tmp_path}", validation_fraction=0.0, drop_empty_classes=True)
+    assert loaded.class_names == ("a", "b") and loaded.num_classes == 2
+    assert loaded.num_test == 2 and set(_arrays(loaded.test)[1].tolist()) == {0, 1}
+    assert any("dropping 1 class(es)" in r.getMessage() and "2 test image(s)" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_folder_with_fewer_than_two_classes_is_refused(tmp_path):
+    _write_image_tree(tmp_path, {"train": {"only": 3}, "test": {"only": 1}})
+    with pytest.raises(data.InvalidDatasetError, match="1 class\\(es\\) with training images.*at least 2"):
+        data.load(f"folder:{tmp_path}")
+
+
+def test_folder_symlinks_out_of_the_tree_are_refused_and_inside_it_allowed(tmp_path):
+    root = tmp_path / "data"
+    _write_image_tree(root, {"train": {"a": 2, "b": 2}, "test": {"a": 1}})
+    (root / "train/a/inside.png").symlink_to(root / "train/b/0.png")
+    assert data.load(f"folder:{root}", validation_fraction=0.0).num_train == 5
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((root / "train/b/1.png").read_bytes())  # even a valid image outside is refused
+    (root / "train/b/x.png").symlink_to("/etc/passwd")
+    (root / "test/a/y.png").symlink_to(outside)
+    with pytest.raises(data.InvalidDatasetError, match="2 symlink\\(s\\) leading outside") as error:
+        data.load(f"folder:{root}", skip_bad_files=True)
+    assert "x.png -> /etc/passwd" in str(error.value) and "y.png" in str(error.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # make_batches
 

@@ -267,6 +267,10 @@ def test_options_and_evaluation_names_are_validated():
         EvalOptions(num_examples=0).validate()
     with pytest.raises(ValueError, match="--linf_epsilons"):
         EvalOptions(linf_epsilons=(0.1, -0.1)).validate()
+    with pytest.raises(ValueError, match="--distal_step_size=inf is invalid: expected finite"):
+        EvalOptions(distal_step_size=float("inf")).validate()
+    with pytest.raises(ValueError, match=r"--l2_epsilons=\(0.5, nan\) is invalid: expected finite"):
+        EvalOptions(l2_epsilons=(0.5, float("nan"))).validate()
 
 
 def test_suite_records_unavailable_evaluations_and_writes_outputs(tmp_path, jem_model, digits):

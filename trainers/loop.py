@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from jem_tf import data as jem_data
+from jem_tf import preflight
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import RECOVERY_STATE_FIELDS, TrainConfig, incompatible_fields, write_json_atomically
 from trainers.classifier import Classifier
@@ -227,25 +228,33 @@ def image_grid(images, columns=8, gap=1):
     return grid
 
 
-def _prepare_workdir(config: TrainConfig, data):
-    """Writes config and run info; refuses a workdir made with incompatible settings. Call with
-    the workdir lock held.
+def _check_resumable(config: TrainConfig):
+    """Refuses (writing nothing) a workdir made with incompatible settings.
 
-    Returns (resuming, config): resuming is True when the workdir already held this run; config
+    Returns (resuming, config): resuming is True when the workdir already holds this run; config
     carries the saved run's recovery state (RECOVERY_STATE_FIELDS) over.
     """
-    os.makedirs(config.workdir, exist_ok=True)
     config_path = os.path.join(config.workdir, CONFIG_FILE)
-    resuming = os.path.exists(config_path)
-    if resuming:
+    if not os.path.exists(config_path):
+        return False, config
+    try:
         saved = TrainConfig.load(config_path)
-        differences = incompatible_fields(saved, config)
-        if differences:
-            raise IncompatibleWorkdirError(
-                f"Workdir {config.workdir!r} holds a run with different settings ({'; '.join(differences)}). "
-                "Resume it with its original settings, or choose a new --workdir."
-            )
-        config = dataclasses.replace(config, **{name: getattr(saved, name) for name in RECOVERY_STATE_FIELDS})
+    except (ValueError, TypeError) as error:
+        raise IncompatibleWorkdirError(
+            f"{config_path!r} cannot be read ({error}). Restore it from the command that started the run, or "
+            "choose a new --workdir."
+        ) from None
+    differences = incompatible_fields(saved, config)
+    if differences:
+        raise IncompatibleWorkdirError(
+            f"Workdir {config.workdir!r} holds a run with different settings ({'; '.join(differences)}). "
+            "Resume it with its original settings, or choose a new --workdir."
+        )
+    return True, dataclasses.replace(config, **{name: getattr(saved, name) for name in RECOVERY_STATE_FIELDS})
+
+
+def _prepare_workdir(config: TrainConfig, data) -> None:
+    """Writes config and run info. Call with the workdir lock held."""
     workdir_lib.write_config(config.workdir, config)
     run_info = dict(
         dataset=data.name, image_shape=list(data.image_shape), num_classes=data.num_classes,
@@ -253,7 +262,6 @@ def _prepare_workdir(config: TrainConfig, data):
         num_validation=data.num_validation, num_test=data.num_test,
     )
     workdir_lib.write_run_info(config.workdir, run_info)
-    return resuming, config
 
 
 def distributed_train_step(model, strategy):
@@ -305,32 +313,42 @@ def train(config: TrainConfig, exporter=None) -> dict:
       WorkdirWriteError: a checkpoint could not be written (e.g. disk full).
       IncompatibleWorkdirError, ValueError: bad settings, before anything is written.
     """
+    # Every check that can refuse the command runs before the first write (preflight), so a refused
+    # command leaves the workdir as it was and the corrected one just runs.
     config.validate()
-    data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction)
+    preflight.check_workdir_path(config.workdir)
+    resuming, config = _check_resumable(config)
+    data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
+                         skip_bad_files=config.skip_bad_files, drop_empty_classes=config.drop_empty_classes)
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(
             f"--batch_size={config.batch_size} (global) must be divisible by the {replicas} replicas."
         )
+    config.validate_for_data(data.num_train)
     steps_per_epoch = data.num_train // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"--batch_size={config.batch_size} is larger than the {data.num_train} training examples of {data.name!r}."
-        )
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    preflight.check_not_past_end(config, total_steps, steps_per_epoch)
+    preflight.check_replay_buffer_memory(config, data.image_shape)
+    # Built before anything is written: a build that fails (e.g. out of accelerator memory, which
+    # the host-memory check cannot see) leaves the workdir as it was.
+    run = _Run(config, data, strategy, steps_per_epoch)
     # One writer per workdir, from the first file written to the last.
     with workdir_lib.WorkdirLock(config.workdir):
         workdir_lib.clean_leftovers(config.workdir)
-        resuming, config = _prepare_workdir(config, data)
-        # Installed before the model is built: a signal at any time from here ends with a checkpoint.
+        _prepare_workdir(config, data)
+        # Installed before the first checkpoint is read or written: a signal from here on ends with
+        # a checkpoint.
         stop_requests = _StopRequests().install()
-        run = None
 
         def status(state, **details):
-            workdir_lib.write_run_status(config.workdir, state, run.step if run is not None else 0, **details)
+            workdir_lib.write_run_status(config.workdir, state, run.step, **details)
 
         try:
-            run = _Run(config, data, strategy, steps_per_epoch, resuming)
+            run.start(resuming)
             return run.train(stop_requests, exporter)
         except TrainingDivergedError as error:
             status("diverged", message=str(error))
@@ -359,7 +377,8 @@ def train(config: TrainConfig, exporter=None) -> dict:
 class _Run:
     """One training session of a run: the model, its checkpointing, and the loop."""
 
-    def __init__(self, config, data, strategy, steps_per_epoch, resuming):
+    def __init__(self, config, data, strategy, steps_per_epoch):
+        """Builds the model and optimizer; writes nothing (see `start`)."""
         self.config = config
         self.data = data
         self.strategy = strategy
@@ -380,6 +399,10 @@ class _Run:
             self.checkpoint = _make_checkpoint(self.model, self.optimizer)
             if isinstance(self.model, JEM):
                 self.model.sgld_steps = config.sgld_steps + config.extra_sgld_steps
+
+    def start(self, resuming: bool):
+        """Restores the newest checkpoint that verifies, or saves step 0. Call with the workdir lock held."""
+        with self.strategy.scope():
             restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=True)
         self.manager = self._make_manager()
         self.step = int(self.optimizer.iterations)
@@ -388,7 +411,8 @@ class _Run:
             self._reapply_last_recovery()
         else:
             if resuming:
-                logging.info("Workdir %s has a config but no checkpoint yet; starting from step 0.", config.workdir)
+                logging.info("Workdir %s has a config but no checkpoint yet; starting from step 0.",
+                             self.config.workdir)
             # Step 0 is the last good checkpoint a divergence before the first periodic one returns to.
             self.save()
         self.last_save_time = time.monotonic()

@@ -2,12 +2,16 @@
 
 import dataclasses
 import json
+import math
 import os
 from typing import Optional
 
 OBJECTIVES = ("jem", "classifier")
 STRATEGIES = ("auto", "default", "mirrored")
 AUGMENTATIONS = ("none", "crop", "crop_flip")
+# numpy's legacy seeding (keras.utils.set_random_seed) takes 0..2**32-1; TF and SeedSequence
+# take more. One documented range that every consumer accepts.
+MAX_SEED = 2**31 - 1
 
 # Settings that define what a checkpoint *is*; resuming a workdir with any of them changed would
 # silently mix two different runs, so it is refused.
@@ -63,6 +67,10 @@ class TrainConfig:
     data_noise: float = 0.03
     augmentation: Optional[str] = None
     validation_fraction: float = 0.1
+    # folder:PATH datasets: leave out files that do not decode / class folders without training
+    # images (with a warning) instead of refusing the dataset.
+    skip_bad_files: bool = False
+    drop_empty_classes: bool = False
     # Loss weights: L = xent + p_x_weight * L_gen(x) + p_xy_weight * L_gen(x, y).
     p_x_weight: float = 1.0
     p_xy_weight: float = 0.0
@@ -99,8 +107,17 @@ class TrainConfig:
 
         def check(condition, name, expected):
             if not condition:
-                raise ValueError(f"--{name}={getattr(self, name)!r} is invalid: expected {expected}.")
+                value = getattr(self, name)
+                # Lists as they are typed on the command line (--lr_decay_epochs=11,8).
+                shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else repr(value)
+                raise ValueError(f"--{name}={shown} is invalid: expected {expected}.")
 
+        # inf or nan in any float setting would be trained into divergence (or never checked):
+        # refused first, since every range check below is False for nan anyway.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float):
+                check(math.isfinite(value), field.name, "a finite number")
         check(self.objective in OBJECTIVES, "objective", f"one of {OBJECTIVES}")
         check(self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}")
         check(self.augmentation is None or self.augmentation in AUGMENTATIONS, "augmentation",
@@ -114,6 +131,11 @@ class TrainConfig:
         check(self.epochs >= 1, "epochs", "a positive integer")
         check(self.learning_rate > 0, "learning_rate", "a positive number")
         check(0 < self.lr_decay_rate <= 1, "lr_decay_rate", "a value in (0, 1]")
+        decay = tuple(self.lr_decay_epochs)
+        check(all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in decay), "lr_decay_epochs",
+              "positive whole epochs, comma-separated (e.g. 50,100)")
+        check(all(a < b for a, b in zip(decay, decay[1:])), "lr_decay_epochs",
+              "strictly increasing epochs (e.g. 50,100)")
         check(self.warmup_steps >= 0, "warmup_steps", "a non-negative integer")
         check(self.sgld_steps >= 0, "sgld_steps", "a non-negative integer")
         check(self.sgld_step_size >= 0, "sgld_step_size", "a non-negative number")
@@ -124,6 +146,7 @@ class TrainConfig:
         check(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "a value in [0, 1)")
         check(self.p_x_weight >= 0, "p_x_weight", "a non-negative number")
         check(self.p_xy_weight >= 0, "p_xy_weight", "a non-negative number")
+        check(isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]")
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", "a positive integer or unset")
         check(self.checkpoint_every_steps >= 1, "checkpoint_every_steps", "a positive integer")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "a positive integer")
@@ -135,9 +158,26 @@ class TrainConfig:
         check(0 < self.recovery_lr_factor <= 1, "recovery_lr_factor", "a value in (0, 1]")
         check(self.recovery_extra_sgld_steps >= 0, "recovery_extra_sgld_steps", "a non-negative integer")
         check(self.recovery_chain_limit >= 1, "recovery_chain_limit", "a number >= 1 (chains start in [-1, 1])")
-        if self.objective == "jem":
-            check(self.batch_size <= self.buffer_size, "buffer_size",
-                  f"at least the batch size ({self.batch_size}) so a batch of chains fits")
+        return self
+
+    def validate_for_data(self, num_train: int) -> "TrainConfig":
+        """The checks that need the training set's size; raises ValueError naming the flag to change.
+
+        The batch is checked against the data before the buffer, so a batch larger than the
+        training set blames --batch_size, not --buffer_size.
+        """
+        if self.batch_size > num_train:
+            raise ValueError(
+                f"--batch_size={self.batch_size} is larger than the {num_train} training examples of "
+                f"{self.dataset!r} (after the --validation_fraction={self.validation_fraction:g} hold-out): not one "
+                f"batch fits in an epoch. Use --batch_size={num_train} or less."
+            )
+        if self.objective == "jem" and self.batch_size > self.buffer_size:
+            raise ValueError(
+                f"--buffer_size={self.buffer_size} is smaller than --batch_size={self.batch_size}: each step draws a "
+                f"batch of distinct chains from the buffer. Use --buffer_size={self.batch_size} or more, or a smaller "
+                "--batch_size."
+            )
         return self
 
     def to_json(self) -> str:

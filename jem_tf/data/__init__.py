@@ -8,13 +8,14 @@
 """
 
 from jem_tf.data.pipeline import AUGMENTATIONS, crop_padding, make_batches, to_model_range
-from jem_tf.data.sources import DATASETS, DatasetUnavailableError, ImageData, load
+from jem_tf.data.sources import DATASETS, DatasetUnavailableError, ImageData, InvalidDatasetError, load
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
     "DatasetUnavailableError",
     "ImageData",
+    "InvalidDatasetError",
     "crop_padding",
     "load",
     "make_batches",

@@ -8,10 +8,14 @@ Nothing here ever downloads: `tfds` datasets must already be prepared in `data_d
 `DatasetUnavailableError` says how to prepare them on a machine with internet access.
 """
 
+import collections
 import dataclasses
 import functools
 import math
 import os
+import random
+import re
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -43,6 +47,11 @@ class DatasetUnavailableError(Exception):
     to make it available (prepare it with internet access, then pass --data_dir=PATH)."""
 
 
+class InvalidDatasetError(ValueError):
+    """The data is there but unusable as it is (files that do not decode, a class without
+    training images, links out of the tree); `str(error)` names the files and the fix."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageData:
     """A labelled image dataset split into train / validation / test.
@@ -72,7 +81,14 @@ class ImageData:
     augmentation: str
 
 
-def load(name: str, data_dir: str | None = None, validation_fraction: float = 0.1) -> ImageData:
+def load(
+    name: str,
+    data_dir: str | None = None,
+    validation_fraction: float = 0.1,
+    *,
+    skip_bad_files: bool = False,
+    drop_empty_classes: bool = False,
+) -> ImageData:
     """Loads a dataset by name without ever downloading.
 
     Args:
@@ -82,9 +98,16 @@ def load(name: str, data_dir: str | None = None, validation_fraction: float = 0.
         `~/tensorflow_datasets`). Unused by 'digits' and 'folder:PATH'.
       validation_fraction: fraction of the training split held out as `validation`, in [0, 1).
         The hold-out is deterministic; 0 gives an empty validation dataset.
+      skip_bad_files: 'folder:PATH' only. Every image is decoded once up front; False: a file that
+        does not decode (or is smaller than 8x8) is an `InvalidDatasetError` naming it; True: such
+        files are left out with a warning giving their count.
+      drop_empty_classes: 'folder:PATH' only. False: a class folder without training images is an
+        `InvalidDatasetError`; True: the class is left out (its test images too) with a warning.
 
     Raises:
       ValueError: unknown `name` or a bad `validation_fraction`.
+      InvalidDatasetError (a ValueError): a folder dataset's files are unusable (see above;
+        also fewer than 2 classes, or symlinks leading out of PATH).
       DatasetUnavailableError: the data is not on this machine (or the folder layout is wrong).
     """
     if not isinstance(name, str):
@@ -99,7 +122,7 @@ def load(name: str, data_dir: str | None = None, validation_fraction: float = 0.
     if name in _TFDS_SOURCES:
         return _load_tfds(name, data_dir, validation_fraction)
     if name.startswith(FOLDER_PREFIX):
-        return _load_folder(name, validation_fraction)
+        return _load_folder(name, validation_fraction, skip_bad_files, drop_empty_classes)
     raise ValueError(
         f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}, "
         f"or '{FOLDER_PREFIX}PATH' for a PATH/{{train,test}}/<class>/<image> folder tree."
@@ -235,7 +258,13 @@ def _load_tfds(name: str, data_dir: str | None, validation_fraction: float) -> I
 
 
 # ---------------------------------------------------------------------------------------------
-# folder:PATH — a split/class/image tree read with tfds.ImageFolder.
+# folder:PATH — a split/class/image tree, every file checked before anything trains on it.
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+MIN_IMAGE_SIDE = 8
+_SPLITS = ("train", "test")
+_EXAMPLES_SHOWN = 5  # offending paths quoted in one message; the rest are counted
+_PROGRESS_EVERY_SECS = 10.0
 
 _FOLDER_LAYOUT = (
     "expected layout: PATH/train/<class_name>/*.jpg|*.jpeg|*.png and "
@@ -243,7 +272,184 @@ _FOLDER_LAYOUT = (
 )
 
 
-def _load_folder(name: str, validation_fraction: float) -> ImageData:
+def _some(items, shown=_EXAMPLES_SHOWN) -> str:
+    """'a, b, c' for the first `shown` items, then '... (N more)'."""
+    items = [str(item) for item in items]
+    text = ", ".join(items[:shown])
+    return text + (f", ... ({len(items) - shown} more)" if len(items) > shown else "")
+
+
+@dataclasses.dataclass
+class _FolderListing:
+    """What `_list_folder` found: per split, [(path, class name)] in tfds.ImageFolder's order."""
+
+    examples: dict
+    class_folders: dict  # split -> class names with a folder in that split
+    ignored: list  # paths of entries that are not images of the layout (reported, not used)
+
+
+def _list_folder(root: str) -> _FolderListing:
+    """Lists PATH/{train,test}/<class>/<image> without reading any image.
+
+    Refuses entries that resolve outside `root` (symlinks out of the tree). Example order equals
+    tfds.ImageFolder's (classes and file names sorted, then shuffled by `random.Random(split)`),
+    which earlier versions used, so existing runs keep their data order and hold-out.
+    """
+    local = "://" not in root
+    real_root = os.path.realpath(root) if local else root
+    escaped = []
+
+    def entries(folder):
+        names = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(folder))
+        result = []
+        for name in names:
+            path = os.path.join(folder, name)
+            if local:
+                target = os.path.realpath(path)
+                if os.path.commonpath([real_root, target]) != real_root:
+                    escaped.append(f"{path} -> {target}")
+                    continue
+            result.append((name, path, tf.io.gfile.isdir(path)))
+        return result
+
+    examples, class_folders, ignored = {}, {}, []
+    for split_name, split_path, is_dir in entries(root):
+        if split_name not in _SPLITS or not is_dir:
+            ignored.append(split_path + ("/" if is_dir else ""))
+            continue
+        class_folders[split_name] = []
+        split_examples = []
+        for class_name, class_path, is_class_dir in entries(split_path):
+            if not is_class_dir or class_name.startswith("."):
+                ignored.append(class_path + ("/" if is_class_dir else ""))
+                continue
+            class_folders[split_name].append(class_name)
+            for file_name, file_path, is_file_dir in entries(class_path):
+                if not is_file_dir and file_name.lower().endswith(IMAGE_EXTENSIONS):
+                    split_examples.append((file_path, class_name))
+                else:
+                    ignored.append(file_path + ("/" if is_file_dir else ""))
+        random.Random(split_name).shuffle(split_examples)
+        examples[split_name] = split_examples
+    if escaped:
+        raise InvalidDatasetError(
+            f"Image folder {root!r} has {len(escaped)} symlink(s) leading outside it: {_some(escaped)}. "
+            "Links out of the dataset tree are refused (they can expose unrelated files); copy the "
+            "images into the tree or remove the links."
+        )
+    return _FolderListing(examples, class_folders, ignored)
+
+
+def _describe_decode_error(path: str, channels: int) -> str:
+    """Why one file does not decode, in the decoder's own words (first line)."""
+    try:
+        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    except (tf.errors.OpError, OSError) as error:
+        message = getattr(error, "message", None) or str(error)
+        # TF wraps the decoder's words in '{{function_node ...}} ... [Op:DecodeImage] name:'.
+        message = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\].*", "", message).strip()
+        return message.splitlines()[0] if message else type(error).__name__
+    height, width = (int(d) for d in image.shape[:2])
+    return f"{height}x{width} pixels, smaller than the minimum {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+
+
+def _decoded_sizes(paths: list, channels: int, description: str) -> list:
+    """(height, width) of every file as training decodes it, or None where it does not decode or
+    is smaller than MIN_IMAGE_SIDE. One parallel tf.data pass (the cost of one epoch's decoding)."""
+    sizes = [None] * len(paths)
+    if not paths:
+        return sizes
+
+    def probe(index, path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+        return index, tf.shape(image)[:2]
+
+    # A file that fails to read or decode raises inside the map; ignore_errors drops exactly that
+    # element, so the indices that never come out are the bad files.
+    probes = (
+        tf.data.Dataset.from_tensor_slices(paths)
+        .enumerate()
+        .map(probe, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        .ignore_errors()
+        .batch(512)
+        .prefetch(1)
+    )
+    done, last_report = 0, time.time()
+    for indices, shapes in probes.as_numpy_iterator():
+        for index, (height, width) in zip(indices, shapes):
+            if min(height, width) >= MIN_IMAGE_SIDE:
+                sizes[int(index)] = (int(height), int(width))
+        done += len(indices)
+        if time.time() - last_report > _PROGRESS_EVERY_SECS:
+            logging.info("Checking %s: %d/%d files decoded.", description, done, len(paths))
+            last_report = time.time()
+    return sizes
+
+
+def _check_folder_files(path: str, listing: _FolderListing, channels: int, skip_bad_files: bool) -> dict:
+    """Decodes every listed image once; returns {split: [(path, class, (h, w))]} of the good ones.
+
+    Undecodable or too-small files are an error naming them, or with `skip_bad_files` are left
+    out with a warning. Files that are not images of the layout are reported once.
+    """
+    if listing.ignored:
+        kinds = collections.Counter(
+            "folder" if p.endswith("/") else (os.path.splitext(p)[1].lower() or "no extension")
+            for p in listing.ignored
+        )
+        logging.warning(
+            "Image folder %s: ignoring %d entr(ies) that are not %s files in PATH/{train,test}/<class>/ (%s), e.g. %s.",
+            path, len(listing.ignored), "|".join(IMAGE_EXTENSIONS),
+            ", ".join(f"{kind}: {count}" for kind, count in kinds.most_common()), _some(listing.ignored),
+        )
+    started = time.time()
+    checked, bad = {}, []
+    for split, examples in listing.examples.items():
+        sizes = _decoded_sizes([p for p, _ in examples], channels, f"{path} ({split})")
+        checked[split] = [(p, c, size) for (p, c), size in zip(examples, sizes) if size is not None]
+        bad.extend(p for (p, _), size in zip(examples, sizes) if size is None)
+    logging.info("Image folder %s: decoded %d files in %.1f s; %d bad.", path,
+                 sum(len(e) for e in listing.examples.values()), time.time() - started, len(bad))
+    if bad:
+        described = [f"{p} ({_describe_decode_error(p, channels)})" for p in bad[:_EXAMPLES_SHOWN]]
+        described += bad[_EXAMPLES_SHOWN:]
+        if not skip_bad_files:
+            raise InvalidDatasetError(
+                f"Image folder {path!r}: {len(bad)} file(s) do not decode as images of at least "
+                f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels: {_some(described)}. Fix or remove them, or "
+                "pass --skip_bad_files to train without them."
+            )
+        logging.warning("Image folder %s: skipping %d bad file(s) (--skip_bad_files): %s.", path, len(bad),
+                        _some(described))
+    return checked
+
+
+def _check_classes(path: str, listing: _FolderListing, checked: dict, drop_empty_classes: bool) -> tuple:
+    """The class names kept (sorted); refuses classes without training images unless dropped."""
+    all_classes = sorted(set().union(*listing.class_folders.values()))
+    with_train_images = {c for _, c, _ in checked["train"]}
+    empty = [c for c in all_classes if c not in with_train_images]
+    if empty and not drop_empty_classes:
+        raise InvalidDatasetError(
+            f"Image folder {path!r}: class(es) {_some(empty)} have no usable training images in "
+            f"{os.path.join(path, 'train')!r}; a class the model never sees cannot be learned. Add images, "
+            "remove the class folders (in train and test), or pass --drop_empty_classes to leave them out."
+        )
+    if empty:
+        dropped_test = sum(1 for _, c, _ in checked["test"] if c in empty)
+        logging.warning("Image folder %s: dropping %d class(es) without training images (--drop_empty_classes): "
+                        "%s; %d test image(s) of them left out.", path, len(empty), _some(empty), dropped_test)
+    kept = tuple(c for c in all_classes if c in with_train_images)
+    if len(kept) < 2:
+        raise InvalidDatasetError(
+            f"Image folder {path!r} has {len(kept)} class(es) with training images ({_some(kept) or 'none'}); "
+            f"a classifier needs at least 2. {_FOLDER_LAYOUT}."
+        )
+    return kept
+
+
+def _load_folder(name: str, validation_fraction: float, skip_bad_files: bool = False,
+                 drop_empty_classes: bool = False) -> ImageData:
     path = os.path.expanduser(name[len(FOLDER_PREFIX) :])
     if not path:
         raise ValueError(f"Dataset {name!r} names no folder; use '{FOLDER_PREFIX}PATH'.")
@@ -252,41 +458,35 @@ def _load_folder(name: str, validation_fraction: float) -> ImageData:
             f"Image folder {path!r} (dataset {name!r}) does not exist or is not a directory; "
             f"{_FOLDER_LAYOUT}."
         )
-    builder = tfds.ImageFolder(path)
-    splits = builder.info.splits
-    missing = [
-        split for split in ("train", "test") if split not in splits or not splits[split].num_examples
-    ]
+    listing = _list_folder(path)
+    missing = [split for split in _SPLITS if not listing.examples.get(split)]
     if missing:
         raise DatasetUnavailableError(
             f"Image folder {path!r} has no images in split(s) {', '.join(missing)} "
-            f"(found splits: {sorted(splits.keys()) or 'none'}); {_FOLDER_LAYOUT}."
+            f"(found splits: {sorted(listing.examples) or 'none'}); {_FOLDER_LAYOUT}."
         )
+    # Every image is decoded to 3 channels (grayscale is repeated), as tfds.ImageFolder did.
+    channels = 3
+    checked = _check_folder_files(path, listing, channels, skip_bad_files)
+    class_names = _check_classes(path, listing, checked, drop_empty_classes)
+    label_of = {c: i for i, c in enumerate(class_names)}
+    train_examples = [e for e in checked["train"] if e[1] in label_of]
+    test_examples = [e for e in checked["test"] if e[1] in label_of]
+    if not test_examples:
+        raise InvalidDatasetError(f"Image folder {path!r} has no usable test images of the trained classes.")
 
-    channels = builder.info.features["image"].shape[-1] or 3
-
-    def read_encoded(split: str) -> tf.data.Dataset:
-        # Skip tfds' decoding so that take/skip for the validation hold-out does not decode the
-        # images it passes over; we decode (and fix the shape) ourselves below.
-        return builder.as_dataset(
-            split=split,
-            as_supervised=True,
-            shuffle_files=False,
-            decoders={"image": tfds.decode.SkipDecoding()},
-        )
-
-    def decode(encoded: tf.Tensor) -> tf.Tensor:
-        return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-
-    # The image size is not in the folder's metadata: take it from the first training image.
-    first_encoded, _ = next(iter(read_encoded("train").take(1)))
-    height, width = (int(d) for d in decode(first_encoded).shape[:2])
+    # The image size is not in any metadata: it is the first training image's.
+    height, width = train_examples[0][2]
     image_shape = (height, width, channels)
+    resized = [p for p, _, size in train_examples + test_examples if size != (height, width)]
+    if resized:
+        logging.warning("Image folder %s: %d image(s) are not %dx%d (the first training image's size) and are "
+                        "resized to it, aspect ratio not kept: %s.", path, len(resized), height, width,
+                        _some(resized))
 
-    def decode_to_shape(encoded: tf.Tensor, label: tf.Tensor):
-        image = decode(encoded)
-        # Images of another size are resized (aspect ratio not kept) to the first image's size,
-        # so mixed-size folders work; same-size folders (the normal case) pass through untouched.
+    def decode_to_shape(file_path: tf.Tensor, label: tf.Tensor):
+        image = tf.io.decode_image(tf.io.read_file(file_path), channels=channels, expand_animations=False)
+        # Same-size folders (the normal case) pass through untouched.
         image = tf.cond(
             tf.reduce_all(tf.shape(image)[:2] == [height, width]),
             lambda: image,
@@ -299,37 +499,31 @@ def _load_folder(name: str, validation_fraction: float) -> ImageData:
         )
         return tf.ensure_shape(image, image_shape), label
 
-    def finish(ds: tf.data.Dataset) -> tf.data.Dataset:
-        return ds.map(decode_to_shape, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def dataset(examples) -> tf.data.Dataset:
+        paths = tf.constant([p for p, _, _ in examples], tf.string)
+        labels = tf.constant([label_of[c] for _, c, _ in examples], tf.int64)
+        return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
+            decode_to_shape, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
 
-    # ImageFolder lists each split in a fixed, class-mixed order (seeded by the split name), so
-    # any contiguous run of 'train' is a deterministic, class-mixed hold-out. We hold out the
-    # HEAD: `skip` still reads the files it passes over, and validation passes are more frequent
-    # and more latency-sensitive than training epochs, which then skip the (smaller) head.
-    full_train = read_encoded("train")
-    num_full_train = int(splits["train"].num_examples)
-    num_validation = _num_held_out(num_full_train, validation_fraction)
-    num_train = num_full_train - num_validation
-    label_feature = builder.info.features["label"]
+    # The listing is in a fixed, class-mixed order, so its head is a deterministic, class-mixed
+    # hold-out (the head, as in earlier versions, so existing runs keep their split).
+    num_validation = _num_held_out(len(train_examples), validation_fraction)
+    num_train = len(train_examples) - num_validation
     logging.info(
         "Image folder %s: %d classes, images %s, %d train / %d validation / %d test.",
-        path,
-        label_feature.num_classes,
-        image_shape,
-        num_train,
-        num_validation,
-        splits["test"].num_examples,
+        path, len(class_names), image_shape, num_train, num_validation, len(test_examples),
     )
     return ImageData(
         name=name,
-        train=finish(full_train.skip(num_validation)),
-        validation=finish(full_train.take(num_validation)),
-        test=finish(read_encoded("test")),
-        num_classes=int(label_feature.num_classes),
+        train=dataset(train_examples[num_validation:]),
+        validation=dataset(train_examples[:num_validation]),
+        test=dataset(test_examples),
+        num_classes=len(class_names),
         image_shape=image_shape,
-        class_names=tuple(label_feature.names),
+        class_names=class_names,
         num_train=num_train,
         num_validation=num_validation,
-        num_test=int(splits["test"].num_examples),
+        num_test=len(test_examples),
         augmentation="crop_flip",
     )

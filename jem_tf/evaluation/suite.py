@@ -7,6 +7,7 @@ OUTPUT/tensorboard. `run_suite` is the same on an in-memory model and arrays (wh
 """
 
 import dataclasses
+import math
 import os
 import time
 
@@ -79,6 +80,11 @@ class EvalOptions:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name}={getattr(self, name)!r} is invalid: expected a value >= 0.")
+        for field in dataclasses.fields(self):
+            values = getattr(self, field.name)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in (values if isinstance(values, tuple)
+                                                                           else (values,))):
+                raise ValueError(f"--{field.name}={values!r} is invalid: expected finite numbers (no inf or nan).")
         for name in ("refine_steps", "attack_refine_steps", "linf_epsilons", "l2_epsilons"):
             if any(float(v) < 0 for v in getattr(self, name)):
                 raise ValueError(f"--{name}={list(getattr(self, name))} is invalid: values must be >= 0.")
@@ -490,11 +496,13 @@ def run_suite(run: EvaluatedRun, test_images, test_labels, evaluations, options:
     return suite.results
 
 
-def load_test_split(dataset: str, data_dir, num_examples: int, batch_size: int, validation_fraction: float = 0.1):
-    """The first `num_examples` test images (float32 [-1, 1]) and labels of a dataset."""
+def load_test_split(dataset: str, data_dir, num_examples: int, batch_size: int, validation_fraction: float = 0.1,
+                    **folder_options):
+    """The first `num_examples` test images (float32 [-1, 1]) and labels of a dataset; `folder_options`
+    (skip_bad_files, drop_empty_classes) go to `jem_tf.data.load` as the run was trained with them."""
     from jem_tf import data as data_lib
 
-    image_data = data_lib.load(dataset, data_dir=data_dir, validation_fraction=validation_fraction)
+    image_data = data_lib.load(dataset, data_dir=data_dir, validation_fraction=validation_fraction, **folder_options)
     images, labels = [], []
     for batch_images, batch_labels in data_lib.make_batches(image_data.test.take(num_examples), batch_size,
                                                             training=False):
@@ -549,7 +557,9 @@ def evaluate_workdir(workdir: str, evaluations, options: EvalOptions, *, output_
                 f"{compare.num_classes} classes; {workdir!r} on {run.dataset} {run.image_shape} with "
                 f"{run.num_classes}. Compare runs on the same data.")
     images, labels, _ = load_test_split(run.dataset, data_dir or config.data_dir, options.num_examples,
-                                        options.batch_size, config.validation_fraction)
+                                        options.batch_size, config.validation_fraction,
+                                        skip_bad_files=config.skip_bad_files,
+                                        drop_empty_classes=config.drop_empty_classes)
     output_dir = output_dir or os.path.join(workdir, "eval")
     logging.info("Evaluating %s (step %d) on %d %s test images; outputs in %s.", run.name, run.global_step,
                  len(images), run.dataset, output_dir)
