@@ -296,8 +296,14 @@ def import_checkpoint(checkpoint_path: str, dataset: str, workdir: str, data_dir
         os.makedirs(staging)
         write_json_atomically(os.path.join(staging, loop.CONFIG_FILE), config.to_json())
         write_json_atomically(os.path.join(staging, loop.RUN_INFO_FILE), json.dumps(info, indent=2))
-        # Step 0: resumed training starts its schedule (warm-up included) from the imported weights.
-        manager = tf.train.CheckpointManager(loop._make_checkpoint(model), os.path.join(staging, loop.CHECKPOINT_DIR),
+        # A training checkpoint at step 0, fresh Adam state included (the reference saves none), so
+        # resumed training starts its schedule, warm-up included, from the imported weights.
+        # (The schedule is not checkpointed: training rebuilds it from the config and the data size.)
+        optimizer = loop.make_optimizer(config, steps_per_epoch=1)
+        model.compile(optimizer=optimizer)
+        optimizer.build(model.trainable_variables)
+        manager = tf.train.CheckpointManager(loop._make_checkpoint(model, optimizer),
+                                             os.path.join(staging, loop.CHECKPOINT_DIR),
                                              max_to_keep=config.keep_checkpoints)
         manager.save(checkpoint_number=0)
         if os.path.isdir(workdir):

@@ -202,3 +202,23 @@ def test_the_cli_writes_a_workdir_that_restores_with_network_and_buffer(tmp_path
     # A second import into the same workdir is refused rather than mixing two models.
     again = run_cli(f"--checkpoint={os.path.join(DATA, 'wrn10x1_zip.pt')}", "--dataset=cifar10", f"--workdir={workdir}")
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_training_resumes_from_an_imported_workdir(tmp_path):
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy)
+
+    from jem_tf.configs.base import TrainConfig  # noqa: PLC0415
+
+    workdir = tmp_path / "imported"
+    from_reference.import_checkpoint(os.path.join(DATA, "wrn10x1_zip.pt"), "cifar10", str(workdir))
+    config = TrainConfig.load(str(workdir / loop.CONFIG_FILE))
+    config.max_steps, config.sgld_steps, config.export = 1, 2, False
+    with tfds.testing.mock_data(num_examples=24):
+        metrics = loop.train(config)
+    assert metrics["global_step"] == 1
+    model, _, _ = loop.restore_model(str(workdir))
+    # The reference's warm-up gives the first step a learning rate of 0, so the network trained for
+    # one step from the import is still exactly the reference's.
+    expected = np.load(os.path.join(DATA, "wrn10x1_outputs.npz"))
+    logits, _, _ = outputs(model, np.transpose(expected["inputs"], (0, 2, 3, 1)))
+    assert_close_relative(logits, expected["logits"], "logits after one resumed step")

@@ -33,3 +33,9 @@ def test_schedule_equals_the_reference_step_for_step():
         np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=0, err_msg=f"warmup={warmup}, decays={decay_epochs}")
     assert float(loop.learning_rate_schedule(TrainConfig(warmup_steps=10), 100)(0)) == 0.0
 
+
+
+def test_training_optimizer_is_the_reference_adam():
+    optimizer = loop.make_optimizer(TrainConfig(warmup_steps=4), steps_per_epoch=10)
+    assert optimizer.epsilon == 1e-8  # PyTorch's default, which the reference uses (Keras': 1e-7)
+    assert float(optimizer.learning_rate) == 0.0  # step 0 of the warm-up

@@ -84,6 +84,12 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
     return _ReferenceSchedule(config.learning_rate, config.lr_decay_rate, decay_steps, config.warmup_steps)
 
 
+def make_optimizer(config: TrainConfig, steps_per_epoch: int):
+    """The reference's Adam (epsilon 1e-8) on `learning_rate_schedule`. Checkpoints written for
+    training (also by export.from_reference) must use this, so their optimizer variables match."""
+    return keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch), epsilon=ADAM_EPSILON)
+
+
 class _ReferenceSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, learning_rate, decay_rate, decay_steps, warmup_steps):
         self.learning_rate = float(learning_rate)
@@ -295,7 +301,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(config, data.image_shape, data.num_classes)
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch), epsilon=ADAM_EPSILON)
+        optimizer = make_optimizer(config, steps_per_epoch)
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)
         checkpoint = _make_checkpoint(model, optimizer)
@@ -383,5 +389,5 @@ def _write_sample_grid(model, workdir, step, count=64):
 
 __all__ = [
     "IncompatibleWorkdirError", "TrainingDivergedError", "build_model", "distributed_train_step", "make_strategy",
-    "restore_model", "train", "classifier_evaluator",
+    "make_optimizer", "restore_model", "train", "classifier_evaluator",
 ]
