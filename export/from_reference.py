@@ -145,7 +145,8 @@ def split_checkpoint(checkpoint):
     else:
         keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ReferenceCheckpointError(
-            f"expected the reference's {{'model_state_dict', 'replay_buffer'}} checkpoint or a state dict; found {keys}."
+            "expected the reference's {'model_state_dict', 'replay_buffer'} checkpoint or a state dict; "
+            f"found {keys}."
         )
     if not isinstance(state, dict):
         raise ReferenceCheckpointError(f"model_state_dict is a {type(state).__name__}, not a state dict.")
@@ -177,7 +178,8 @@ def infer_architecture(state) -> dict:
         raise ReferenceCheckpointError(f"f.layer1.0.conv1.weight has {first[0]} filters, not a multiple of 16.")
     blocks = [sum(1 for i in range(1000) if f"f.layer{s}.{i}.conv1.weight" in state) for s in (1, 2, 3)]
     if len(set(blocks)) != 1 or blocks[0] == 0:
-        raise ReferenceCheckpointError(f"the three stages have {blocks} blocks; a Wide_ResNet has the same number in each.")
+        raise ReferenceCheckpointError(
+            f"the three stages have {blocks} blocks; a Wide_ResNet has the same number in each.")
     classes = shape("class_output.weight")
     if "f.bn1.running_mean" in state:
         norm = "batch"
@@ -253,11 +255,13 @@ def import_checkpoint(checkpoint_path: str, dataset: str, workdir: str, data_dir
     if architecture["input_channels"] != channels:
         problems.append(f"{architecture['input_channels']} input channels, but {dataset} images have {channels}")
     if (height, width_px) != (_REFERENCE_IMAGE_SIZE, _REFERENCE_IMAGE_SIZE):
-        problems.append(f"the reference network pools an 8x8 map (32x32 inputs), but {dataset} images are {height}x{width_px}")
+        problems.append(
+            f"the reference network pools an 8x8 map (32x32 inputs), but {dataset} images are {height}x{width_px}")
     if buffer is not None and (buffer.ndim != 4 or tuple(buffer.shape[1:]) != (channels, height, width_px)):
         problems.append(f"the replay buffer has shape {buffer.shape}, not [n, {channels}, {height}, {width_px}]")
     if problems:
-        raise ReferenceCheckpointError(f"{checkpoint_path} does not fit --dataset={dataset}: " + "; ".join(problems) + ".")
+        raise ReferenceCheckpointError(
+            f"{checkpoint_path} does not fit --dataset={dataset}: " + "; ".join(problems) + ".")
 
     config = configs.get_preset(dataset if dataset in configs.PRESETS else "paper")
     config.dataset, config.data_dir, config.workdir = dataset, data_dir, workdir
@@ -320,7 +324,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string("checkpoint", None, "A checkpoint of the reference JEM code (torch.save file, zip or legacy format).")
+    flags.DEFINE_string("checkpoint", None,
+                        "A checkpoint of the reference JEM code (torch.save file, zip or legacy format).")
     flags.DEFINE_string("dataset", None, "What the model was trained on: cifar10, cifar100, svhn or folder:PATH; "
                         "sets the classes, image shape and the config's defaults.")
     flags.DEFINE_string("workdir", None, "New (or empty) directory to write the jem_tf workdir to.")

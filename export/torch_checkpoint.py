@@ -71,7 +71,8 @@ class _Storage:
         expected = self.numel * self.type.itemsize
         if len(raw) < expected:
             raise CheckpointFormatError(
-                f"storage {self.key!r} holds {len(raw)} bytes; its {self.numel} {self.type.name} elements need {expected}."
+                f"storage {self.key!r} holds {len(raw)} bytes; its {self.numel} {self.type.name} elements "
+                f"need {expected}."
             )
         order = "<" if little_endian else ">"
         if self.type.dtype == "bfloat16":
@@ -221,7 +222,8 @@ def _load_legacy(path):
             )
         protocol = _RestrictedUnpickler(f, {}, path).load()
         if protocol != LEGACY_PROTOCOL_VERSION:
-            raise CheckpointFormatError(f"{path} has legacy protocol {protocol!r}; only {LEGACY_PROTOCOL_VERSION} is known.")
+            raise CheckpointFormatError(
+                f"{path} has legacy protocol {protocol!r}; only {LEGACY_PROTOCOL_VERSION} is known.")
         system = _RestrictedUnpickler(f, {}, path).load()
         little_endian = bool(system.get("little_endian", True)) if isinstance(system, dict) else True
         storages = {}
@@ -239,7 +241,8 @@ def _load_legacy(path):
             if storage is None:
                 raise CheckpointFormatError(f"{path} stores bytes for {key!r}, which no tensor uses.")
             if numel != storage.numel:
-                raise CheckpointFormatError(f"{path}: storage {key!r} has {numel} elements; the pickle says {storage.numel}.")
+                raise CheckpointFormatError(
+                    f"{path}: storage {key!r} has {numel} elements; the pickle says {storage.numel}.")
             storage.fill(f.read(numel * storage.type.itemsize), little_endian)
         missing = [k for k, s in storages.items() if s.data is None]
         if missing:
@@ -265,7 +268,9 @@ def load(path: str):
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError, IndexError, TypeError, ValueError,
             AttributeError) as error:
         # A damaged file or a pickle of an unexpected shape; nothing from it was executed.
-        raise CheckpointFormatError(f"{path} is damaged or not a torch checkpoint ({type(error).__name__}: {error}).") from None
+        raise CheckpointFormatError(
+            f"{path} is damaged or not a torch checkpoint ({type(error).__name__}: {error})."
+        ) from None
 
 
 __all__ = ["CheckpointFormatError", "UnsafeCheckpointError", "load"]

@@ -68,8 +68,8 @@ def reference_outputs(model, inputs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference_dir", required=True, help="checkout of github.com/wgrathwohl/JEM (3d01161)")
-    parser.add_argument("--output_dir", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "reference"),
-                        help="where the fixtures are written")
+    parser.add_argument("--output_dir", help="where the fixtures are written",
+                        default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "reference"))
     parser.add_argument("--seed", type=int, default=11, help="torch seed for weights, buffer and inputs")
     args = parser.parse_args()
     reference = import_reference(args.reference_dir)
