@@ -324,6 +324,13 @@ def move_aside(directory: str, step: int, reason: str) -> str:
     return target
 
 
+def check_checkpoint_layout(path: str) -> None:
+    """Refuses a checkpoint of an older network layout (jem_tf.models.wide_resnet.NETWORK_LAYOUT)."""
+    from jem_tf.models import wide_resnet  # noqa: PLC0415 (Keras; keep importing this module light)
+
+    wide_resnet.check_checkpoint_layout(path)
+
+
 def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *, writer: bool, partial: bool = False):
     """Restores the newest checkpoint in `directory` that verifies into `checkpoint`.
 
@@ -362,6 +369,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *, writer: b
                 else:
                     logging.warning("Skipping %s.", reason)
                 continue
+            check_checkpoint_layout(path)
             try:
                 status = checkpoint.restore(path)
                 if partial:
@@ -405,6 +413,7 @@ def restore_step(checkpoint: tf.train.Checkpoint, directory: str, step_or_path, 
     except ValueError as error:
         raise FileNotFoundError(
             f"Checkpoint {path!r} is damaged ({error}); choose another with --checkpoint.") from None
+    check_checkpoint_layout(path)
     status = checkpoint.restore(path)
     if partial:
         status.expect_partial()

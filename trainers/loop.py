@@ -31,6 +31,7 @@ from jem_tf import data as jem_data
 from jem_tf import preflight
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import RECOVERY_STATE_FIELDS, TrainConfig, incompatible_fields, write_json_atomically
+from jem_tf.models.wide_resnet import NETWORK_LAYOUT, NETWORK_LAYOUT_KEY
 from trainers.classifier import Classifier
 from trainers.jem import JEM
 
@@ -106,31 +107,60 @@ def build_model(config: TrainConfig, image_shape, num_classes: int) -> Classifie
     return model
 
 
+# The reference's Adam epsilon (PyTorch's default); Keras' default is 1e-7.
+ADAM_EPSILON = 1e-8
+
+
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
-    """Linear warm-up, then x lr_decay_rate at each of lr_decay_epochs (staircase)."""
-    boundaries = [int(epoch * steps_per_epoch) for epoch in config.lr_decay_epochs]
-    values = [config.learning_rate * config.lr_decay_rate**i for i in range(len(boundaries) + 1)]
-    staircase = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    if config.warmup_steps == 0:
-        return staircase
-    return _WarmUp(staircase, config.warmup_steps)
+    """The reference's schedule (train_wrn_ebm.py), step for step.
+
+    Step s (the optimizer's iteration count before the update, 0 first) uses
+    `learning_rate * s / warmup_steps` while s <= warmup_steps (so the very first update has rate 0),
+    and after that `learning_rate * lr_decay_rate**d`, d = the number of lr_decay_epochs whose first
+    step lies in (warmup_steps, s]: a decay takes effect at the first step of its epoch. Like the
+    reference, a decay epoch that starts inside the warm-up is overwritten by it and never applies.
+    """
+    decay_steps = sorted(int(epoch * steps_per_epoch) for epoch in config.lr_decay_epochs)
+    decay_steps = [b for b in decay_steps if b > config.warmup_steps]
+    return _ReferenceSchedule(config.learning_rate, config.lr_decay_rate, decay_steps, config.warmup_steps)
 
 
-class _WarmUp(keras.optimizers.schedules.LearningRateSchedule):
-    def __init__(self, after, warmup_steps):
-        self.after = after
-        self.warmup_steps = warmup_steps
+def make_optimizer(schedule):
+    """The reference's Adam (epsilon 1e-8) on `schedule` (see `learning_rate_schedule`). Checkpoints
+    written for training (also by export.from_reference) must use this, so their optimizer
+    variables match."""
+    return keras.optimizers.Adam(schedule, epsilon=ADAM_EPSILON)
+
+
+class _ReferenceSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, learning_rate, decay_rate, decay_steps, warmup_steps):
+        self.learning_rate = float(learning_rate)
+        self.decay_rate = float(decay_rate)
+        self.decay_steps = list(decay_steps)
+        self.warmup_steps = int(warmup_steps)
+        # Rates computed in Python (double) once, as the reference multiplies its rate in Python.
+        self._rates = [self.learning_rate * self.decay_rate**i for i in range(len(self.decay_steps) + 1)]
 
     def __call__(self, step):
-        fraction = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / float(self.warmup_steps))
-        return fraction * self.after(step)
+        step = tf.cast(step, tf.int64)
+        decays = tf.reduce_sum(tf.cast(tf.constant(self.decay_steps, tf.int64) <= step, tf.int32)) \
+            if self.decay_steps else tf.constant(0, tf.int32)
+        rate = tf.gather(tf.constant(self._rates, tf.float64), decays)
+        if self.warmup_steps > 0:
+            warming = self.learning_rate * tf.cast(step, tf.float64) / float(self.warmup_steps)
+            rate = tf.where(step <= self.warmup_steps, warming, rate)
+        return tf.cast(rate, tf.float32)
 
     def get_config(self):
-        return {"warmup_steps": self.warmup_steps}
+        return {
+            "learning_rate": self.learning_rate, "decay_rate": self.decay_rate,
+            "decay_steps": self.decay_steps, "warmup_steps": self.warmup_steps,
+        }
 
 
 def _make_checkpoint(model, optimizer=None):
-    parts = dict(model=model)
+    # The layout marker lets a restore refuse checkpoints of an older network (check_checkpoint_layout).
+    parts = dict(model=model, **{NETWORK_LAYOUT_KEY: tf.Variable(NETWORK_LAYOUT, dtype=tf.int64, trainable=False)})
     if optimizer is not None:
         parts["optimizer"] = optimizer
     if isinstance(model, JEM):
@@ -393,7 +423,7 @@ class _Run:
         with strategy.scope():
             self.model = build_model(config, data.image_shape, data.num_classes)
             self.schedule = _ScaledSchedule(learning_rate_schedule(config, steps_per_epoch), config.learning_rate_scale)
-            self.optimizer = keras.optimizers.Adam(self.schedule)
+            self.optimizer = make_optimizer(self.schedule)
             self.model.compile(optimizer=self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
             self.checkpoint = _make_checkpoint(self.model, self.optimizer)
