@@ -316,6 +316,7 @@ def export_run(
     max_step_size: float = sig.DEFAULT_MAX_STEP_SIZE,
     max_noise_std: float = sig.DEFAULT_MAX_NOISE_STD,
     max_batch_size: int = sig.DEFAULT_MAX_BATCH_SIZE,
+    download: bool = False,
 ) -> str:
     """Exports a training run's checkpoint to `output/<version>` and returns that path.
 
@@ -330,6 +331,8 @@ def export_run(
       ood_quantile: fraction of validation images the OOD threshold may flag.
       ood_max_images: validation images used for the threshold, at most.
       max_step_size, max_noise_std, max_batch_size: the serving limits (see `export_model`).
+      download: if the run's tfds dataset (for the OOD threshold) is not prepared, download and
+        prepare it first (`jem_tf.data.prepare`; DatasetDownloadError if that fails).
     """
     from trainers import loop  # noqa: PLC0415 (the trainer imports this module lazily too)
 
@@ -344,6 +347,10 @@ def export_run(
         version = run_info.get("global_step")
         if version is None:
             version = next_version(output)
+    if download:
+        from jem_tf import data as jem_data  # noqa: PLC0415 (heavy: tensorflow_datasets)
+
+        jem_data.prepare(config.dataset, config.data_dir)
     threshold, ood_info = validation_ood_threshold(network, config, ood_quantile, ood_max_images)
     metadata = {
         "run": {
@@ -390,6 +397,8 @@ def define_flags():
                        "Largest `noise_std` refine_then_classify accepts (the paper uses 0.01).")
     flags.DEFINE_integer("max_batch_size", sig.DEFAULT_MAX_BATCH_SIZE,
                          "Most images one request to any signature may carry; larger batches are refused.")
+    flags.DEFINE_bool("download", False, "If the run's tfds dataset (used for the OOD threshold) is not prepared in "
+                      "its data_dir, download and prepare it first (needs internet access; off by default).")
     flags.DEFINE_float("ood_quantile", DEFAULT_OOD_QUANTILE,
                        "Fraction of validation images the OOD threshold may flag.")
     flags.DEFINE_integer("ood_max_images", DEFAULT_OOD_MAX_IMAGES, "Validation images used for the OOD threshold.")
@@ -399,15 +408,18 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from jem_tf.data import DatasetUnavailableError  # noqa: PLC0415 (heavy: tensorflow_datasets)
+
     output = FLAGS.output or os.path.join(FLAGS.workdir, "export")
     try:
         path = export_run(
             FLAGS.workdir, output, version=FLAGS.version, checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite,
             max_refine_steps=FLAGS.max_refine_steps, ood_quantile=FLAGS.ood_quantile,
             ood_max_images=FLAGS.ood_max_images, max_step_size=FLAGS.max_step_size,
-            max_noise_std=FLAGS.max_noise_std, max_batch_size=FLAGS.max_batch_size,
+            max_noise_std=FLAGS.max_noise_std, max_batch_size=FLAGS.max_batch_size, download=FLAGS.download,
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as error:  # CheckpointMismatchError too
+    except (FileExistsError, FileNotFoundError, ValueError, DatasetUnavailableError) as error:
+        # ValueError includes CheckpointMismatchError; DatasetUnavailableError a failed --download.
         logging.error("%s", error)
         sys.exit(2)
     print(path)

@@ -17,7 +17,7 @@ from absl import app, flags, logging
 # unset flags keep the preset's value, and the default preset is the paper's setup.
 FLAG_HELP = {
     "dataset": "digits | svhn | cifar10 | cifar100 | folder:PATH (paper preset: cifar10).",
-    "data_dir": "tensorflow-datasets data directory holding the prepared dataset (nothing is downloaded).",
+    "data_dir": "tensorflow-datasets data directory holding the prepared dataset (downloaded only with --download).",
     "workdir": "Run directory: config, checkpoints, TensorBoard logs, samples, metrics.json, export.",
     "objective": "jem (classifier + log p(x) via SGLD) | classifier (cross-entropy baseline).",
     "depth": "WideResNet depth 6n+4 (paper: 28).",
@@ -69,6 +69,8 @@ def define_flags():
         else:
             flags.DEFINE_string(name, None, help_text)
     flags.DEFINE_list("lr_decay_epochs", None, "Epochs at which the learning rate decays (paper: 50,100).")
+    flags.DEFINE_bool("download", False, "If the tfds dataset (svhn, cifar10, cifar100) is not prepared in --data_dir, "
+                      "download and prepare it there first (needs internet access; off by default).")
 
 
 def config_from_flags(flag_values):
@@ -88,6 +90,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from export import savedmodel  # noqa: PLC0415 (imports TensorFlow)
+    from jem_tf import data as data_lib  # noqa: PLC0415
     from jem_tf.data import DatasetUnavailableError  # noqa: PLC0415
     from trainers import loop  # noqa: PLC0415
 
@@ -96,6 +99,8 @@ def main(argv):
 
     try:
         config = config_from_flags(flags.FLAGS)
+        if flags.FLAGS.download:  # before training writes anything into the workdir
+            data_lib.prepare(config.dataset, config.data_dir)
         metrics = loop.train(config, exporter=export_final_checkpoint)
     except (ValueError, DatasetUnavailableError, FileNotFoundError) as error:
         logging.error("%s", error)
