@@ -288,8 +288,12 @@ class ServingFunctions:
 
     def _classify_outputs(self, images, non_finite_message=None):
         logits = self._logits(images)
+        # log_px too: finite logits near float32's largest value still overflow logsumexp.
+        finite = tf.logical_and(
+            tf.reduce_all(tf.math.is_finite(logits)), tf.reduce_all(tf.math.is_finite(energy.log_marginal(logits)))
+        )
         logits = _require(
-            logits, tf.reduce_all(tf.math.is_finite(logits)),
+            logits, finite,
             non_finite_message or "the logits are not finite (NaN or Inf) for these images; the export is broken "
             "(e.g. NaN weights), not the request", fallback=tf.zeros_like(logits),
         )
