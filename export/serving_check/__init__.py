@@ -5,11 +5,13 @@
 compiles the checker against the TensorFlow pip wheel (once; cached by source and toolchain in a
 per-user cache, `$XDG_CACHE_HOME/jem_tf/serving_check/` or `~/.cache/jem_tf/serving_check/`, made
 with mode 0700; a cached binary runs only if it, its folder and the cache folder belong to the
-current user and are writable by no one else), writes PredictRequests for every signature at two batch sizes
-with `export.client`, and has the C++ program load the export with `tensorflow::LoadSavedModel`
-and answer them as TF Serving's Predict handler would. With --bad_inputs it also sends every
-malformed request the signatures must refuse and checks each is refused with INVALID_ARGUMENT
-and the expected message. Exits with the checker's status (0: everything served).
+current user and are writable by no one else), writes PredictRequests for every signature at two
+batch sizes and `classify_image_bytes` requests in every advertised image format with
+`export.client`, and has the C++ program load the export with `tensorflow::LoadSavedModel` and
+answer them all in one run, as TF Serving's Predict handler would. With --bad_inputs it also
+sends every malformed request the signatures must refuse (with the limits in the export's
+metadata: batch size, step size, noise, image size) and checks each is refused with
+INVALID_ARGUMENT and the expected message. Exits with the checker's status (0: everything served).
 """
 
 import dataclasses
