@@ -349,3 +349,4 @@ def test_export_download_failure_raises_before_anything_is_written(tmp_path, mon
     with pytest.raises(data.DatasetDownloadError, match="--download: downloading and preparing 'cifar10'"):
         savedmodel.export_run(str(tmp_path / "run"), str(output), download=True)
     assert not output.exists()
+
