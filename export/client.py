@@ -2,7 +2,7 @@
 
     # gRPC (port 8500), images decoded and scaled here, then the float `classify` signature:
     python -m export.client --server=localhost:8500 --model_name=jem --signature=classify --images=a.png,b.png
-    # the server decodes the PNG/JPEG bytes itself:
+    # the server decodes the PNG/JPEG/BMP/GIF bytes itself:
     python -m export.client --server=localhost:8500 --signature=classify_image_bytes --images=a.png
     # REST (port 8501) instead of gRPC:
     python -m export.client --rest=http://localhost:8501 --signature=refine_then_classify --images=a.png --steps=10
@@ -240,12 +240,14 @@ def rest_predict(base_url: str, signature_name: str, inputs: dict, model_name: s
 def load_images(paths, image_shape) -> tuple[list, np.ndarray]:
     """(encoded bytes, float32 [n, H, W, C] in [-1, 1]) of image files, decoded like the
     `classify_image_bytes` signature does (no resizing: files must already be H x W)."""
+    from export.serving_functions import decode_image  # noqa: PLC0415 (the signature's own decoder)
+
     height, width, channels = image_shape
     encoded, scaled = [], []
     for path in paths:
         with open(path, "rb") as f:
             data = f.read()
-        image = tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
+        image = decode_image(tf.constant(data), channels)
         if tuple(image.shape[:2]) != (height, width):
             raise ValueError(f"{path}: the model takes {height}x{width} images; this one is "
                              f"{image.shape[0]}x{image.shape[1]}.")
@@ -270,7 +272,7 @@ def define_flags():
     flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "Model name in TF Serving's config.")
     flags.DEFINE_integer("version", None, "Model version (default: the server's latest).")
     flags.DEFINE_enum("signature", sig.CLASSIFY, list(sig.SIGNATURE_ORDER), "Signature to call.")
-    flags.DEFINE_list("images", None, "Image files (PNG/JPEG/BMP) of the model's size.")
+    flags.DEFINE_list("images", None, "Image files (PNG/JPEG/BMP/GIF) of the model's size.")
     flags.DEFINE_integer("steps", 10, "refine_then_classify: SGLD steps.")
     flags.DEFINE_float("step_size", 1.0, "refine_then_classify: SGLD step size.")
     flags.DEFINE_float("noise_std", 0.01, "refine_then_classify: SGLD noise std.")

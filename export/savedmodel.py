@@ -48,6 +48,9 @@ def export_model(
     ood_threshold: float | None = None,
     metadata: dict | None = None,
     overwrite: bool = False,
+    max_step_size: float = sig.DEFAULT_MAX_STEP_SIZE,
+    max_noise_std: float = sig.DEFAULT_MAX_NOISE_STD,
+    max_batch_size: int = sig.DEFAULT_MAX_BATCH_SIZE,
 ) -> str:
     """Writes `network` as a servable SavedModel to `output_dir/<version>` and returns that path.
 
@@ -63,6 +66,9 @@ def export_model(
       metadata: extra JSON-serialisable entries for assets.extra/jem_metadata.json (e.g. the run,
         how the OOD threshold was chosen). Keys set by the exporter take precedence.
       overwrite: replace an existing version directory; otherwise refuse with FileExistsError.
+      max_step_size, max_noise_std: the largest `step_size` / `noise_std` `refine_then_classify`
+        accepts.
+      max_batch_size: the most images one request to any signature may carry.
 
     Returns:
       The path of the written version directory.
@@ -77,7 +83,10 @@ def export_model(
         network = network.to_wide_resnet()
     if ood_threshold is not None and not np.isfinite(ood_threshold):
         raise ValueError(f"ood_threshold must be a finite number or None; received {ood_threshold!r}.")
-    functions = ServingFunctions(network, max_refine_steps=max_refine_steps, ood_threshold=ood_threshold)
+    functions = ServingFunctions(
+        network, max_refine_steps=max_refine_steps, ood_threshold=ood_threshold, max_step_size=max_step_size,
+        max_noise_std=max_noise_std, max_batch_size=max_batch_size,
+    )
 
     output_dir = os.fspath(output_dir)
     final_dir = os.path.join(output_dir, str(version))
@@ -159,13 +168,15 @@ def _write_metadata(export_dir: str, functions: ServingFunctions, network, extra
         network=network_config,
         preprocessing={
             "images": "float32 in [-1, 1]: uint8 pixels x mapped by x / 127.5 - 1",
-            "image_bytes": "decoded to uint8 with the model's channel count, no resizing, then x / 127.5 - 1",
+            "image_bytes": "PNG, JPEG, BMP or GIF (first frame) of exactly the model's size, decoded to uint8 "
+                           "with the model's channel count (1-channel models: RGB reduced to ITU-R 601-2 luma, as "
+                           "Pillow's convert('L')), no resizing, then x / 127.5 - 1",
         },
         input_rules={
             "image_range": [sig.IMAGE_MIN, sig.IMAGE_MAX],
             "image_range_tolerance": sig.IMAGE_RANGE_TOLERANCE,
             "out_of_range": "refused (INVALID_ARGUMENT) beyond the tolerance; within it, clipped to the range",
-            "max_refine_steps": functions.max_refine_steps,
+            **functions.input_rules(),
         },
         signatures=sig.describe(functions.image_shape, functions.num_classes, functions.ood_threshold is not None),
         ood=ood,
@@ -303,6 +314,10 @@ def export_run(
     max_refine_steps: int = sig.DEFAULT_MAX_REFINE_STEPS,
     ood_quantile: float = DEFAULT_OOD_QUANTILE,
     ood_max_images: int = DEFAULT_OOD_MAX_IMAGES,
+    max_step_size: float = sig.DEFAULT_MAX_STEP_SIZE,
+    max_noise_std: float = sig.DEFAULT_MAX_NOISE_STD,
+    max_batch_size: int = sig.DEFAULT_MAX_BATCH_SIZE,
+    download: bool = False,
 ) -> str:
     """Exports a training run's checkpoint to `output/<version>` and returns that path.
 
@@ -316,6 +331,9 @@ def export_run(
       max_refine_steps: the largest `steps` `refine_then_classify` accepts.
       ood_quantile: fraction of validation images the OOD threshold may flag.
       ood_max_images: validation images used for the threshold, at most.
+      max_step_size, max_noise_std, max_batch_size: the serving limits (see `export_model`).
+      download: if the run's tfds dataset (for the OOD threshold) is not prepared, download and
+        prepare it first (`jem_tf.data.prepare`; DatasetDownloadError if that fails).
     """
     from jem_tf import workdir as workdir_lib  # noqa: PLC0415
 
@@ -329,6 +347,10 @@ def export_run(
         version = run_info.get("global_step")
         if version is None:
             version = next_version(output)
+    if download:
+        from jem_tf import data as jem_data  # noqa: PLC0415 (heavy: tensorflow_datasets)
+
+        jem_data.prepare(config.dataset, config.data_dir)
     threshold, ood_info = validation_ood_threshold(network, config, ood_quantile, ood_max_images)
     metadata = {
         "run": {
@@ -350,7 +372,8 @@ def export_run(
     }
     return export_model(
         network, output, version, max_refine_steps=max_refine_steps, ood_threshold=threshold,
-        metadata=metadata, overwrite=overwrite,
+        metadata=metadata, overwrite=overwrite, max_step_size=max_step_size, max_noise_std=max_noise_std,
+        max_batch_size=max_batch_size,
     )
 
 
@@ -368,6 +391,14 @@ def define_flags():
     flags.DEFINE_bool("overwrite", False, "Replace an existing OUTPUT/<version>.")
     flags.DEFINE_integer("max_refine_steps", sig.DEFAULT_MAX_REFINE_STEPS,
                          "Largest `steps` refine_then_classify accepts.")
+    flags.DEFINE_float("max_step_size", sig.DEFAULT_MAX_STEP_SIZE,
+                       "Largest `step_size` refine_then_classify accepts (the paper uses 1).")
+    flags.DEFINE_float("max_noise_std", sig.DEFAULT_MAX_NOISE_STD,
+                       "Largest `noise_std` refine_then_classify accepts (the paper uses 0.01).")
+    flags.DEFINE_integer("max_batch_size", sig.DEFAULT_MAX_BATCH_SIZE,
+                         "Most images one request to any signature may carry; larger batches are refused.")
+    flags.DEFINE_bool("download", False, "If the run's tfds dataset (used for the OOD threshold) is not prepared in "
+                      "its data_dir, download and prepare it first (needs internet access; off by default).")
     flags.DEFINE_float("ood_quantile", DEFAULT_OOD_QUANTILE,
                        "Fraction of validation images the OOD threshold may flag.")
     flags.DEFINE_integer("ood_max_images", DEFAULT_OOD_MAX_IMAGES, "Validation images used for the OOD threshold.")
@@ -376,14 +407,18 @@ def define_flags():
 
 def main(argv):
     del argv  # cli.run refuses positional arguments
+    from jem_tf.data import DatasetUnavailableError  # noqa: PLC0415 (heavy: tensorflow_datasets)
+
     output = FLAGS.output or os.path.join(FLAGS.workdir, "export")
     try:
         path = export_run(
             FLAGS.workdir, output, version=FLAGS.version, checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite,
             max_refine_steps=FLAGS.max_refine_steps, ood_quantile=FLAGS.ood_quantile,
-            ood_max_images=FLAGS.ood_max_images,
+            ood_max_images=FLAGS.ood_max_images, max_step_size=FLAGS.max_step_size,
+            max_noise_std=FLAGS.max_noise_std, max_batch_size=FLAGS.max_batch_size, download=FLAGS.download,
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as error:  # CheckpointMismatchError too
+    except (FileExistsError, FileNotFoundError, ValueError, DatasetUnavailableError) as error:
+        # ValueError includes CheckpointMismatchError; DatasetUnavailableError a failed --download.
         logging.error("%s", error)
         sys.exit(cli.EXIT_BAD_INPUT)
     print(path)

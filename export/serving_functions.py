@@ -8,6 +8,7 @@ what was expected, and nothing is computed from it. Everything is plain TensorFl
 without autograph (ExportArchive disables it): loops are explicit `tf.while_loop` / `tf.map_fn`.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from export import signatures as sig
@@ -81,22 +82,62 @@ class ServingFunctions:
       max_refine_steps: the largest `steps` `refine_then_classify` accepts.
       ood_threshold: if set, the classify family also returns `is_out_of_distribution`
         (= log_px < ood_threshold).
+      max_step_size, max_noise_std: the largest `step_size` / `noise_std` `refine_then_classify`
+        accepts (finite, representable as float32).
+      max_batch_size: the most images (or encoded images) one request may carry.
     """
 
-    def __init__(self, network, max_refine_steps: int = sig.DEFAULT_MAX_REFINE_STEPS, ood_threshold=None):
+    def __init__(
+        self,
+        network,
+        max_refine_steps: int = sig.DEFAULT_MAX_REFINE_STEPS,
+        ood_threshold=None,
+        *,
+        max_step_size: float = sig.DEFAULT_MAX_STEP_SIZE,
+        max_noise_std: float = sig.DEFAULT_MAX_NOISE_STD,
+        max_batch_size: int = sig.DEFAULT_MAX_BATCH_SIZE,
+    ):
         image_shape = getattr(network, "input_image_shape", None)
         if image_shape is None or any(size is None for size in image_shape):
             raise ValueError(
                 "The network must be built with a fully known image shape, e.g. "
                 "network.build((None, H, W, C)); it has none."
             )
-        if not isinstance(max_refine_steps, int) or max_refine_steps < 0:
+        if isinstance(max_refine_steps, bool) or not isinstance(max_refine_steps, int) or max_refine_steps < 0:
             raise ValueError(f"max_refine_steps must be a non-negative integer; received {max_refine_steps!r}.")
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive integer; received {max_batch_size!r}.")
+        for name, bound in (("max_step_size", max_step_size), ("max_noise_std", max_noise_std)):
+            if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not (
+                0.0 <= bound <= float(np.finfo(np.float32).max)
+            ):
+                raise ValueError(
+                    f"{name} must be a finite number >= 0 that float32 can hold (at most "
+                    f"{float(np.finfo(np.float32).max):.4g}); received {bound!r}."
+                )
         self.network = network
         self.image_shape = tuple(int(size) for size in image_shape)
         self.num_classes = int(network.num_classes)
         self.max_refine_steps = max_refine_steps
         self.ood_threshold = None if ood_threshold is None else float(ood_threshold)
+        self.max_step_size = float(max_step_size)
+        self.max_noise_std = float(max_noise_std)
+        self.max_batch_size = max_batch_size
+
+    def input_rules(self) -> dict:
+        """The limits baked into the signatures, for the export's metadata."""
+        height, width, _ = self.image_shape
+        return {
+            "max_refine_steps": self.max_refine_steps,
+            "max_step_size": self.max_step_size,
+            "max_noise_std": self.max_noise_std,
+            "max_batch_size": self.max_batch_size,
+            "image_bytes_formats": list(sig.IMAGE_BYTES_FORMATS),
+            "image_bytes_size": [height, width],
+            "image_bytes_size_check": "the height and width in each image's header must be the model's; checked "
+                                      "on the header bytes before decoding",
+            "non_finite_results": "refused (INVALID_ARGUMENT) instead of answered: refined images, logits, energies",
+        }
 
     # -- input signatures ------------------------------------------------------------------
 
@@ -139,10 +180,18 @@ class ServingFunctions:
             return energy.log_marginal(logits_seen[-1])
 
         log_px, score = energy.log_density_and_score(log_density, images)
-        return {
+        outputs = {
             sig.ENERGY_OUTPUT: -log_px,
             sig.CLASS_ENERGIES: energy.class_energies(logits_seen[-1]),
             sig.SCORE_GRAD_NORM: energy.score_norm(score),
+        }
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(value)) for value in outputs.values()])
+        return {
+            key: _require(
+                value, finite, "energy: the outputs are not finite (NaN or Inf) for these images; the export is "
+                "broken (e.g. NaN weights), not the request", fallback=tf.zeros_like(value),
+            )
+            for key, value in outputs.items()
         }
 
     def refine_then_classify(self, images, steps, step_size, noise_std, seed):
@@ -158,35 +207,67 @@ class ServingFunctions:
             f"steps must be in [0, {self.max_refine_steps}] (max_refine_steps, fixed at export); received",
             [steps], fallback=tf.constant(0, tf.int32),
         )
-        step_size = self._validated_non_negative(step_size, sig.STEP_SIZE)
-        noise_std = self._validated_non_negative(noise_std, sig.NOISE_STD)
+        step_size = self._validated_bounded(step_size, sig.STEP_SIZE, self.max_step_size, "max_step_size")
+        noise_std = self._validated_bounded(noise_std, sig.NOISE_STD, self.max_noise_std, "max_noise_std")
         seed = _require(
             seed, _shape_matches(seed, [2]), "seed must be int64 of shape [2]; received shape",
             [_dynamic_shape(seed)[0]], fallback=tf.zeros([2], tf.int64),
         )
         refined = sgld.refine(self._logits, images, steps, step_size, noise_std, seed)
-        return {sig.REFINED_IMAGES: refined, **self._classify_outputs(refined)}
+        # Within the bounds a model can still overflow (a steep energy, many steps): refuse rather
+        # than answer NaN with a class id and an OOD flag that mean nothing.
+        finite = tf.math.is_finite(refined)
+        refined = _require(
+            refined, tf.reduce_all(finite),
+            "refine_then_classify: the refined images are not finite (NaN or Inf) after SGLD; lower step_size or "
+            "noise_std. Non-finite values, steps, step_size, noise_std:",
+            [tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.int32)), steps, step_size, noise_std],
+            fallback=tf.zeros_like(refined),
+        )
+        outputs = self._classify_outputs(
+            refined, "refine_then_classify: the logits of the refined images are not finite (NaN or Inf); lower "
+            "step_size or noise_std"
+        )
+        return {sig.REFINED_IMAGES: refined, **outputs}
 
     def classify_image_bytes(self, image_bytes):
-        """Encoded PNG/JPEG/BMP images -> classify outputs, with the training preprocessing."""
+        """Encoded PNG/JPEG/BMP/GIF images -> classify outputs, with the training preprocessing."""
         height, width, channels = self.image_shape
         blank = tf.zeros([height, width, channels], tf.uint8)
         # Stands in for a refused batch; a valid encoded image, so decoding it cannot fail.
-        blank_batch = tf.reshape(tf.io.encode_png(blank), [1])
+        blank_png = tf.io.encode_png(blank)
+        blank_batch = tf.reshape(blank_png, [1])
         image_bytes = _require(
             image_bytes, _shape_matches(image_bytes, [None]),
             "image_bytes must be a string vector [batch] of encoded images; received shape",
             [_dynamic_shape(image_bytes)[0]], fallback=blank_batch,
         )
+        batch_size = _dynamic_shape(image_bytes)[0][0]
         image_bytes = _require(
-            image_bytes, _dynamic_shape(image_bytes)[0][0] > 0,
-            "image_bytes must hold at least one image; received an empty batch", fallback=blank_batch,
+            image_bytes, batch_size > 0, "image_bytes must hold at least one image; received an empty batch",
+            fallback=blank_batch,
+        )
+        image_bytes = _require(
+            image_bytes, batch_size <= self.max_batch_size,
+            f"image_bytes must hold at most {self.max_batch_size} images (max_batch_size, fixed at export); "
+            "received", [batch_size], fallback=blank_batch,
         )
 
         def decode(encoded):
-            # Grayscale and colour sources are converted to the model's channel count, as the
-            # data loaders do; the size is not changed (training never resized).
-            image = tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8, expand_animations=False)
+            kind, header_height, header_width = _header_size(encoded)
+            # Unknown formats pass here and are refused by the decoder ("Unknown image file format").
+            encoded = _require(
+                encoded,
+                tf.logical_or(
+                    tf.equal(kind, _UNKNOWN),
+                    tf.logical_and(tf.equal(header_height, height), tf.equal(header_width, width)),
+                ),
+                f"image_bytes: every image must be {height}x{width} pixels (the input size of the model; resize "
+                "before sending); checked before decoding, the image header says height, width",
+                [header_height, header_width], fallback=blank_png,
+            )
+            image = decode_image(encoded, channels)
+            # The header was checked, but a file may still decode to another size (e.g. a GIF frame).
             image = _require(
                 image, _shape_matches(image, [height, width, channels]),
                 f"image_bytes: every image must decode to {height}x{width} pixels (the input size of "
@@ -205,8 +286,17 @@ class ServingFunctions:
     def _logits(self, images):
         return tf.cast(self.network(images, training=False), tf.float32)
 
-    def _classify_outputs(self, images):
+    def _classify_outputs(self, images, non_finite_message=None):
         logits = self._logits(images)
+        # log_px too: finite logits near float32's largest value still overflow logsumexp.
+        finite = tf.logical_and(
+            tf.reduce_all(tf.math.is_finite(logits)), tf.reduce_all(tf.math.is_finite(energy.log_marginal(logits)))
+        )
+        logits = _require(
+            logits, finite,
+            non_finite_message or "the logits are not finite (NaN or Inf) for these images; the export is broken "
+            "(e.g. NaN weights), not the request", fallback=tf.zeros_like(logits),
+        )
         log_px = energy.log_marginal(logits)
         outputs = {
             sig.LOGITS: logits,
@@ -227,9 +317,14 @@ class ServingFunctions:
             images, _shape_matches(images, expected), f"images must be float32 {_format_shape(expected)}; "
             "received shape", [_dynamic_shape(images)[0]], fallback=blank,
         )
+        batch_size = _dynamic_shape(images)[0][0]
         images = _require(
-            images, _dynamic_shape(images)[0][0] > 0, "images must hold at least one image; received an empty batch",
-            fallback=blank,
+            images, batch_size > 0, "images must hold at least one image; received an empty batch", fallback=blank,
+        )
+        images = _require(
+            images, batch_size <= self.max_batch_size,
+            f"images must hold at most {self.max_batch_size} images (max_batch_size, fixed at export); received",
+            [batch_size], fallback=blank,
         )
         finite = tf.math.is_finite(images)
         images = _require(
@@ -248,11 +343,13 @@ class ServingFunctions:
         return tf.clip_by_value(tf.ensure_shape(images, expected), sig.IMAGE_MIN, sig.IMAGE_MAX)
 
     @staticmethod
-    def _validated_non_negative(value, key):
+    def _validated_bounded(value, key, bound, bound_name):
         value = _require_scalar(value, key, "a float32 scalar", fallback=tf.constant(0.0))
+        # NaN fails both comparisons, so it is refused too.
         return _require(
-            value, tf.logical_and(tf.math.is_finite(value), value >= 0.0),
-            f"{key} must be a finite number >= 0; received", [value], fallback=tf.constant(0.0),
+            value, tf.logical_and(value >= 0.0, value <= bound),
+            f"{key} must be a finite number in [0, {bound:g}] ({bound_name}, fixed at export); received", [value],
+            fallback=tf.constant(0.0),
         )
 
 
@@ -261,3 +358,81 @@ def _require_scalar(value, key, expected, *, fallback):
         value, _shape_matches(value, []), f"{key} must be {expected} (shape []); received shape",
         [_dynamic_shape(value)[0]], fallback=fallback,
     )
+
+
+# -- encoded images ---------------------------------------------------------------------------
+
+# Format ids of `_header_size`, and the magic bytes TensorFlow's DecodeImage recognises.
+_UNKNOWN, _PNG, _JPEG, _GIF, _BMP = 0, 1, 2, 3, 4
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_GIF_MAGICS = (b"GIF87a", b"GIF89a")
+_BMP_MAGIC = b"BM"
+# Header bytes read: enough for every size field below (the BMP height ends at byte 26).
+_HEADER_BYTES = 26
+
+
+def _header_size(encoded):
+    """(format id, height, width) from an encoded image's header bytes, without decoding it.
+
+    PNG: IHDR width, height (big-endian uint32 at bytes 16, 20). GIF: logical screen width,
+    height (little-endian uint16 at 6, 8), the size TensorFlow's GIF decoder allocates per frame.
+    BMP: width, height (little-endian int32 at 18, 22, as TensorFlow's BMP decoder reads them; a
+    negative height is a top-down image). JPEG: the SOF marker, via tf.io.extract_jpeg_shape.
+    Unknown formats give (0, 0, 0); a truncated header reads as zeros (so its size is wrong).
+    """
+    # Padding keeps every slice below in range whatever the length.
+    padded = tf.strings.join([encoded, tf.constant(b"\0" * _HEADER_BYTES)])
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8), tf.int64)
+
+    def unsigned(start, count, big_endian):
+        value = tf.constant(0, tf.int64)
+        for index in range(count):
+            shift = 8 * (count - 1 - index if big_endian else index)
+            value += tf.bitwise.left_shift(head[start + index], shift)
+        return value
+
+    def signed32(value):
+        return tf.where(value >= 2**31, value - 2**32, value)
+
+    def starts_with(magic):
+        return tf.equal(tf.strings.substr(encoded, 0, len(magic)), magic)
+
+    is_png = starts_with(_PNG_MAGIC)
+    is_jpeg = starts_with(_JPEG_MAGIC)
+    is_gif = tf.logical_or(starts_with(_GIF_MAGICS[0]), starts_with(_GIF_MAGICS[1]))
+    is_bmp = starts_with(_BMP_MAGIC)
+    kind = tf.where(is_png, _PNG, tf.where(is_jpeg, _JPEG, tf.where(is_gif, _GIF, tf.where(is_bmp, _BMP, _UNKNOWN))))
+    jpeg_height, jpeg_width = tf.unstack(tf.cond(
+        is_jpeg,
+        lambda: tf.cast(tf.io.extract_jpeg_shape(encoded, output_type=tf.int32)[:2], tf.int64),
+        lambda: tf.zeros([2], tf.int64),
+    ))
+    candidates = [  # (condition, height, width)
+        (is_png, unsigned(20, 4, True), unsigned(16, 4, True)),
+        (is_jpeg, jpeg_height, jpeg_width),
+        (is_gif, unsigned(8, 2, False), unsigned(6, 2, False)),
+        (is_bmp, tf.abs(signed32(unsigned(22, 4, False))), tf.abs(signed32(unsigned(18, 4, False)))),
+    ]
+    height = width = tf.constant(0, tf.int64)
+    for condition, candidate_height, candidate_width in reversed(candidates):
+        height = tf.where(condition, candidate_height, height)
+        width = tf.where(condition, candidate_width, width)
+    return kind, height, width
+
+
+def decode_image(encoded, channels):
+    """uint8 [H, W, channels]. For a 1-channel model every format is decoded to RGB and reduced to
+    ITU-R 601-2 luma, rounded as Pillow's convert("L") does: L = (19595 R + 38470 G + 7471 B +
+    2^15) >> 16, exact for grey images. (TensorFlow decodes BMP and GIF only to 3 or 4 channels,
+    and its PNG decoder's own grey conversion differs from Pillow's by one level; one rule for
+    every format keeps the answer independent of the format.)"""
+
+    def decode_to(count):
+        return tf.io.decode_image(encoded, channels=count, dtype=tf.uint8, expand_animations=False)
+
+    if channels != 1:
+        return decode_to(channels)
+    rgb = tf.cast(decode_to(3), tf.int32)
+    weighted = 19595 * rgb[..., 0:1] + 38470 * rgb[..., 1:2] + 7471 * rgb[..., 2:3] + 2**15
+    return tf.cast(tf.bitwise.right_shift(weighted, 16), tf.uint8)

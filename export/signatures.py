@@ -12,7 +12,10 @@ by `x / 127.5 - 1` (`jem_tf.data.to_model_range`), the preprocessing the model w
 import dataclasses
 
 # Recorded in the export's metadata so a client can tell which contract a model speaks.
-CONTRACT_VERSION = 1
+# 2: refine_then_classify bounds step_size and noise_std and refuses non-finite results; every
+# signature caps the batch; classify_image_bytes checks the encoded size before decoding and takes
+# BMP and GIF on 1-channel models.
+CONTRACT_VERSION = 2
 
 # The MetaGraph tag TF Serving and `saved_model_cli` load.
 SERVE_TAG = "serve"
@@ -56,6 +59,19 @@ IMAGE_RANGE_TOLERANCE = 1e-3
 # `steps` must lie in [0, max_refine_steps]; the bound is fixed at export (this is its default),
 # so one request cannot occupy a server for an unbounded time.
 DEFAULT_MAX_REFINE_STEPS = 100
+# Upper bounds of `step_size` and `noise_std`, fixed at export (these are the defaults): 10x the
+# paper's step size 1, and a noise std of half the image range (the paper: 0.01). Far larger
+# values only overflow -- step_size=3.4e38 gave NaN logits, 1e30 images of +-8e28 -- so they are
+# refused instead of answered.
+DEFAULT_MAX_STEP_SIZE = 10.0
+DEFAULT_MAX_NOISE_STD = 1.0
+# Most images (or encoded images) one request may carry, fixed at export (this is the default):
+# 1024 images of 32x32x3 float32 are 12 MB; a larger batch is refused before any work is done.
+DEFAULT_MAX_BATCH_SIZE = 1024
+# Formats `classify_image_bytes` decodes (on models of any channel count). The height and width
+# stated in each image's header must be the model's H x W; that is checked on the header bytes,
+# before anything is decoded, so an oversized image costs no decoding memory.
+IMAGE_BYTES_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
 
 # Metadata written next to the SavedModel. TF Serving ignores `assets.extra/`.
 METADATA_DIR = "assets.extra"
@@ -136,8 +152,8 @@ SIGNATURES = {
         (
             _images_input("Images in [-1, 1], the SGLD chain starts."),
             TensorContract(STEPS, "int32", (), "SGLD steps, 0..max_refine_steps (0: plain classify)."),
-            TensorContract(STEP_SIZE, "float32", (), "SGLD step size alpha >= 0 (the paper: 1)."),
-            TensorContract(NOISE_STD, "float32", (), "SGLD noise std sigma >= 0 (the paper: 0.01)."),
+            TensorContract(STEP_SIZE, "float32", (), "SGLD step size alpha, 0..max_step_size (the paper: 1)."),
+            TensorContract(NOISE_STD, "float32", (), "SGLD noise std sigma, 0..max_noise_std (the paper: 0.01)."),
             TensorContract(SEED, "int64", (2,), "Stateless seed of the SGLD noise."),
         ),
         (TensorContract(REFINED_IMAGES, "float32", ("batch", "H", "W", "C"), "The refined images."),)
@@ -146,7 +162,8 @@ SIGNATURES = {
     ),
     CLASSIFY_IMAGE_BYTES: SignatureContract(
         CLASSIFY_IMAGE_BYTES,
-        (TensorContract(IMAGE_BYTES, "string", ("batch",), "Encoded PNG, JPEG or BMP images of size H x W."),),
+        (TensorContract(IMAGE_BYTES, "string", ("batch",),
+                        "Encoded PNG, JPEG, BMP or GIF (first frame) images of size H x W."),),
         _CLASSIFY_OUTPUTS,
         "Decode, scale with x / 127.5 - 1 (the training preprocessing) and classify.",
     ),

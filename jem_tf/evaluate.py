@@ -38,6 +38,9 @@ def define_flags():
                         "A second run on the same data (e.g. --objective=classifier) shown beside this one in "
                         "accuracy, calibration, OOD, robustness (0 refinement steps) and distal adversarials.")
     flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory (default: the run's data_dir).")
+    flags.DEFINE_bool("download", False, "Before evaluating, download and prepare into the data directory the run's "
+                      "tfds dataset and the tfds OOD sets (svhn, cifar10, cifar100, celeb_a) that are not prepared "
+                      "(needs internet access; off by default).")
     flags.DEFINE_integer("num_examples", defaults.num_examples, "Cap on test images and on each OOD set.")
     flags.DEFINE_integer("batch_size", defaults.batch_size, "Evaluation batch size.")
     flags.DEFINE_integer("seed", defaults.seed, "Seed of every random draw of the evaluation.")
@@ -46,7 +49,7 @@ def define_flags():
                       "Accuracy after K SGLD refinement steps, for each K (JEM-K).")
     flags.DEFINE_integer("calibration_bins", defaults.calibration_bins, "Confidence bins of the ECE and diagram.")
     flags.DEFINE_list("ood_sets", list(defaults.ood_sets),
-                      "OOD sets: svhn, cifar10, cifar100, celeb_a (tfds, prepared offline), digits, folder:PATH, "
+                      "OOD sets: svhn, cifar10, cifar100, celeb_a (tfds: prepared or --download), digits, folder:PATH, "
                       "uniform, constant, interp.")
     flags.DEFINE_integer("sample_steps", defaults.sample_steps, "SGLD steps of fresh chains from U(-1, 1).")
     flags.DEFINE_integer("num_samples", defaults.num_samples, "Fresh unconditional chains (and buffer images shown).")
@@ -115,7 +118,7 @@ def main(argv):
         evaluations = suite.parse_evaluations(FLAGS.eval)
         results = suite.evaluate_workdir(
             FLAGS.workdir, evaluations, options, output_dir=FLAGS.output, compare_workdir=FLAGS.compare_workdir,
-            checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir)
+            checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir, download=FLAGS.download)
     except (ValueError, FileNotFoundError, data_lib.DatasetUnavailableError, common.Unavailable) as error:
         logging.error("%s", error)
         return 2

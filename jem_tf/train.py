@@ -35,7 +35,7 @@ from jem_tf import cli
 # unset flags keep the preset's value, and the default preset is the paper's setup.
 FLAG_HELP = {
     "dataset": "digits | svhn | cifar10 | cifar100 | folder:PATH (paper preset: cifar10).",
-    "data_dir": "tensorflow-datasets data directory holding the prepared dataset (nothing is downloaded).",
+    "data_dir": "tensorflow-datasets data directory holding the prepared dataset (downloaded only with --download).",
     "workdir": "Run directory: config, checkpoints, TensorBoard logs, samples, metrics.json, export.",
     "objective": "jem (classifier + log p(x) via SGLD) | classifier (cross-entropy baseline).",
     "depth": "WideResNet depth 6n+4 (paper: 28).",
@@ -103,6 +103,9 @@ def define_flags(flag_values=flags.FLAGS):
             flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
     flags.DEFINE_list("lr_decay_epochs", None, "Epochs at which the learning rate decays, strictly increasing "
                       "positive whole numbers (paper: 50,100).", flag_values=flag_values)
+    flags.DEFINE_bool("download", False, "If the tfds dataset (svhn, cifar10, cifar100) is not prepared in --data_dir, "
+                      "download and prepare it there first (needs internet access; off by default).",
+                      flag_values=flag_values)
 
 
 def config_from_flags(flag_values):
@@ -128,6 +131,7 @@ def main(argv):
         logging.error("%s", error)
         sys.exit(cli.EXIT_BAD_INPUT)
     from export import savedmodel  # noqa: PLC0415 (imports TensorFlow)
+    from jem_tf import data as data_lib  # noqa: PLC0415
     from jem_tf.data import DatasetUnavailableError  # noqa: PLC0415
     from trainers import loop  # noqa: PLC0415
 
@@ -135,6 +139,8 @@ def main(argv):
         return savedmodel.export_run(workdir, output=os.path.join(workdir, "export"), version=version, overwrite=True)
 
     try:
+        if flags.FLAGS.download:  # before training writes anything into the workdir
+            data_lib.prepare(config.dataset, config.data_dir)
         metrics = loop.train(config, exporter=export_final_checkpoint)
     except (ValueError, DatasetUnavailableError, FileNotFoundError) as error:
         logging.error("%s", error)

@@ -26,3 +26,49 @@ import pytest  # noqa: E402
 def _seed_everything():
     """Fixed initial weights and global seeds per test: results do not depend on test order."""
     keras.utils.set_random_seed(0)
+
+
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "")
+
+
+def _is_loopback(host) -> bool:
+    """This machine: loopback names and addresses, or its own host name."""
+    import socket  # noqa: PLC0415
+
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    return (host in _LOOPBACK_HOSTS or host.startswith("127.") or host.endswith(".localhost")
+            or host == socket.gethostname())
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_network(monkeypatch):
+    """No test talks to the outside world (our machines must not send traffic off the machine):
+    Python sockets may reach this machine only. A connection or name lookup for any other host
+    fails with an error naming it. (Child processes and gRPC's C core are not covered; the tests
+    that start children block sockets in them where it matters.)"""
+    import socket  # noqa: PLC0415
+
+    real_connect, real_connect_ex, real_getaddrinfo = (socket.socket.connect, socket.socket.connect_ex,
+                                                       socket.getaddrinfo)
+
+    def refuse(host):
+        raise OSError(f"tests may not open connections off this machine (to {host!r})")
+
+    def connect(sock, address, *args):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            refuse(address[0])
+        return real_connect(sock, address, *args)
+
+    def connect_ex(sock, address, *args):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            refuse(address[0])
+        return real_connect_ex(sock, address, *args)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host is not None and not _is_loopback(host):
+            refuse(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)

@@ -95,6 +95,11 @@ def test_metadata_records_contract_rules_and_threshold(export_dir):
     assert metadata["num_classes"] == NUM_CLASSES
     assert metadata["contract_version"] == sig.CONTRACT_VERSION
     assert metadata["input_rules"]["max_refine_steps"] == 20
+    assert metadata["input_rules"]["max_step_size"] == sig.DEFAULT_MAX_STEP_SIZE
+    assert metadata["input_rules"]["max_noise_std"] == sig.DEFAULT_MAX_NOISE_STD
+    assert metadata["input_rules"]["max_batch_size"] == sig.DEFAULT_MAX_BATCH_SIZE
+    assert metadata["input_rules"]["image_bytes_formats"] == ["PNG", "JPEG", "BMP", "GIF"]
+    assert metadata["input_rules"]["image_bytes_size"] == list(IMAGE_SHAPE[:2])
     assert metadata["ood"]["threshold"] == OOD_THRESHOLD
     assert metadata["ood"]["rule"] == "is_out_of_distribution = log_px < threshold"
     assert metadata["network"] == dict(depth=10, width=1, num_classes=10, norm="none", activation="leaky_relu",
@@ -177,6 +182,43 @@ def test_colour_jpeg_is_converted_to_the_model_channels(loaded):
     assert out[sig.LOGITS].shape == (1, NUM_CLASSES)
 
 
+@pytest.mark.parametrize("case", sorted(serving_check.format_inputs(IMAGE_SHAPE)))
+def test_every_advertised_format_is_decoded_on_a_one_channel_model(network, loaded, case):
+    inputs = serving_check.format_inputs(IMAGE_SHAPE)[case]
+    got = call(loaded, sig.CLASSIFY_IMAGE_BYTES, inputs)
+    want = reference.expected_outputs(network, sig.CLASSIFY_IMAGE_BYTES, inputs, OOD_THRESHOLD)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_limits_are_baked_in_at_export(network, tmp_path):
+    export_dir = savedmodel.export_model(network, tmp_path, 1, max_step_size=2.0, max_noise_std=0.5, max_batch_size=3)
+    rules = savedmodel.read_metadata(export_dir)["input_rules"]
+    assert (rules["max_step_size"], rules["max_noise_std"], rules["max_batch_size"]) == (2.0, 0.5, 3)
+    reloaded = tf.saved_model.load(export_dir)
+    inputs = {sig.IMAGES: random_images(3), **REFINE}
+    call(reloaded, sig.REFINE_THEN_CLASSIFY, {**inputs, sig.STEP_SIZE: 2.0, sig.NOISE_STD: 0.5})
+    for override, message in (({sig.STEP_SIZE: 2.01}, "step_size must be a finite number in [0, 2]"),
+                              ({sig.NOISE_STD: 0.51}, "noise_std must be a finite number in [0, 0.5]"),
+                              ({sig.IMAGES: random_images(4)}, "must hold at most 3 images")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+            call(reloaded, sig.REFINE_THEN_CLASSIFY, {**inputs, **override})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_step_size=float("inf")), "max_step_size must be a finite number"),
+    (dict(max_step_size=1e39), "max_step_size must be a finite number"),
+    (dict(max_noise_std=-1.0), "max_noise_std must be a finite number"),
+    (dict(max_noise_std=float("nan")), "max_noise_std must be a finite number"),
+    (dict(max_batch_size=0), "max_batch_size must be a positive integer"),
+    (dict(max_batch_size=2.5), "max_batch_size must be a positive integer"),
+])
+def test_bad_limits_are_refused_at_export(network, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        savedmodel.export_model(network, tmp_path, 1, **kwargs)
+    assert not os.listdir(tmp_path)
+
+
 def test_values_within_rounding_tolerance_are_clipped(loaded):
     images = random_images(2, seed=7)
     images[0, 0, 0, 0] = 1.0 + sig.IMAGE_RANGE_TOLERANCE / 2
@@ -221,7 +263,12 @@ def test_bad_input_cases_cover_the_issue_list():
     names = {case.name for case in serving_check.bad_input_cases(IMAGE_SHAPE, 20)}
     for required in ("bad_classify_wrong_size", "bad_classify_wrong_channels", "bad_classify_nan", "bad_classify_inf",
                      "bad_refine_steps_negative", "bad_refine_steps_too_many", "bad_refine_noise_negative",
-                     "bad_classify_empty_batch", "bad_classify_above_range", "bad_bytes_wrong_size"):
+                     "bad_classify_empty_batch", "bad_classify_above_range", "bad_bytes_wrong_size",
+                     "bad_refine_step_size_float32_max", "bad_refine_step_size_1e30", "bad_refine_noise_3e38",
+                     "bad_classify_batch_too_large", "bad_energy_batch_too_large",
+                     "bad_refine_then_classify_batch_too_large",
+                     "bad_bytes_batch_too_large", "bad_bytes_header_20000x20000_png", "bad_bytes_wrong_size_bmp",
+                     "bad_bytes_wrong_size_gif", "bad_bytes_wrong_size_jpeg"):
         assert required in names
 
 

@@ -11,8 +11,10 @@ and everything it returns matches the in-memory model (`export.reference`).
 
 import json
 import os
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 from concurrent import futures
 
@@ -209,6 +211,11 @@ def test_cpp_loader_serves_every_signature_and_refuses_every_bad_input(network, 
     assert "ALL PASSED" in result.stdout
     bad = [case for case in cases if case.expected_error]
     assert len(bad) >= 20 and all(case.expected_error[0] == "INVALID_ARGUMENT" for case in bad)
+    for required in ("bad_refine_step_size_float32_max", "bad_refine_step_size_1e30", "bad_refine_noise_3e38",
+                     "bad_classify_batch_too_large", "bad_energy_batch_too_large", "bad_bytes_batch_too_large",
+                     "bad_bytes_header_20000x20000_png", "bad_bytes_wrong_size_gif", "bad_bytes_wrong_size_bmp",
+                     "bad_bytes_wrong_size_jpeg"):
+        assert required in {case.name for case in bad}
     # What the C++ session returned equals the in-memory model.
     checked = 0
     for case, path in zip(cases, paths, strict=True):
@@ -220,7 +227,7 @@ def test_cpp_loader_serves_every_signature_and_refuses_every_bad_input(network, 
             inputs[sig.IMAGE_BYTES] = list(inputs[sig.IMAGE_BYTES])
         assert_matches_reference(network, name, inputs, serving_check.read_response(path), f"C++ {case.name}")
         checked += 1
-    assert checked == len(sig.ALL_SIGNATURE_NAMES) * len(BATCH_SIZES)
+    assert checked == len(sig.ALL_SIGNATURE_NAMES) * len(BATCH_SIZES) + len(serving_check.format_inputs(IMAGE_SHAPE))
 
 
 def test_cpp_check_fails_when_a_signature_is_not_served(export_dir, checker_binary, tmp_path):
@@ -390,3 +397,282 @@ def test_rest_predict_posts_the_columnar_body_to_the_predict_url():
     assert seen["path"] == "/v1/models/jem/versions/3:predict"
     assert seen["body"] == client.rest_body(sig.REFINE_THEN_CLASSIFY, inputs)
     np.testing.assert_array_equal(outputs[sig.CLASS_ID], [3])
+
+
+# -- limits and non-finite results, through both the keras-free load and the C++ loader ---------
+
+GRAY_SHAPE = (8, 8, 1)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.fixture(scope="module")
+def gray_network():
+    keras.utils.set_random_seed(5)
+    network = WideResNet(10, 1, NUM_CLASSES)
+    network.build((None, *GRAY_SHAPE))
+    return network
+
+
+@pytest.fixture(scope="module")
+def permissive_export(gray_network, tmp_path_factory):
+    """A 1-channel export whose step_size and noise_std bounds are float32's largest value, so that
+    only the finiteness checks stand between a huge request and a NaN answer."""
+    return savedmodel.export_model(gray_network, tmp_path_factory.mktemp("permissive"), 1, max_refine_steps=20,
+                                   max_step_size=FLOAT32_MAX, max_noise_std=FLOAT32_MAX, max_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def broken_export(tmp_path_factory):
+    """A network whose logits bias is NaN: every answer would be NaN."""
+    keras.utils.set_random_seed(6)
+    network = WideResNet(10, 1, NUM_CLASSES)
+    network.build((None, *GRAY_SHAPE))
+    bias = network.weights[-1]
+    assert bias.path.endswith("logits/bias")
+    bias.assign(np.full(bias.shape, np.nan, np.float32))
+    return savedmodel.export_model(network, tmp_path_factory.mktemp("broken"), 1, max_refine_steps=20)
+
+
+def gray_refine(**override):
+    images = serving_check.valid_inputs(sig.CLASSIFY, GRAY_SHAPE, 2, seed=4)[sig.IMAGES]
+    return {sig.IMAGES: images, **serving_check.CHECK_REFINE, **override}
+
+
+def permissive_extra_cases():
+    """Within the permissive bounds, noise_std=3e38 overflows the refined images to Inf."""
+    return [serving_check.Case(
+        "nonfinite_refine_noise_3e38",
+        client.build_request(sig.REFINE_THEN_CLASSIFY, gray_refine(**{sig.NOISE_STD: 3e38})),
+        ("INVALID_ARGUMENT", "refine_then_classify: the refined images are not finite"),
+    )]
+
+
+def broken_cases():
+    images = serving_check.valid_inputs(sig.CLASSIFY, GRAY_SHAPE, 2, seed=4)[sig.IMAGES]
+    encoded = serving_check.valid_inputs(sig.CLASSIFY_IMAGE_BYTES, GRAY_SHAPE, 2, seed=4)
+    logits = "the logits are not finite (NaN or Inf) for these images"
+    specs = {
+        "classify": (sig.CLASSIFY, {sig.IMAGES: images}, logits),
+        "default": (sig.DEFAULT_SIGNATURE, {sig.IMAGES: images}, logits),
+        "bytes": (sig.CLASSIFY_IMAGE_BYTES, encoded, logits),
+        "energy": (sig.ENERGY, {sig.IMAGES: images}, "energy: the outputs are not finite"),
+        # steps=0: the images are the input, finite; the logits are not.
+        "refine_0_steps": (sig.REFINE_THEN_CLASSIFY, gray_refine(**{sig.STEPS: 0}),
+                           "refine_then_classify: the logits of the refined images are not finite"),
+        # NaN logits give a NaN score, so the chain itself leaves the finite numbers.
+        "refine_2_steps": (sig.REFINE_THEN_CLASSIFY, gray_refine(),
+                           "refine_then_classify: the refined images are not finite"),
+    }
+    return [serving_check.Case(f"broken_{name}", client.build_request(signature, inputs), ("INVALID_ARGUMENT", text))
+            for name, (signature, inputs, text) in specs.items()]
+
+
+KERAS_FREE_REQUESTS_SCRIPT = textwrap.dedent("""
+    import json, sys
+
+    for name in ("keras", "tf_keras"):
+        sys.modules[name] = None
+
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    jobs_path, outputs_path = sys.argv[1], sys.argv[2]
+    with open(jobs_path) as f:
+        jobs = json.load(f)
+    loaded, results, errors = {}, {}, {}
+    for job in jobs:
+        if job["export"] not in loaded:
+            loaded[job["export"]] = tf.saved_model.load(job["export"])
+        with open(job["request"], "rb") as f:
+            request = predict_pb2.PredictRequest.FromString(f.read())
+        function = loaded[job["export"]].signatures[request.model_spec.signature_name or "serving_default"]
+        inputs = {key: tf.constant(tf.make_ndarray(proto)) for key, proto in request.inputs.items()}
+        try:
+            outputs = function(**inputs)
+        except tf.errors.OpError as error:
+            errors[job["id"]] = [type(error).__name__, error.message]
+            continue
+        for key, value in outputs.items():
+            results[job["id"] + "/" + key] = value.numpy()
+    np.savez(outputs_path, **results)
+    loaded_keras = sorted(
+        m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in ("keras", "tf_keras"))
+    print(json.dumps({"keras_modules": loaded_keras, "errors": errors}))
+""")
+
+
+def run_keras_free(jobs, tmp_path):
+    """Runs [(export_dir, Case)] in one TensorFlow-only process: ({id: outputs}, {id: (error type, message)})."""
+    spec = []
+    for index, (export_dir, case) in enumerate(jobs):
+        request_path = tmp_path / f"{index}_{case.name}.request"
+        request_path.write_bytes(case.request.SerializeToString())
+        spec.append({"id": f"{index}_{case.name}", "export": str(export_dir), "request": str(request_path)})
+    (tmp_path / "jobs.json").write_text(json.dumps(spec))
+    script = tmp_path / "serve_requests.py"
+    script.write_text(KERAS_FREE_REQUESTS_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "jobs.json"), str(tmp_path / "out.npz")],
+                            capture_output=True, text=True, env=subprocess_env(), timeout=600, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["keras_modules"] == []
+    arrays = np.load(tmp_path / "out.npz")
+    outputs = {}
+    for key in arrays.files:
+        job_id, output = key.split("/", 1)
+        outputs.setdefault(job_id, {})[output] = arrays[key]
+    return [(outputs.get(item["id"]), report["errors"].get(item["id"])) for item in spec]
+
+
+def _fits_python_signature(case, export_dir):
+    """Whether the keras-free caller can send the case at all: a concrete function refuses shapes
+    and dtypes that do not fit its declared signature in Python, before the graph runs (the C++
+    path sends those; see the C++ tests)."""
+    try:
+        client.check_request(case.request, client.signature_defs_from_export(export_dir))
+    except client.RequestMismatchError:
+        return False
+    return True
+
+
+def test_tensorflow_only_process_enforces_every_limit_and_serves_every_format(
+        network, gray_network, export_dir, permissive_export, broken_export, tmp_path):
+    jobs, expected_values = [], []
+    plans = [
+        (export_dir, network, serving_check.format_cases(IMAGE_SHAPE) + serving_check.bad_input_cases_for_export(
+            export_dir)),
+        (permissive_export, gray_network, serving_check.format_cases(GRAY_SHAPE)
+         + serving_check.bad_input_cases_for_export(permissive_export) + permissive_extra_cases()),
+        (broken_export, None, broken_cases()),
+    ]
+    for directory, model, cases in plans:
+        for case in cases:
+            if _fits_python_signature(case, directory):
+                jobs.append((directory, case))
+                expected_values.append(model)
+    names = {case.name for _, case in jobs}
+    for required in ("bad_refine_step_size_float32_max", "bad_refine_step_size_1e30", "bad_refine_noise_3e38",
+                     "bad_classify_batch_too_large", "bad_bytes_batch_too_large", "bad_bytes_header_20000x20000_png",
+                     "bytes_bmp_gray", "bytes_gif_rgb", "nonfinite_refine_noise_3e38", "broken_refine_0_steps"):
+        assert required in names
+    results = run_keras_free(jobs, tmp_path)
+    for (directory, case), model, (outputs, error) in zip(jobs, expected_values, results, strict=True):
+        where = f"tensorflow-only process, {os.path.basename(os.path.dirname(directory))}: {case.name}"
+        if case.expected_error:
+            assert outputs is None and error is not None, f"{where}: answered instead of refused"
+            assert error[0] == "InvalidArgumentError", f"{where}: {error}"
+            assert case.expected_error[1] in error[1], f"{where}: {error[1][:500]}"
+        else:
+            assert error is None, f"{where}: {error}"
+            inputs = {key: tf.make_ndarray(proto) for key, proto in case.request.inputs.items()}
+            inputs[sig.IMAGE_BYTES] = list(inputs[sig.IMAGE_BYTES])
+            want = reference.expected_outputs(model, sig.CLASSIFY_IMAGE_BYTES, inputs, None)
+            for key, value in want.items():
+                np.testing.assert_allclose(outputs[key], value, rtol=RTOL, atol=ATOL, err_msg=f"{where}: {key}")
+
+
+def test_cpp_loader_refuses_out_of_bound_and_non_finite_answers(gray_network, permissive_export, broken_export,
+                                                               checker_binary, tmp_path):
+    # The permissive export: every signature, every format, its bad inputs and the overflow.
+    result, cases, paths = serving_check.check_export(permissive_export, str(tmp_path / "permissive"),
+                                                      batch_sizes=(1,), extra_cases=permissive_extra_cases())
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    for case, path in zip(cases, paths, strict=True):
+        if case.name.startswith("bytes_"):
+            inputs = {sig.IMAGE_BYTES: list(tf.make_ndarray(case.request.inputs[sig.IMAGE_BYTES]))}
+            want = reference.expected_outputs(gray_network, sig.CLASSIFY_IMAGE_BYTES, inputs, None)
+            got = serving_check.read_response(path)
+            for key, value in want.items():
+                np.testing.assert_allclose(got[key], value, rtol=RTOL, atol=ATOL, err_msg=f"C++ {case.name}: {key}")
+    assert f"PASS {tmp_path}/permissive/nonfinite_refine_noise_3e38.request refused as expected" in result.stdout
+    # The broken export answers nothing (so the checker reports unserved signatures and exits 1),
+    # but refuses every request the expected way.
+    broken = broken_cases()
+    paths = serving_check.write_cases(broken, str(tmp_path / "broken"))
+    result = serving_check.run(checker_binary, broken_export, paths)
+    for path in paths:
+        assert f"PASS {path} refused as expected: INVALID_ARGUMENT" in result.stdout, result.stdout[-6000:]
+    unexpected = [line for line in result.stdout.splitlines()
+                  if line.startswith("FAIL") and not line.endswith("answered no request")]
+    assert not unexpected, unexpected
+
+
+# -- the checker binary is never one someone else planted --------------------------------------
+
+
+def test_default_build_cache_is_per_user_not_the_shared_temp_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert serving_check.default_cache_dir() == str(tmp_path / "xdg" / "jem_tf" / "serving_check")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    default = serving_check.default_cache_dir()
+    assert default.startswith(os.path.expanduser("~"))
+    assert not default.startswith(tempfile.gettempdir() + os.sep)
+
+
+def test_build_cache_folders_are_private(checker_binary):
+    folder = os.path.dirname(checker_binary)
+    for path in (folder, os.path.dirname(folder)):
+        info = os.stat(path)
+        assert info.st_uid == os.geteuid()
+        assert stat.S_IMODE(info.st_mode) & 0o077 == 0, f"{path}: {stat.S_IMODE(info.st_mode):04o}"
+
+
+def _plant(cache_dir):
+    """A program at the exact path `build` would use in `cache_dir`; running it leaves a marker."""
+    binary = serving_check.binary_path(str(cache_dir))
+    os.makedirs(os.path.dirname(binary), mode=0o700)
+    os.chmod(cache_dir, 0o700)
+    marker = cache_dir / "planted_program_ran"
+    with open(binary, "w") as f:
+        f.write(f"#!/bin/sh\ntouch '{marker}'\necho ALL PASSED\n")
+    os.chmod(binary, 0o755)
+    return binary, marker
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    (lambda binary: os.chmod(binary, 0o757), "writable by its group or by others"),
+    (lambda binary: os.chmod(binary, 0o775), "writable by its group or by others"),
+    (lambda binary: os.chmod(os.path.dirname(binary), 0o777), "writable by its group or by others"),
+    (lambda binary: os.chmod(os.path.dirname(os.path.dirname(binary)), 0o733), "writable by its group or by others"),
+    (lambda binary: os.chown(binary, 65534, 65534), "not to the current user"),
+    (lambda binary: os.chown(os.path.dirname(binary), 65534, 65534), "not to the current user"),
+], ids=["world_writable", "group_writable", "folder_world_writable", "cache_writable", "owned_by_nobody",
+        "folder_owned_by_nobody"])
+def test_a_planted_or_writable_binary_is_never_run(checker_binary, tmp_path, tamper, reason):
+    del checker_binary  # needs a compiler, for the path
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    binary, marker = _plant(cache_dir)
+    try:
+        tamper(binary)
+    except PermissionError:
+        pytest.skip("Changing a file's owner needs root; the permission cases still run.")
+    with pytest.raises(serving_check.UnsafeBinaryError, match=reason) as refused:
+        serving_check.build(str(cache_dir))
+    assert f"Refusing to run the serving check from {str(cache_dir)!r}"[:-1] in str(refused.value)
+    with pytest.raises(serving_check.UnsafeBinaryError, match=reason):
+        serving_check.run(binary, str(tmp_path), ["x.request"])
+    assert not marker.exists()
+
+
+def test_a_private_planted_binary_is_run_which_shows_the_refusals_are_the_checks(checker_binary, tmp_path):
+    """The control for the test above: the same planted program, untampered, does run."""
+    del checker_binary
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    binary, marker = _plant(cache_dir)
+    assert serving_check.build(str(cache_dir)) == binary
+    serving_check.run(binary, str(tmp_path), ["x.request"])
+    assert marker.exists()
+
+
+def test_a_symlinked_binary_is_refused(checker_binary, tmp_path):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    binary, marker = _plant(cache_dir)
+    os.rename(binary, binary + ".real")
+    os.symlink(binary + ".real", binary)
+    with pytest.raises(serving_check.UnsafeBinaryError, match="symbolic link"):
+        serving_check.build(str(cache_dir))
+    assert not marker.exists()

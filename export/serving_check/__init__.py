@@ -2,18 +2,25 @@
 
     python -m export.serving_check --export_dir=EXPORT/1 [--bad_inputs]
 
-compiles the checker against the TensorFlow pip wheel (once; cached by source and toolchain
-under /tmp/jem_tf_serving_check/), writes PredictRequests for every signature at two batch sizes
-with `export.client`, and has the C++ program load the export with `tensorflow::LoadSavedModel`
-and answer them as TF Serving's Predict handler would. With --bad_inputs it also sends every
-malformed request the signatures must refuse and checks each is refused with INVALID_ARGUMENT
-and the expected message. Exits with the checker's status (0: everything served).
+compiles the checker against the TensorFlow pip wheel (once; cached by source and toolchain in a
+per-user cache, `$XDG_CACHE_HOME/jem_tf/serving_check/` or `~/.cache/jem_tf/serving_check/`, made
+with mode 0700; a cached binary runs only if it, its folder and the cache folder belong to the
+current user and are writable by no one else), writes PredictRequests for every signature at two
+batch sizes and `classify_image_bytes` requests in every advertised image format with
+`export.client`, and has the C++ program load the export with `tensorflow::LoadSavedModel` and
+answer them all in one run, as TF Serving's Predict handler would. With --bad_inputs it also
+sends every malformed request the signatures must refuse (with the limits in the export's
+metadata: batch size, step size, noise, image size) and checks each is refused with
+INVALID_ARGUMENT and the expected message. Exits with the checker's status (0: everything served).
 """
 
 import dataclasses
 import hashlib
+import io
 import os
 import shutil
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -27,13 +34,56 @@ from export import signatures as sig
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serving_check.cc")
 CACHE_ENV = "JEM_TF_SERVING_CHECK_CACHE"
-DEFAULT_CACHE_DIR = os.path.join(tempfile.gettempdir(), "jem_tf_serving_check")
 # Valid refinement settings of the generated requests: few steps keep the check fast.
 CHECK_REFINE = {sig.STEPS: 2, sig.STEP_SIZE: 1.0, sig.NOISE_STD: 0.01, sig.SEED: [3, 4]}
 
 
 class CompilerNotFoundError(RuntimeError):
     """No C++ compiler on this machine."""
+
+
+class UnsafeBinaryError(RuntimeError):
+    """A cached checker binary (or its folder) that another user could have planted or changed."""
+
+
+def default_cache_dir() -> str:
+    """The per-user build cache: $XDG_CACHE_HOME/jem_tf/serving_check, else ~/.cache/jem_tf/...
+
+    Never a fixed path under the shared temporary directory: anyone can create that path first and
+    leave a program there for us to run.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jem_tf", "serving_check")
+
+
+def check_private(path: str) -> None:
+    """Raises UnsafeBinaryError unless `path` is not a symbolic link, belongs to the current user
+    and is writable by neither its group nor others."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError as error:
+        raise UnsafeBinaryError(f"{path!r} does not exist.") from error
+    problems = []
+    if stat.S_ISLNK(info.st_mode):
+        problems.append("is a symbolic link")
+    if info.st_uid != os.geteuid():
+        problems.append(f"belongs to uid {info.st_uid}, not to the current user (uid {os.geteuid()})")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problems.append(f"is writable by its group or by others (mode {stat.S_IMODE(info.st_mode):04o})")
+    if problems:
+        raise UnsafeBinaryError(
+            f"Refusing to run the serving check from {path!r}: it {' and '.join(problems)}, so someone else may "
+            f"have put or changed the program there. Remove it, or set ${CACHE_ENV} to a folder only you can "
+            "write, and run again (the checker is then rebuilt)."
+        )
+
+
+def check_binary(binary: str) -> None:
+    """Raises UnsafeBinaryError unless the binary, its folder and that folder's parent (the cache)
+    are private to the current user (see `check_private`)."""
+    directory = os.path.dirname(os.path.abspath(binary))
+    for path in (os.path.dirname(directory), directory, binary):
+        check_private(path)
 
 
 def find_compiler() -> str | None:
@@ -58,33 +108,53 @@ def compile_command(compiler: str, output: str) -> list:
     ]
 
 
-def build(cache_dir: str | None = None) -> str:
-    """Compiles the checker if no cached binary matches the source and toolchain; returns its path.
-
-    Safe to call from concurrent processes: each compiles to a private name, then renames.
-    """
+def _find_compiler_or_raise() -> str:
     compiler = find_compiler()
     if compiler is None:
         raise CompilerNotFoundError("No C++ compiler found (tried $CXX, c++, g++, clang++); install g++ to build "
                                     "the TF Serving check.")
-    cache_dir = cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
+    return compiler
+
+
+def binary_path(cache_dir: str | None = None, compiler: str | None = None) -> str:
+    """Where `build` keeps the checker for this source and toolchain (it may not exist yet)."""
+    compiler = compiler or _find_compiler_or_raise()
+    cache_dir = cache_dir or os.environ.get(CACHE_ENV) or default_cache_dir()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256()
     with open(SOURCE, "rb") as f:
         key.update(f.read())
     for part in (compiler, version, tf.__version__, tf.sysconfig.get_lib(), *tf.sysconfig.get_compile_flags()):
         key.update(part.encode())
-    directory = os.path.join(cache_dir, key.hexdigest()[:16])
-    binary = os.path.join(directory, "serving_check")
-    if os.access(binary, os.X_OK):
-        return binary
-    os.makedirs(directory, exist_ok=True)
+    return os.path.join(cache_dir, key.hexdigest()[:16], "serving_check")
+
+
+def build(cache_dir: str | None = None) -> str:
+    """Compiles the checker if no cached binary matches the source and toolchain; returns its path.
+
+    The cache folders are created with mode 0700, and a binary is returned only if `check_binary`
+    finds it private to the current user (UnsafeBinaryError otherwise). Safe to call from
+    concurrent processes: each compiles to a private name, then renames.
+    """
+    compiler = _find_compiler_or_raise()
+    binary = binary_path(cache_dir, compiler)
+    directory = os.path.dirname(binary)
+    if os.path.lexists(binary):
+        check_binary(binary)
+        if os.access(binary, os.X_OK):
+            return binary
+    os.makedirs(os.path.dirname(directory), mode=0o700, exist_ok=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # makedirs leaves existing folders as they are: check them before writing into them.
+    check_private(os.path.dirname(directory))
+    check_private(directory)
     private = f"{binary}.tmp-{os.getpid()}"
     logging.info("Compiling %s against TensorFlow %s (once; about 15 s on 2 cores).", SOURCE, tf.__version__)
     result = subprocess.run(compile_command(compiler, private), capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"Compiling the serving check failed:\n{result.stderr[-6000:]}")
     os.replace(private, binary)
+    check_binary(binary)
     return binary
 
 
@@ -99,6 +169,41 @@ class Case:
 
 def _encoded_png(image_uint8) -> bytes:
     return tf.io.encode_png(image_uint8).numpy()
+
+
+def encode_image(pixels, image_format: str) -> bytes:
+    """uint8 [H, W, 1 or 3] pixels encoded as PNG, JPEG, BMP or GIF (with Pillow)."""
+    from PIL import Image  # noqa: PLC0415
+
+    pixels = np.asarray(pixels, np.uint8)
+    image = Image.fromarray(pixels[..., 0], "L") if pixels.shape[-1] == 1 else Image.fromarray(pixels, "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, image_format)
+    return buffer.getvalue()
+
+
+def format_inputs(image_shape) -> dict:
+    """{case name: classify_image_bytes inputs}: every advertised format, encoded from grayscale and
+    from colour pixels (decoded to the model's channel count either way). The JPEG images are one
+    flat grey so that any two JPEG decoders agree exactly on them."""
+    height, width, _ = image_shape
+    rng = np.random.default_rng(17)
+    sources = {
+        "gray": rng.integers(0, 256, (height, width, 1), dtype=np.uint8),
+        "rgb": rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+    }
+    inputs = {}
+    for source, pixels in sources.items():
+        for image_format in sig.IMAGE_BYTES_FORMATS:
+            encoded = encode_image(np.full_like(pixels, 128) if image_format == "JPEG" else pixels, image_format)
+            inputs[f"bytes_{image_format.lower()}_{source}"] = {sig.IMAGE_BYTES: [encoded]}
+    return inputs
+
+
+def format_cases(image_shape) -> list:
+    """Valid classify_image_bytes requests in every advertised format."""
+    return [Case(name, client.build_request(sig.CLASSIFY_IMAGE_BYTES, inputs))
+            for name, inputs in format_inputs(image_shape).items()]
 
 
 def valid_inputs(signature_name: str, image_shape, batch_size: int, seed: int = 0) -> dict:
@@ -124,9 +229,12 @@ def valid_cases(signature_defs: dict, image_shape, batch_sizes=(1, 3)) -> list:
     ]
 
 
-def bad_input_cases(image_shape, max_refine_steps: int) -> list:
+def bad_input_cases(image_shape, max_refine_steps: int, *, max_step_size: float = sig.DEFAULT_MAX_STEP_SIZE,
+                    max_noise_std: float = sig.DEFAULT_MAX_NOISE_STD,
+                    max_batch_size: int = sig.DEFAULT_MAX_BATCH_SIZE) -> list:
     """Requests every signature must refuse with INVALID_ARGUMENT, and the message part each
-    refusal must contain (the messages say what was expected)."""
+    refusal must contain (the messages say what was expected). The limits are the export's
+    (`input_rules` in its metadata)."""
     height, width, channels = image_shape
     good = np.zeros((2, height, width, channels), np.float32)
     refine_ok = dict(CHECK_REFINE)
@@ -136,11 +244,13 @@ def bad_input_cases(image_shape, max_refine_steps: int) -> list:
         images[0, 0, 0, 0] = value
         return images
 
+    too_many = f"must hold at most {max_batch_size} images"
     image_cases = {
         "wrong_size": (np.zeros((2, height + 1, width, channels), np.float32), "images must be float32"),
         "wrong_channels": (np.zeros((2, height, width, channels + 2), np.float32), "images must be float32"),
         "wrong_rank": (np.zeros((2, height, width), np.float32), "images must be float32"),
         "empty_batch": (np.zeros((0, height, width, channels), np.float32), "at least one image"),
+        "batch_too_large": (np.zeros((max_batch_size + 1, height, width, channels), np.float32), too_many),
         "nan": (images_with(np.nan), "images must be finite"),
         "inf": (images_with(np.inf), "images must be finite"),
         "above_range": (images_with(2.0), "images must be in [-1, 1]"),
@@ -152,16 +262,33 @@ def bad_input_cases(image_shape, max_refine_steps: int) -> list:
         for case, (images, message) in image_cases.items():
             cases.append(Case(f"bad_{name}_{case}", client.build_request(name, {sig.IMAGES: images, **extra}),
                               ("INVALID_ARGUMENT", message)))
+    step_size_rule = f"step_size must be a finite number in [0, {max_step_size:g}]"
+    noise_rule = f"noise_std must be a finite number in [0, {max_noise_std:g}]"
+    float32_max = float(np.finfo(np.float32).max)
     refine_cases = {
         "steps_negative": ({sig.STEPS: -1}, f"steps must be in [0, {max_refine_steps}]"),
         "steps_too_many": ({sig.STEPS: max_refine_steps + 1}, f"steps must be in [0, {max_refine_steps}]"),
         "steps_not_scalar": ({sig.STEPS: [1, 2]}, "steps must be an int32 scalar"),
-        "noise_negative": ({sig.NOISE_STD: -0.01}, "noise_std must be a finite number >= 0"),
-        "noise_nan": ({sig.NOISE_STD: np.nan}, "noise_std must be a finite number >= 0"),
-        "step_size_negative": ({sig.STEP_SIZE: -1.0}, "step_size must be a finite number >= 0"),
-        "step_size_inf": ({sig.STEP_SIZE: np.inf}, "step_size must be a finite number >= 0"),
+        "noise_negative": ({sig.NOISE_STD: -0.01}, noise_rule),
+        "noise_nan": ({sig.NOISE_STD: np.nan}, noise_rule),
+        "step_size_negative": ({sig.STEP_SIZE: -1.0}, step_size_rule),
+        "step_size_inf": ({sig.STEP_SIZE: np.inf}, step_size_rule),
         "seed_wrong_shape": ({sig.SEED: [1, 2, 3]}, "seed must be int64 of shape [2]"),
     }
+    # Finite but huge: the values that answered NaN logits (float32's largest) or images of +-8e28.
+    if max_step_size < float32_max:
+        refine_cases["step_size_float32_max"] = ({sig.STEP_SIZE: float32_max}, step_size_rule)
+    if max_step_size < 1e30:
+        refine_cases["step_size_1e30"] = ({sig.STEP_SIZE: 1e30}, step_size_rule)
+    if max_noise_std < 3e38:
+        refine_cases["noise_3e38"] = ({sig.NOISE_STD: 3e38}, noise_rule)
+    # Just above each bound (at float32's largest value, Inf is the next and is covered above).
+    if max_step_size < float32_max:
+        refine_cases["step_size_above_bound"] = ({sig.STEP_SIZE: np.nextafter(np.float32(max_step_size), np.inf)},
+                                                 step_size_rule)
+    if max_noise_std < float32_max:
+        refine_cases["noise_above_bound"] = ({sig.NOISE_STD: np.nextafter(np.float32(max_noise_std), np.inf)},
+                                             noise_rule)
     for case, (override, message) in refine_cases.items():
         inputs = {sig.IMAGES: good, **refine_ok, **override}
         cases.append(Case(f"bad_refine_{case}", client.build_request(sig.REFINE_THEN_CLASSIFY, inputs),
@@ -172,17 +299,41 @@ def bad_input_cases(image_shape, max_refine_steps: int) -> list:
     wrong_dtype.inputs[sig.IMAGES].CopyFrom(tf.make_tensor_proto(good.astype(np.float64)))
     cases.append(Case("bad_classify_wrong_dtype", wrong_dtype,
                       ("INVALID_ARGUMENT", "to be float but double is provided")))
-    wrong_size_png = _encoded_png(np.zeros((height + 2, width, channels), np.uint8))
+    # Checked on the header, before decoding: the message says so.
+    wrong_size = f"every image must be {height}x{width} pixels"
+    oversized_header = bytearray(_encoded_png(np.zeros((height, width, channels), np.uint8)))
+    oversized_header[16:24] = struct.pack(">II", 20000, 20000)  # IHDR width, height: a 20000x20000 PNG
     bytes_cases = {
-        "wrong_size": ([wrong_size_png], f"every image must decode to {height}x{width}"),
+        "wrong_size": ([_encoded_png(np.zeros((height + 2, width, channels), np.uint8))], wrong_size),
+        "header_20000x20000_png": ([bytes(oversized_header)], wrong_size),
         "empty_batch": ([], "at least one image"),
+        "batch_too_large": ([_encoded_png(np.zeros((height, width, channels), np.uint8))] * (max_batch_size + 1),
+                            too_many),
         "not_an_image": ([b"definitely not an image"], "Unknown image file format"),
+        "truncated_png": ([_encoded_png(np.zeros((height, width, channels), np.uint8))[:12]], wrong_size),
     }
+    for image_format in sig.IMAGE_BYTES_FORMATS:
+        wrong = encode_image(np.zeros((height + 1, width + 3, 3), np.uint8), image_format)
+        bytes_cases[f"wrong_size_{image_format.lower()}"] = ([wrong], wrong_size)
     for case, (encoded, message) in bytes_cases.items():
         cases.append(Case(f"bad_bytes_{case}", client.build_request(sig.CLASSIFY_IMAGE_BYTES,
                                                                     {sig.IMAGE_BYTES: encoded}),
                           ("INVALID_ARGUMENT", message)))
     return cases
+
+
+def bad_input_cases_for_export(export_dir: str) -> list:
+    """`bad_input_cases` with the limits recorded in an export's metadata."""
+    from export import savedmodel  # noqa: PLC0415 (savedmodel imports Keras; this module need not)
+
+    metadata = savedmodel.read_metadata(export_dir)
+    rules = metadata["input_rules"]
+    return bad_input_cases(
+        tuple(metadata["image_shape"]), rules["max_refine_steps"],
+        max_step_size=rules.get("max_step_size", sig.DEFAULT_MAX_STEP_SIZE),
+        max_noise_std=rules.get("max_noise_std", sig.DEFAULT_MAX_NOISE_STD),
+        max_batch_size=rules.get("max_batch_size", sig.DEFAULT_MAX_BATCH_SIZE),
+    )
 
 
 def write_cases(cases, directory: str) -> list:
@@ -209,14 +360,16 @@ def read_response(request_path: str):
 
 
 def run(binary: str, export_dir: str, request_paths, timeout_s: float = 600) -> subprocess.CompletedProcess:
-    """Runs the checker; TensorFlow's C++ logging is quietened to warnings."""
+    """Runs the checker (after `check_binary`); TensorFlow's C++ logging is quietened to warnings."""
+    check_binary(binary)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1"))
     return subprocess.run([binary, export_dir, *request_paths], capture_output=True, text=True,
                           timeout=timeout_s, env=env)
 
 
-def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_sizes=(1, 3)):
-    """Builds the checker and runs every signature (and the bad inputs) against `export_dir`.
+def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_sizes=(1, 3), extra_cases=()):
+    """Builds the checker and runs every signature, every image format, the bad inputs and
+    `extra_cases` against `export_dir`, in one run of the checker.
 
     Returns (completed process, cases, request paths).
     """
@@ -225,11 +378,12 @@ def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_
     signature_defs = client.signature_defs_from_export(export_dir)
     metadata = savedmodel.read_metadata(export_dir)
     image_shape = tuple(metadata["image_shape"])
-    cases = valid_cases(signature_defs, image_shape, batch_sizes)
+    cases = valid_cases(signature_defs, image_shape, batch_sizes) + format_cases(image_shape)
     for case in cases:
         client.check_request(case.request, signature_defs)
     if bad_inputs:
-        cases += bad_input_cases(image_shape, metadata["input_rules"]["max_refine_steps"])
+        cases += bad_input_cases_for_export(export_dir)
+    cases += list(extra_cases)
     paths = write_cases(cases, work_dir)
     return run(build(), export_dir, paths), cases, paths
 

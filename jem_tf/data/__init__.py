@@ -7,17 +7,21 @@
         ...  # images: float32 [64, 32, 32, 3] in [-1, 1]; labels: int32 [64]
 """
 
+from jem_tf.data.download import DatasetDownloadError, is_downloadable, prepare
 from jem_tf.data.pipeline import AUGMENTATIONS, crop_padding, make_batches, to_model_range
 from jem_tf.data.sources import DATASETS, DatasetUnavailableError, ImageData, InvalidDatasetError, load
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
+    "DatasetDownloadError",
     "DatasetUnavailableError",
     "ImageData",
     "InvalidDatasetError",
     "crop_padding",
+    "is_downloadable",
     "load",
     "make_batches",
+    "prepare",
     "to_model_range",
 ]

@@ -5,7 +5,8 @@ Every source returns an `ImageData` whose splits are UNBATCHED `tf.data.Dataset`
 live in `jem_tf.data.pipeline`.
 
 Nothing here ever downloads: `tfds` datasets must already be prepared in `data_dir`, otherwise
-`DatasetUnavailableError` says how to prepare them on a machine with internet access.
+`DatasetUnavailableError` says how to get them (`--download`, i.e. `jem_tf.data.download.prepare`,
+or preparing them on a machine with internet access).
 """
 
 import collections
@@ -206,8 +207,8 @@ def _load_digits(validation_fraction: float) -> ImageData:
 def _unavailable_message(name: str, tfds_name: str, data_dir_root: str) -> str:
     return (
         f"Dataset {name!r} (tfds {tfds_name!r}) is not available offline: no prepared copy in "
-        f"{data_dir_root!r}, and this program never downloads. On a machine with internet "
-        "access, prepare it with\n"
+        f"{data_dir_root!r}. Add --download to fetch and prepare it there (needs internet access; "
+        "see README, Datasets). Or, on a machine with internet access, prepare it with\n"
         "  python -c \"import tensorflow_datasets as tfds; "
         f"tfds.builder('{tfds_name}', data_dir='/path/to/tensorflow_datasets')"
         '.download_and_prepare()"\n'

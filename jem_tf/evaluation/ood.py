@@ -118,10 +118,11 @@ def _read_dataset_images(name: str, data_dir, count: int):
         try:
             dataset = builder.as_dataset(split="test", shuffle_files=False)
         except AssertionError as error:
-            # tfds' "not prepared in data_dir" signal; nothing is ever downloaded here.
+            # tfds' "not prepared in data_dir" signal; nothing is ever downloaded here (only
+            # --download does, before the evaluation starts).
             raise common.Unavailable(
                 f"tfds {DIRECT_TFDS_SETS[name]!r} is not prepared in {data_dir or builder.data_dir!r} "
-                "(no download is attempted; prepare it with internet access and pass --data_dir)"
+                "(add --download to fetch it, or prepare it with internet access and pass --data_dir)"
             ) from error
         return dataset.map(lambda example: example["image"]).take(count)
 

@@ -536,13 +536,19 @@ def restore_run(workdir: str, checkpoint=None):
 
 
 def evaluate_workdir(workdir: str, evaluations, options: EvalOptions, *, output_dir: str | None = None,
-                     compare_workdir: str | None = None, checkpoint=None, data_dir=None) -> dict:
+                     compare_workdir: str | None = None, checkpoint=None, data_dir=None,
+                     download: bool = False) -> dict:
     """Evaluates a training workdir (and optionally a comparison run on the same dataset).
+
+    With `download`, the run's dataset and (when `ood` or `logp_hist` is asked for) the tfds OOD
+    sets that are not prepared in the data directory are downloaded and prepared first, before
+    anything is written.
 
     Raises:
       FileNotFoundError: not a workdir, or no checkpoint.
       ValueError: bad options, or a comparison run on other data.
-      jem_tf.data.DatasetUnavailableError: the in-distribution test data is not on this machine.
+      jem_tf.data.DatasetUnavailableError: the in-distribution test data is not on this machine,
+        or (DatasetDownloadError) `download` failed.
     """
     options.validate()
     evaluations = parse_evaluations(evaluations)
@@ -556,6 +562,12 @@ def evaluate_workdir(workdir: str, evaluations, options: EvalOptions, *, output_
                 f"--compare_workdir={compare_workdir!r} was trained on {compare.dataset} {compare.image_shape} with "
                 f"{compare.num_classes} classes; {workdir!r} on {run.dataset} {run.image_shape} with "
                 f"{run.num_classes}. Compare runs on the same data.")
+    if download:
+        from jem_tf import data as data_lib
+
+        ood_sets = options.ood_sets if {"ood", "logp_hist"} & set(evaluations) else ()
+        for name in dict.fromkeys([run.dataset, *ood_sets]):
+            data_lib.prepare(name, data_dir or config.data_dir)
     images, labels, _ = load_test_split(run.dataset, data_dir or config.data_dir, options.num_examples,
                                         options.batch_size, config.validation_fraction,
                                         skip_bad_files=config.skip_bad_files,
