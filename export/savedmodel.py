@@ -29,6 +29,7 @@ from export import graph_audit
 from export import signatures as sig
 from export.serving_functions import ServingFunctions
 from jem_tf import energy
+from jem_tf import precision as jem_precision
 
 # Metadata layout version (independent of the serving contract's version).
 METADATA_FORMAT = 1
@@ -157,6 +158,11 @@ def _write_metadata(export_dir: str, functions: ServingFunctions, network, extra
         image_shape=list(functions.image_shape),
         num_classes=functions.num_classes,
         network=network_config,
+        precision={
+            "policy": jem_precision.precision_of(network),
+            "compute_dtype": network.compute_dtype,
+            "io": "float32 inputs and outputs whatever the policy: weights, logits, energies and SGLD images are float32",
+        },
         preprocessing={
             "images": "float32 in [-1, 1]: uint8 pixels x mapped by x / 127.5 - 1",
             "image_bytes": "decoded to uint8 with the model's channel count, no resizing, then x / 127.5 - 1",
@@ -302,6 +308,7 @@ def export_run(
     max_refine_steps: int = sig.DEFAULT_MAX_REFINE_STEPS,
     ood_quantile: float = DEFAULT_OOD_QUANTILE,
     ood_max_images: int = DEFAULT_OOD_MAX_IMAGES,
+    precision: str | None = None,
 ) -> str:
     """Exports a training run's checkpoint to `output/<version>` and returns that path.
 
@@ -318,7 +325,7 @@ def export_run(
     """
     from trainers import loop  # noqa: PLC0415 (the trainer imports this module lazily too)
 
-    model, config, run_info = loop.restore_model(workdir, checkpoint)
+    model, config, run_info = loop.restore_model(workdir, checkpoint, precision)
     network = model.to_wide_resnet()
     del model  # the replay buffer can be large; it is never exported
     if run_info.get("checkpoint"):
@@ -371,6 +378,9 @@ def define_flags():
     flags.DEFINE_float("ood_quantile", DEFAULT_OOD_QUANTILE,
                        "Fraction of validation images the OOD threshold may flag.")
     flags.DEFINE_integer("ood_max_images", DEFAULT_OOD_MAX_IMAGES, "Validation images used for the OOD threshold.")
+    flags.DEFINE_enum("precision", None, list(jem_precision.PRECISIONS),
+                      "Precision of the exported network's computation (default: the run's --precision); "
+                      "inputs and outputs are float32 in every precision.")
     flags.mark_flag_as_required("workdir")
 
 
@@ -382,7 +392,7 @@ def main(argv):
         path = export_run(
             FLAGS.workdir, output, version=FLAGS.version, checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite,
             max_refine_steps=FLAGS.max_refine_steps, ood_quantile=FLAGS.ood_quantile,
-            ood_max_images=FLAGS.ood_max_images,
+            ood_max_images=FLAGS.ood_max_images, precision=FLAGS.precision,
         )
     except (FileExistsError, FileNotFoundError, ValueError) as error:  # CheckpointMismatchError too
         logging.error("%s", error)

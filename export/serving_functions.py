@@ -11,7 +11,7 @@ without autograph (ExportArchive disables it): loops are explicit `tf.while_loop
 import tensorflow as tf
 
 from export import signatures as sig
-from jem_tf import energy
+from jem_tf import energy, precision
 from jem_tf.data import to_model_range
 from jem_tf.sampling import sgld
 
@@ -97,6 +97,8 @@ class ServingFunctions:
         self.num_classes = int(network.num_classes)
         self.max_refine_steps = max_refine_steps
         self.ood_threshold = None if ood_threshold is None else float(ood_threshold)
+        # >1 only for a float16 network, whose input-gradient backward pass would underflow.
+        self.score_scale = precision.input_gradient_scale(network)
 
     # -- input signatures ------------------------------------------------------------------
 
@@ -138,7 +140,7 @@ class ServingFunctions:
             logits_seen.append(self._logits(inputs))
             return energy.log_marginal(logits_seen[-1])
 
-        log_px, score = energy.log_density_and_score(log_density, images)
+        log_px, score = energy.log_density_and_score(log_density, images, gradient_scale=self.score_scale)
         return {
             sig.ENERGY_OUTPUT: -log_px,
             sig.CLASS_ENERGIES: energy.class_energies(logits_seen[-1]),
@@ -164,7 +166,7 @@ class ServingFunctions:
             seed, _shape_matches(seed, [2]), "seed must be int64 of shape [2]; received shape",
             [_dynamic_shape(seed)[0]], fallback=tf.zeros([2], tf.int64),
         )
-        refined = sgld.refine(self._logits, images, steps, step_size, noise_std, seed)
+        refined = sgld.refine(self._logits, images, steps, step_size, noise_std, seed, score_scale=self.score_scale)
         return {sig.REFINED_IMAGES: refined, **self._classify_outputs(refined)}
 
     def classify_image_bytes(self, image_bytes):

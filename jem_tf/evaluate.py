@@ -24,6 +24,7 @@ def _ints(values):
 
 def define_flags():
     """Defines the flags; called only when run as a program, so importing defines nothing."""
+    from jem_tf import precision
     from jem_tf.evaluation import suite
 
     defaults = suite.EvalOptions()
@@ -35,6 +36,9 @@ def define_flags():
                         "A second run on the same data (e.g. --objective=classifier) shown beside this one in "
                         "accuracy, calibration, OOD, robustness (0 refinement steps) and distal adversarials.")
     flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory (default: the run's data_dir).")
+    flags.DEFINE_enum("precision", None, list(precision.PRECISIONS),
+                      "Precision the networks compute in (default: each run's training --precision); logits, "
+                      "energies and SGLD images are float32 in every precision.")
     flags.DEFINE_integer("num_examples", defaults.num_examples, "Cap on test images and on each OOD set.")
     flags.DEFINE_integer("batch_size", defaults.batch_size, "Evaluation batch size.")
     flags.DEFINE_integer("seed", defaults.seed, "Seed of every random draw of the evaluation.")
@@ -113,7 +117,7 @@ def main(argv):
         evaluations = suite.parse_evaluations(FLAGS.eval)
         results = suite.evaluate_workdir(
             FLAGS.workdir, evaluations, options, output_dir=FLAGS.output, compare_workdir=FLAGS.compare_workdir,
-            checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir)
+            checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir, precision=FLAGS.precision)
     except (ValueError, FileNotFoundError, data_lib.DatasetUnavailableError, common.Unavailable) as error:
         logging.error("%s", error)
         return 2

@@ -44,6 +44,9 @@ FLAG_HELP = {
     "seed": "Seed of data order, augmentation, buffer initialisation and SGLD noise.",
     "max_steps": "Stop after this many global steps (cap for smoke runs).",
     "jit_compile": "XLA-compile the SGLD sampler (for GPUs; measured 7-8x slower on CPU, see benchmarks).",
+    "precision": "float32 (default) | mixed_bfloat16 (CPUs with AVX512-BF16/AMX, Ampere+ GPUs) | mixed_float16 "
+                 "(GPUs; dynamic loss scaling). 16-bit convolutions, float32 weights, logits, energies, SGLD "
+                 "images and replay buffer. Fixed for the life of a run.",
     "checkpoint_every_steps": "Save a checkpoint every N steps (and at the end).",
     "keep_checkpoints": "Keep the last K checkpoints.",
     "summary_every_steps": "TensorBoard scalars every N steps.",

@@ -15,6 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from jem_tf import data as jem_data
+from jem_tf import precision as jem_precision
 from jem_tf.configs.base import TrainConfig, incompatible_fields, write_json_atomically
 from trainers.classifier import Classifier
 from trainers.jem import JEM
@@ -43,14 +44,16 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def build_model(config: TrainConfig, image_shape, num_classes: int) -> Classifier:
+def build_model(config: TrainConfig, image_shape, num_classes: int, precision=None) -> Classifier:
     """The model for `config.objective`, built (weights and, for JEM, the buffer created).
 
-    Call inside the strategy scope so variables are mirrored.
+    Call inside the strategy scope so variables are mirrored. `precision` overrides
+    `config.precision` (evaluation and export may compute in another precision than training).
     """
     network = dict(
         depth=config.depth, width=config.width, num_classes=num_classes, norm=config.norm,
         activation=config.activation, dropout_rate=config.dropout_rate, seed=config.seed,
+        dtype=jem_precision.dtype_policy(precision or config.precision),
     )
     if config.objective == "classifier":
         model = Classifier(**network)
@@ -97,12 +100,13 @@ def _make_checkpoint(model, optimizer=None):
     return tf.train.Checkpoint(**parts)
 
 
-def restore_model(workdir: str, checkpoint=None):
+def restore_model(workdir: str, checkpoint=None, precision=None):
     """Loads a trained run for evaluation or export.
 
     Args:
       workdir: a training workdir (config.json, run_info.json, checkpoints/).
       checkpoint: None for the latest, a step number, or a checkpoint path prefix.
+      precision: the network's precision (`jem_tf.precision`); None: the run's own.
 
     Returns:
       (model, config, run_info): the built JEM or Classifier with weights and replay buffer
@@ -119,7 +123,7 @@ def restore_model(workdir: str, checkpoint=None):
     config = TrainConfig.load(config_path)
     with open(info_path) as f:
         run_info = json.load(f)
-    model = build_model(config, run_info["image_shape"], run_info["num_classes"])
+    model = build_model(config, run_info["image_shape"], run_info["num_classes"], precision)
     directory = os.path.join(workdir, CHECKPOINT_DIR)
     if checkpoint is None:
         path = tf.train.latest_checkpoint(directory)
@@ -271,7 +275,9 @@ def train(config: TrainConfig, exporter=None) -> dict:
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(config, data.image_shape, data.num_classes)
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch))
+        optimizer = jem_precision.make_optimizer(
+            keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch)), config.precision
+        )
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)
         checkpoint = _make_checkpoint(model, optimizer)

@@ -7,6 +7,8 @@ from typing import Optional
 
 OBJECTIVES = ("jem", "classifier")
 STRATEGIES = ("auto", "default", "mirrored")
+# The same names as jem_tf.precision.PRECISIONS (not imported: configs stay free of Keras).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 # Settings that define what a checkpoint *is*; resuming a workdir with any of them changed would
@@ -22,6 +24,10 @@ RESUME_INVARIANT_FIELDS = (
     "buffer_size",
     "batch_size",
     "seed",
+    # A resumed run must compute what the uninterrupted run would have (bit-identical resume), and
+    # a mixed_float16 checkpoint holds the loss-scale state the others lack. Evaluation and export
+    # may still choose another precision: the weights are float32 in every precision.
+    "precision",
 )
 
 
@@ -66,6 +72,8 @@ class TrainConfig:
     seed: int = 0
     max_steps: Optional[int] = None
     jit_compile: bool = False
+    # float32 | mixed_bfloat16 | mixed_float16 (jem_tf.precision); logits and SGLD stay float32.
+    precision: str = "float32"
     # Bookkeeping.
     checkpoint_every_steps: int = 1000
     keep_checkpoints: int = 3
@@ -84,6 +92,7 @@ class TrainConfig:
 
         check(self.objective in OBJECTIVES, "objective", f"one of {OBJECTIVES}")
         check(self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}")
+        check(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
         check(self.augmentation is None or self.augmentation in AUGMENTATIONS, "augmentation",
               f"one of {AUGMENTATIONS}")
         check(self.depth >= 10 and (self.depth - 4) % 6 == 0, "depth", "6n+4 with n >= 1 (10, 16, 22, 28, ...)")

@@ -505,11 +505,14 @@ def load_test_split(dataset: str, data_dir, num_examples: int, batch_size: int, 
     return np.concatenate(images), np.concatenate(labels), image_data
 
 
-def restore_run(workdir: str, checkpoint=None):
-    """Restores a training workdir's model (trainers.loop.restore_model): (EvaluatedRun, TrainConfig)."""
+def restore_run(workdir: str, checkpoint=None, precision=None):
+    """Restores a training workdir's model (trainers.loop.restore_model): (EvaluatedRun, TrainConfig).
+
+    `precision` (jem_tf.precision.PRECISIONS) overrides the precision the run was trained in.
+    """
     from trainers.loop import restore_model
 
-    model, config, run_info = restore_model(workdir, checkpoint)
+    model, config, run_info = restore_model(workdir, checkpoint, precision)
     return EvaluatedRun(
         model=model,
         name=f"{config.objective} ({os.path.basename(os.path.normpath(workdir))})",
@@ -527,7 +530,8 @@ def restore_run(workdir: str, checkpoint=None):
 
 
 def evaluate_workdir(workdir: str, evaluations, options: EvalOptions, *, output_dir: str | None = None,
-                     compare_workdir: str | None = None, checkpoint=None, data_dir=None) -> dict:
+                     compare_workdir: str | None = None, checkpoint=None, data_dir=None,
+                     precision: str | None = None) -> dict:
     """Evaluates a training workdir (and optionally a comparison run on the same dataset).
 
     Raises:
@@ -537,10 +541,10 @@ def evaluate_workdir(workdir: str, evaluations, options: EvalOptions, *, output_
     """
     options.validate()
     evaluations = parse_evaluations(evaluations)
-    run, config = restore_run(workdir, checkpoint)
+    run, config = restore_run(workdir, checkpoint, precision)
     compare = None
     if compare_workdir:
-        compare, _ = restore_run(compare_workdir)
+        compare, _ = restore_run(compare_workdir, precision=precision)
         if (compare.dataset, compare.image_shape, compare.num_classes) != (run.dataset, run.image_shape,
                                                                           run.num_classes):
             raise ValueError(
