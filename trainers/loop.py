@@ -171,6 +171,39 @@ class _DivergenceGuard:
             )
 
 
+class _DeferredStepLogs:
+    """Reads each step's logs back to the host one step late, for the divergence guard and the
+    progress bar.
+
+    Reading a tensor waits for the step that computes it. Read right after queueing step k, the
+    accelerator idles while the host checks step k, draws the bar and queues step k+1; read after
+    queueing step k+1, the accelerator runs step k+1 meanwhile. (On a CPU, where TensorFlow runs a
+    step before returning, nothing changes.) Whatever must only follow a checked step (a checkpoint,
+    sample images, validation, the end) calls `flush()` first, so a diverged step is still never
+    saved. The computation is untouched: results and resumes are bit-identical either way.
+    """
+
+    def __init__(self, guard, progress):
+        self.guard = guard
+        self.progress = progress
+        self.pending = None
+
+    def push(self, step, epoch, logs):
+        previous, self.pending = self.pending, (step, epoch, logs)
+        if previous is not None:
+            self._settle(*previous)
+
+    def flush(self):
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self._settle(*pending)
+
+    def _settle(self, step, epoch, logs):
+        values = {name: float(value) for name, value in logs.items()}
+        self.guard.check(step, values)
+        self.progress.update(step, list(values.items()) + [("epoch", epoch + 1)])
+
+
 def image_grid(images, columns=8, gap=1):
     """[n, H, W, C] in [-1, 1] -> one uint8 grid image [rows*(H+gap)-gap, columns*(W+gap)-gap, C]."""
     images = np.clip((np.asarray(images) + 1.0) * 127.5, 0, 255).astype(np.uint8)
@@ -302,6 +335,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
     )
     progress = keras.utils.Progbar(total_steps, stateful_metrics=["epoch"], unit_name="step", interval=1.0)
     progress.update(step)
+    step_logs = _DeferredStepLogs(guard, progress)
     started = time.time()
     first_step = step
     while step < total_steps:
@@ -313,17 +347,19 @@ def train(config: TrainConfig, exporter=None) -> dict:
         for batch in strategy.experimental_distribute_dataset(batches):
             logs = train_step(batch)
             step += 1
-            guard.check(step, logs)
-            progress.update(step, [(k, float(v)) for k, v in logs.items()] + [("epoch", epoch + 1)])
+            step_logs.push(step, epoch, logs)
             with writer.as_default(step=step):
                 if step % config.summary_every_steps == 0 or step == total_steps:
                     for name, value in logs.items():
                         tf.summary.scalar(f"train/{name}", value)
                     tf.summary.scalar("train/learning_rate", optimizer.learning_rate)
                 if isinstance(model, JEM) and (step % config.sample_every_steps == 0 or step == total_steps):
+                    step_logs.flush()
                     _write_sample_grid(model, config.workdir, step)
             if step % config.checkpoint_every_steps == 0:
+                step_logs.flush()
                 manager.save(checkpoint_number=step)
+        step_logs.flush()
         if step % steps_per_epoch == 0 and data.num_validation:
             validation = evaluate(jem_data.make_batches(data.validation, config.batch_size, training=False))
             logging.info("Epoch %d: validation accuracy %.4f, xent %.4f", epoch + 1,
