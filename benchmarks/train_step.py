@@ -122,6 +122,7 @@ class Settings:
     jit_settings: tuple = (False,)
     matmul_size: int = 2048
     precisions: tuple = ("float32",)
+    classifier_rows: bool = True
 
     @property
     def image_shape(self):
@@ -361,7 +362,8 @@ def run_benchmark(settings: Settings, profile_dir: Optional[str] = None, top_op_
         for jit in settings.jit_settings:
             rows, (flops_per_image, profiled_per_image) = jem_cases(settings, jit, precision)
             cases.extend(rows)
-        cases.append(classifier_case(settings, flops_per_image, precision))
+        if settings.classifier_rows:
+            cases.append(classifier_case(settings, flops_per_image, precision))
 
     for case in cases:
         logging.info("Warming up %s (%s, XLA %s)...", case.name, case.precision, case.xla)

@@ -319,7 +319,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
         )
         if manager.latest_checkpoint:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, int(optimizer.iterations))
+            logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, int(optimizer.iterations.numpy()))
         elif resuming:
             logging.info("Workdir %s has a config but no checkpoint yet; starting from step 0.", config.workdir)
 
@@ -327,7 +327,8 @@ def train(config: TrainConfig, exporter=None) -> dict:
     evaluate = classifier_evaluator(model, strategy)
     writer = tf.summary.create_file_writer(os.path.join(config.workdir, TENSORBOARD_DIR))
     guard = _DivergenceGuard(config.max_abs_generative_loss, manager)
-    step = int(optimizer.iterations)
+    # .numpy(): under MirroredStrategy the step is a MirroredVariable, which int() refuses.
+    step = int(optimizer.iterations.numpy())
     logging.info(
         "Training %s (%s) on %s: WRN-%d-%d, %d steps (%d per epoch), global batch %d on %d replica(s).",
         config.objective, config.preset, data.name, config.depth, config.width, total_steps,
