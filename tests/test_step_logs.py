@@ -51,3 +51,15 @@ def test_a_diverged_step_is_reported_by_the_next_push_or_flush_naming_itself():
     step_logs.push(7, 0, _logs(1.0, generative=1e3))
     with pytest.raises(loop.TrainingDivergedError, match="at step 7: .*exceeds"):
         step_logs.flush()  # what the loop calls before every checkpoint
+
+
+def test_the_training_step_is_traced_once_across_epochs(tmp_path):
+    from jem_tf.configs.base import TrainConfig  # noqa: PLC0415
+
+    config = TrainConfig(
+        preset="quick", dataset="digits", workdir=str(tmp_path), depth=10, width=1, batch_size=256, buffer_size=256,
+        sgld_steps=1, max_steps=7, export=False, warmup_steps=1, summary_every_steps=3, sample_every_steps=100,
+    )
+    metrics = loop.train(config)
+    assert metrics["global_step"] == 7  # digits: 5 steps of 256 per epoch, so this crosses an epoch
+    assert metrics["train_step_traces"] == 1

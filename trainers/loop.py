@@ -377,6 +377,8 @@ def train(config: TrainConfig, exporter=None) -> dict:
         test_accuracy=test["accuracy"], test_xent=test["xent"], global_step=step,
         objective=config.objective, dataset=data.name, preset=config.preset,
         steps_this_session=step - first_step, seconds_this_session=round(elapsed, 1),
+        # 1 unless something retraced the compiled step (each retrace costs a full trace and compile).
+        train_step_traces=train_step.experimental_get_tracing_count(),
         checkpoint=manager.latest_checkpoint,
     )
     with writer.as_default(step=step):
