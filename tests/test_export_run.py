@@ -37,7 +37,7 @@ def restored_run(monkeypatch, tmp_path):
                 "dataset": "digits", "checkpoint": checkpoint, "global_step": 7}
     calls = []
 
-    def restore_model(workdir, checkpoint=None):
+    def restore_model(workdir, checkpoint=None, precision=None):
         calls.append((workdir, checkpoint))
         return model, config, dict(run_info)
 
