@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from jem_tf import energy
+from jem_tf import precision as jem_precision
 from jem_tf.evaluation import (
     accuracy,
     calibration,
@@ -469,6 +470,7 @@ def run_suite(run: EvaluatedRun, test_images, test_labels, evaluations, options:
     suite.results.update({
         "meta/run": run.name, "meta/dataset": run.dataset, "meta/workdir": run.workdir or "",
         "meta/checkpoint": run.checkpoint or "", "meta/global_step": int(run.global_step),
+        "meta/precision": jem_precision.precision_of(run.model),
         "meta/num_examples": len(suite.images), "meta/evaluations": evaluations,
         "meta/options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()},
     })
