@@ -155,6 +155,26 @@ def test_skipped_float16_step_still_counts_as_a_step():
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(before, model.trainable_weights))
 
 
+def test_skipped_float16_step_counts_once_under_two_replicas():
+    devices = tf.config.list_logical_devices("CPU")
+    if len(devices) < 2:
+        pytest.skip("needs two logical CPU devices (tests/conftest.py configures them before TF starts)")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    with strategy.scope():
+        model = _jem("mixed_float16")
+    model.optimizer.dynamic_scale.assign(2.0**120)
+    step = loop.distributed_train_step(model, strategy)
+    dataset = tf.data.Dataset.from_tensors((IMAGES, LABELS))
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        step(batch)
+    assert int(model.optimizer.iterations.numpy()) == 1
+    assert float(model.optimizer.dynamic_scale.numpy()) == 2.0**119
+    # Every further step counts once as well, whether or not its update is applied.
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        logs = step(batch)
+    assert int(model.optimizer.iterations.numpy()) == 2 and np.isfinite(float(logs["loss"]))
+
+
 def _tiny_config(workdir, policy, max_steps):
     return TrainConfig(
         preset="quick", dataset="digits", workdir=str(workdir), depth=10, width=1, batch_size=16, buffer_size=64,
