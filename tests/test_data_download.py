@@ -208,7 +208,7 @@ class _Stop(Exception):
 def stub_run(monkeypatch):
     """evaluate_workdir on a stub digits run, stopped right after the download step."""
     run = types.SimpleNamespace(dataset="digits", image_shape=(8, 8, 1), num_classes=10)
-    config = types.SimpleNamespace(data_dir=None, validation_fraction=0.1)
+    config = types.SimpleNamespace(data_dir=None, validation_fraction=0.1, skip_bad_files=False, drop_empty_classes=False)
     monkeypatch.setattr(suite, "restore_run", lambda workdir, checkpoint=None: (run, config))
 
     def stop(*args, **kwargs):
@@ -273,7 +273,7 @@ CHILD = textwrap.dedent("""
         from jem_tf.evaluation import suite
 
         run = types.SimpleNamespace(dataset="digits", image_shape=(8, 8, 1), num_classes=10)
-        config = types.SimpleNamespace(data_dir=None, validation_fraction=0.1)
+        config = types.SimpleNamespace(data_dir=None, validation_fraction=0.1, skip_bad_files=False, drop_empty_classes=False)
         suite.restore_run = lambda workdir, checkpoint=None: (run, config)
     module = __import__(module_name, fromlist=["main"])
     module.define_flags()
@@ -332,14 +332,15 @@ def test_evaluate_download_failure_exits_2_and_writes_nothing(tmp_path):
 def test_export_download_failure_raises_before_anything_is_written(tmp_path, monkeypatch, reachable):
     from export import savedmodel  # noqa: PLC0415
     from jem_tf.models import WideResNet  # noqa: PLC0415
-    from trainers import loop  # noqa: PLC0415
+    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
 
     network = WideResNet(10, 1, 10)
     network.build((None, 32, 32, 3))
-    model = types.SimpleNamespace(to_wide_resnet=lambda: network)
     config = types.SimpleNamespace(dataset="cifar10", data_dir=str(tmp_path / "tfds"), validation_fraction=0.1,
-                                   sgld_step_size=1.0, sgld_noise=0.01, objective="jem", preset="cifar10")
-    monkeypatch.setattr(loop, "restore_model", lambda workdir, checkpoint=None: (model, config, {"global_step": 5}))
+                                   sgld_step_size=1.0, sgld_noise=0.01, objective="jem", preset="cifar10",
+                                   skip_bad_files=False, drop_empty_classes=False)
+    monkeypatch.setattr(workdir_lib, "restore_run",
+                        lambda workdir, checkpoint=None, **kwargs: (network, config, {"global_step": 5}))
 
     def offline(builder, *args, **kwargs):
         raise requests.exceptions.ConnectionError("Max retries exceeded (replaced download step)")
