@@ -123,6 +123,8 @@ class ServingFunctions:
         self.max_step_size = float(max_step_size)
         self.max_noise_std = float(max_noise_std)
         self.max_batch_size = max_batch_size
+        # >1 only for a float16 network, whose input-gradient backward pass would underflow.
+        self.score_scale = precision.input_gradient_scale(network)
 
     def input_rules(self) -> dict:
         """The limits baked into the signatures, for the export's metadata."""
@@ -138,8 +140,6 @@ class ServingFunctions:
                                       "on the header bytes before decoding",
             "non_finite_results": "refused (INVALID_ARGUMENT) instead of answered: refined images, logits, energies",
         }
-        # >1 only for a float16 network, whose input-gradient backward pass would underflow.
-        self.score_scale = precision.input_gradient_scale(network)
 
     # -- input signatures ------------------------------------------------------------------
 
