@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_step                      # WRN-16-2, batch 64, 20 SGLD steps, 32x32x3
     python -m benchmarks.train_step --depth=28 --compare_jit --output_json=/tmp/wrn28.json
+    python -m benchmarks.train_step --precision=float32,mixed_bfloat16 --profile_dir=/tmp/jem_profile
 
 Not a test: it prints a markdown table of wall-clock times measured on this machine, in this
 process, right now. Every row is warmed up with `--warmup` untimed calls (the first traces and
@@ -13,9 +14,10 @@ actually had (about --threads on an idle machine; less when other processes comp
 and GFLOP per CPU-second: FLOPs over the median CPU time, the number least disturbed by other load
 (threads spinning while they wait inflate CPU time, so it errs low).
 
-Rows (B = --batch_size, F = forward FLOPs of one image):
-  matmul            one n x n x n float32 `tf.linalg.matmul`: 2 n^3 FLOPs, timed in every round.
-                    Its best call is the ceiling of the "of matmul ceiling" column.
+Rows (B = --batch_size, F = forward FLOPs of one image), for each --precision and XLA setting:
+  matmul            one n x n x n `tf.linalg.matmul` in float32, and in each 16-bit compute dtype
+                    a --precision needs: 2 n^3 FLOPs, timed in every round. Its best call is the
+                    ceiling of the "of matmul ceiling" columns of the rows computing in that dtype.
   forward           the network at batch B, training=False, in one tf.function: F * B.
   SGLD step         `jem_tf.sampling.compiled_sgld` (what JEM trains with) running --sgld_steps
                     steps on log p~(x) at batch B; times are per step (chain time / steps): 3 F B.
@@ -34,6 +36,11 @@ most plausibly use. An SGLD step also counts 3 F although it needs only the grad
 to the input, not the weight gradients (TensorFlow prunes those), so only ~2 F of work is
 strictly necessary; the footer gives the SGLD and JEM rows under that stricter count as well.
 Optimizer, replay-buffer and elementwise work is not counted (< 1% of the FLOPs).
+
+--profile_dir traces one JEM iteration per (precision, XLA) row with the TensorFlow profiler after
+the timing (open it in TensorBoard's profile plugin) and prints an op-type breakdown of it, read
+from the trace's XPlane: the host time of every executed TensorFlow op, grouped by op type, with
+function-call and loop ops (whose time is their body's) left out.
 """
 
 import dataclasses
@@ -55,6 +62,12 @@ INPUT_GRADIENT_MULTIPLIER = 2
 MIN_MATMUL_CALLS = 5
 
 ROW_NAMES = ("matmul", "forward", "SGLD step", "JEM iteration", "classifier iteration")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# Ops that call functions or run loops: their time is the time of the ops inside them.
+CONTAINER_OP_TYPES = frozenset({
+    "While", "StatelessWhile", "PartitionedCall", "StatefulPartitionedCall", "If", "StatelessIf", "Case",
+    "StatelessCase", "__inference", "RemoteCall",
+})
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -83,6 +96,14 @@ def define_flags(flag_values=flags.FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_string("output_json", None, "Also write every measurement to this JSON file.",
                         flag_values=flag_values)
+    flags.DEFINE_list("precision", ["float32"], f"Precisions to measure, any of {', '.join(PRECISIONS)} "
+                      "(jem_tf.precision); each gets its own forward, SGLD, JEM and classifier rows.",
+                      flag_values=flag_values)
+    flags.DEFINE_string("profile_dir", None, "Trace one JEM iteration per precision and XLA setting with the "
+                        "TensorFlow profiler into this directory and print an op-type breakdown.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("top_op_types", 15, "Op types listed in each breakdown (the rest are summed).",
+                         lower_bound=1, flag_values=flag_values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +121,8 @@ class Settings:
     warmup: int = 2
     jit_settings: tuple = (False,)
     matmul_size: int = 2048
+    precisions: tuple = ("float32",)
+    classifier_rows: bool = True
 
     @property
     def image_shape(self):
@@ -108,11 +131,16 @@ class Settings:
 
 def settings_from_flags(flag_values) -> Settings:
     jit_settings = (False, True) if flag_values.compare_jit else (bool(flag_values.jit_compile),)
+    unknown = [p for p in flag_values.precision if p not in PRECISIONS]
+    if unknown or not flag_values.precision:
+        raise app.UsageError(f"--precision={','.join(flag_values.precision)!r} is invalid: expected a "
+                             f"comma-separated list of {', '.join(PRECISIONS)}.")
     return Settings(
         depth=flag_values.depth, width=flag_values.width, batch_size=flag_values.batch_size,
         sgld_steps=flag_values.sgld_steps, image_size=flag_values.image_size, channels=flag_values.channels,
         num_classes=flag_values.num_classes, repeats=flag_values.repeats, warmup=flag_values.warmup,
         jit_settings=jit_settings, matmul_size=flag_values.matmul_size,
+        precisions=tuple(dict.fromkeys(flag_values.precision)),
     )
 
 
@@ -127,6 +155,8 @@ class Case:
     xla: str  # "on", "off", or "-" where XLA does not apply
     flops: float
     fn: Callable
+    precision: str = "float32"  # the row's --precision (for matmul rows: the dtype it multiplies in)
+    compute_dtype: str = "float32"  # whose matmul ceiling the row is compared with
     units: int = 1
     calls_per_round: int = 1
     strict_flops: Optional[float] = None  # the same unit under the input-gradient-only SGLD count
@@ -146,13 +176,15 @@ class Case:
         self.seconds.append(wall)
         self.cpu_seconds.append(cpu)
 
-    def to_dict(self, ceiling_gflops):
+    def to_dict(self, ceilings_gflops):
+        ceiling_gflops = ceilings_gflops[self.compute_dtype]
         median = statistics.median(self.seconds)
         # CPU/wall of the calls at the median, so one odd call does not skew it.
         order = sorted(range(len(self.seconds)), key=self.seconds.__getitem__)
         middle = order[len(order) // 2]
         result = dict(
-            name=self.name, xla=self.xla, gflop_per_call=self.flops / 1e9, seconds=list(self.seconds),
+            name=self.name, xla=self.xla, precision=self.precision, compute_dtype=self.compute_dtype,
+            matmul_ceiling_gflops=ceiling_gflops, gflop_per_call=self.flops / 1e9, seconds=list(self.seconds),
             cpu_seconds=list(self.cpu_seconds), median_ms=median * 1e3, min_ms=min(self.seconds) * 1e3,
             max_ms=max(self.seconds) * 1e3, cpu_per_wall=self.cpu_seconds[middle] / self.seconds[middle],
             gflop_per_cpu_s=self.flops / statistics.median(self.cpu_seconds) / 1e9,
@@ -162,6 +194,7 @@ class Case:
         if self.strict_flops is not None:
             result["strict_gflop_per_call"] = self.strict_flops / 1e9
             result["strict_gflops_per_s"] = self.strict_flops / median / 1e9
+            result["strict_fraction_of_matmul_ceiling"] = self.strict_flops / median / 1e9 / ceiling_gflops
         return result
 
 
@@ -212,24 +245,27 @@ def forward_flops_per_image(model, image_shape):
     return analytic, profiled
 
 
-def matmul_case(size, repeats):
-    """The ceiling row. The inputs are function arguments, so nothing is constant-folded."""
+COMPUTE_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
+
+def matmul_case(size, repeats, dtype="float32"):
+    """The ceiling row in `dtype`. The inputs are function arguments, so nothing is constant-folded."""
     import tensorflow as tf  # noqa: PLC0415
 
-    a = tf.random.stateless_normal([size, size], seed=[1, 2])
-    b = tf.random.stateless_normal([size, size], seed=[3, 4])
-    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.linalg.matmul(x, y)))
-    return Case("matmul", "-", 2.0 * size**3, lambda: matmul(a, b),
+    a = tf.cast(tf.random.stateless_normal([size, size], seed=[1, 2]), dtype)
+    b = tf.cast(tf.random.stateless_normal([size, size], seed=[3, 4]), dtype)
+    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.linalg.matmul(x, y), tf.float32)))
+    return Case("matmul", "-", 2.0 * size**3, lambda: matmul(a, b), precision=dtype, compute_dtype=dtype,
                 calls_per_round=math.ceil(MIN_MATMUL_CALLS / repeats))
 
 
-def train_config(settings, objective, jit):
+def train_config(settings, objective, jit, precision="float32"):
     """The TrainConfig of a run with these settings (the paper's defaults for everything else)."""
     from jem_tf.configs.base import TrainConfig  # noqa: PLC0415
 
     config = TrainConfig(
         objective=objective, depth=settings.depth, width=settings.width, batch_size=settings.batch_size,
-        sgld_steps=settings.sgld_steps, jit_compile=jit, strategy="default",
+        sgld_steps=settings.sgld_steps, jit_compile=jit, strategy="default", precision=precision,
     )
     config.buffer_size = max(config.buffer_size, settings.batch_size)
     return config.validate()
@@ -240,12 +276,14 @@ def build_for_timing(config, settings):
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
+    from jem_tf import precision  # noqa: PLC0415
     from trainers.loop import build_model, distributed_train_step  # noqa: PLC0415
 
     strategy = tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model(config, settings.image_shape, settings.num_classes)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+        model.compile(optimizer=precision.make_optimizer(keras.optimizers.Adam(config.learning_rate),
+                                                         config.precision))
         model.optimizer.build(model.trainable_variables)
     return model, distributed_train_step(model, strategy)
 
@@ -259,22 +297,24 @@ def _batch(settings):
     return images, labels
 
 
-def jem_cases(settings, jit):
-    """Rows forward, SGLD step and JEM iteration for one XLA setting, and the forward FLOP counts
-    (analytic, profiler) of one image of the JEM model they time."""
+def jem_cases(settings, jit, precision="float32"):
+    """Rows forward, SGLD step and JEM iteration for one XLA setting and precision, and the forward
+    FLOP counts (analytic, profiler) of one image of the JEM model they time."""
     import tensorflow as tf  # noqa: PLC0415
 
     from jem_tf import energy  # noqa: PLC0415
+    from jem_tf import precision as jem_precision  # noqa: PLC0415
     from jem_tf.sampling import compiled_sgld  # noqa: PLC0415
 
     xla = "on" if jit else "off"
     batch, steps = settings.batch_size, settings.sgld_steps
-    config = train_config(settings, "jem", jit)
+    config = train_config(settings, "jem", jit, precision)
     model, train_step = build_for_timing(config, settings)
     flops_per_image, profiled_per_image = forward_flops_per_image(model, settings.image_shape)
     images, labels = _batch(settings)
     forward_flops = flops_per_image * batch
     training_pass = PASS_MULTIPLIER * forward_flops * 2
+    compute_dtype = COMPUTE_DTYPES[precision]
 
     forward = tf.function(lambda x: model(x, training=False), jit_compile=jit)
     # The log density, sampler and arguments JEM.sample_chains uses; built once, so the compiled
@@ -282,41 +322,51 @@ def jem_cases(settings, jit):
     log_density = energy.marginal_log_density(lambda x: model(x, training=False))
     sampler = compiled_sgld(jit)
     seed = tf.constant([7, 8], tf.int64)
+    score_scale = jem_precision.input_gradient_scale(model)
+    row = dict(precision=precision, compute_dtype=compute_dtype)
     cases = [
-        Case("forward", xla, forward_flops, lambda: forward(images)),
+        Case("forward", xla, forward_flops, lambda: forward(images), **row),
         Case("SGLD step", xla, PASS_MULTIPLIER * forward_flops,
-             lambda: sampler(log_density, images, steps, config.sgld_step_size, config.sgld_noise, seed),
-             units=steps, strict_flops=INPUT_GRADIENT_MULTIPLIER * forward_flops),
+             lambda: sampler(log_density, images, steps, config.sgld_step_size, config.sgld_noise, seed,
+                             score_scale=score_scale),
+             units=steps, strict_flops=INPUT_GRADIENT_MULTIPLIER * forward_flops, **row),
         Case("JEM iteration", xla, steps * PASS_MULTIPLIER * forward_flops + training_pass,
              lambda: train_step((images, labels)),
-             strict_flops=steps * INPUT_GRADIENT_MULTIPLIER * forward_flops + training_pass),
+             strict_flops=steps * INPUT_GRADIENT_MULTIPLIER * forward_flops + training_pass, **row),
     ]
     return cases, (flops_per_image, profiled_per_image)
 
 
-def classifier_case(settings, flops_per_image):
+def classifier_case(settings, flops_per_image, precision="float32"):
     """The cross-entropy baseline's loop step (the library has no XLA path for it)."""
-    config = train_config(settings, "classifier", False)
+    config = train_config(settings, "classifier", False, precision)
     _, train_step = build_for_timing(config, settings)
     images, labels = _batch(settings)
     return Case("classifier iteration", "-", PASS_MULTIPLIER * flops_per_image * settings.batch_size,
-                lambda: train_step((images, labels)))
+                lambda: train_step((images, labels)), precision=precision, compute_dtype=COMPUTE_DTYPES[precision])
 
 
-def run_benchmark(settings: Settings) -> dict:
-    """Builds, warms up and times every row; returns a JSON-serialisable dict (see `format_table`)."""
+def run_benchmark(settings: Settings, profile_dir: Optional[str] = None, top_op_types: int = 15) -> dict:
+    """Builds, warms up and times every row; returns a JSON-serialisable dict (see `format_table`).
+
+    With `profile_dir`, one JEM iteration per (precision, XLA) is then traced there, and the
+    result has an op-type breakdown of each trace under "profiles".
+    """
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
     load_before = os.getloadavg()
-    cases = [matmul_case(settings.matmul_size, settings.repeats)]
-    for jit in settings.jit_settings:
-        rows, (flops_per_image, profiled_per_image) = jem_cases(settings, jit)
-        cases.extend(rows)
-    cases.append(classifier_case(settings, flops_per_image))
+    compute_dtypes = ["float32"] + [COMPUTE_DTYPES[p] for p in settings.precisions if p != "float32"]
+    cases = [matmul_case(settings.matmul_size, settings.repeats, dtype) for dtype in dict.fromkeys(compute_dtypes)]
+    for precision in settings.precisions:
+        for jit in settings.jit_settings:
+            rows, (flops_per_image, profiled_per_image) = jem_cases(settings, jit, precision)
+            cases.extend(rows)
+        if settings.classifier_rows:
+            cases.append(classifier_case(settings, flops_per_image, precision))
 
     for case in cases:
-        logging.info("Warming up %s (XLA %s)...", case.name, case.xla)
+        logging.info("Warming up %s (%s, XLA %s)...", case.name, case.precision, case.xla)
         for _ in range(settings.warmup):
             case.call()
     for round_index in range(settings.repeats):
@@ -325,31 +375,114 @@ def run_benchmark(settings: Settings) -> dict:
             for _ in range(case.calls_per_round):
                 case.record()
 
-    matmul = cases[0]
-    ceiling = matmul.flops / min(matmul.seconds) / 1e9
+    ceilings = {
+        case.compute_dtype: case.flops / min(case.seconds) / 1e9 for case in cases if case.name == "matmul"
+    }
+    profiles = []
+    if profile_dir:
+        for case in cases:
+            if case.name == "JEM iteration":
+                directory = os.path.join(profile_dir, f"{case.precision}_xla_{case.xla}")
+                profiles.append(dict(
+                    precision=case.precision, xla=case.xla, trace_dir=directory,
+                    op_types=profile_op_types(case.fn, directory, top_op_types),
+                ))
     return dict(
         settings={**dataclasses.asdict(settings), "image_shape": list(settings.image_shape)},
         flop_convention=dict(
             forward="2 * MACs of Conv2D and MatMul ops in the traced inference graph",
             forward_backward_multiplier=PASS_MULTIPLIER, strict_sgld_multiplier=INPUT_GRADIENT_MULTIPLIER,
             sgld_step=f"{PASS_MULTIPLIER} * forward(B)",
+            strict_sgld_step=f"{INPUT_GRADIENT_MULTIPLIER} * forward(B)",
             jem_iteration=f"sgld_steps * {PASS_MULTIPLIER} * forward(B) + {PASS_MULTIPLIER} * forward(2B)",
             classifier_iteration=f"{PASS_MULTIPLIER} * forward(B)",
             not_counted="optimizer update, replay buffer, elementwise ops",
         ),
         forward_gflop_per_image=flops_per_image / 1e9,
         profiler_forward_gflop_per_image=None if profiled_per_image is None else profiled_per_image / 1e9,
-        matmul_ceiling_gflops=ceiling,
+        matmul_ceiling_gflops=ceilings["float32"],
+        matmul_ceilings_gflops=ceilings,
         environment=dict(
             tensorflow=tf.__version__, keras=keras.__version__, python=platform.python_version(),
-            cpu_count=os.cpu_count(), processor=_cpu_name(),
+            cpu_count=os.cpu_count(), processor=_cpu_name(), cpu_flags=_cpu_flags(),
+            devices=[device.name for device in tf.config.list_logical_devices()],
             intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads() or "default",
             inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads() or "default",
             onednn_opts=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
             load_average_before=list(load_before), load_average_after=list(os.getloadavg()),
         ),
-        rows=[case.to_dict(ceiling) for case in cases],
+        rows=[case.to_dict(ceilings) for case in cases],
+        profiles=profiles,
     )
+
+
+def profile_op_types(fn, trace_dir: str, top: int = 15) -> list:
+    """Traces one call of `fn` into `trace_dir` and returns its op-type breakdown (`op_type_breakdown`)."""
+    import glob  # noqa: PLC0415
+
+    import tensorflow as tf  # noqa: PLC0415
+
+    os.makedirs(trace_dir, exist_ok=True)
+    before = set(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.xplane.pb")))
+    tf.profiler.experimental.start(trace_dir)
+    try:
+        tf.nest.map_structure(lambda t: t.numpy(), fn())
+    finally:
+        tf.profiler.experimental.stop()
+    written = sorted(set(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.xplane.pb"))) - before)
+    if not written:
+        raise RuntimeError(f"The TensorFlow profiler wrote no trace under {trace_dir!r}.")
+    logging.info("Profiler trace: %s", written[-1])
+    return op_type_breakdown(written[-1], top)
+
+
+def op_type_breakdown(xplane_path: str, top: int = 15) -> list:
+    """[{op_type, count, milliseconds, fraction}] of the TensorFlow ops in an XPlane trace, largest first.
+
+    TensorFlow's executor records each op as an event named "op_name:op_type" on the thread that
+    ran it; that is the time summed here (on a CPU, the wall time of the op on its thread; ops on
+    different threads overlap, so the total can exceed the wall time). Container ops (function
+    calls, loops) are left out: their time is the time of the ops they ran. Op types beyond `top`
+    are summed into one "other" row.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: PLC0415
+
+    space = xplane_pb2.XSpace()
+    with open(xplane_path, "rb") as f:
+        space.ParseFromString(f.read())
+    totals, counts = {}, {}
+    for plane in space.planes:
+        if not plane.name.startswith("/host:") and not plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                op_type = _op_type(name)
+                if op_type is None or op_type in CONTAINER_OP_TYPES:
+                    continue
+                totals[op_type] = totals.get(op_type, 0) + event.duration_ps
+                counts[op_type] = counts.get(op_type, 0) + 1
+    everything = sum(totals.values()) or 1
+    ranked = sorted(totals, key=totals.get, reverse=True)
+    rows = [dict(op_type=t, count=counts[t], milliseconds=totals[t] / 1e9, fraction=totals[t] / everything)
+            for t in ranked[:top]]
+    rest = ranked[top:]
+    if rest:
+        other = sum(totals[t] for t in rest)
+        rows.append(dict(op_type=f"other ({len(rest)} types)", count=sum(counts[t] for t in rest),
+                         milliseconds=other / 1e9, fraction=other / everything))
+    return rows
+
+
+def _op_type(event_name: str):
+    """'model/conv/Conv2D:_MklConv2D' -> '_MklConv2D'; None for events that are not ops
+    (runtime annotations such as 'ExecutorState::Process' or 'EagerExecute')."""
+    if "::" in event_name or event_name.count(":") != 1:
+        return None
+    op_name, op_type = event_name.split(":")
+    if not op_name or not op_type or " " in op_type:
+        return None
+    return op_type
 
 
 def _cpu_name():
@@ -363,22 +496,39 @@ def _cpu_name():
     return platform.processor() or "unknown"
 
 
+def _cpu_flags():
+    """The ISA flags that decide matmul speed (AVX-512, bfloat16, AMX), from /proc/cpuinfo."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_fp16")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in wanted if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def _number(value):
     """One decimal from 1 up, three significant digits below (tiny settings stay non-zero)."""
     return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
 def format_table(results: dict) -> str:
-    """The markdown report: a settings header, the table, and the FLOP convention."""
+    """The markdown report: a settings header, the table, the FLOP convention, the SGLD step
+    against the matmul ceilings, and the op-type breakdowns when profiled."""
     s = results["settings"]
     env = results["environment"]
     height, width, channels = s["image_shape"]
     profiled = results["profiler_forward_gflop_per_image"]
+    ceilings = results["matmul_ceilings_gflops"]
     lines = [
         f"### WRN-{s['depth']}-{s['width']}, batch {s['batch_size']}, {s['sgld_steps']} SGLD steps, "
         f"{height}x{width}x{channels}, {s['num_classes']} classes",
         "",
-        f"TensorFlow {env['tensorflow']}, Keras {env['keras']}; {env['cpu_count']} CPU(s) ({env['processor']}); "
+        f"TensorFlow {env['tensorflow']}, Keras {env['keras']}; {env['cpu_count']} CPU(s) ({env['processor']}; "
+        f"{' '.join(env['cpu_flags']) or 'no AVX-512/AMX flags'}); "
         f"intra-op threads {env['intra_op_threads']}, inter-op {env['inter_op_threads']}; "
         f"load average {env['load_average_before'][0]:.2f} before, {env['load_average_after'][0]:.2f} after; "
         f"{s['repeats']} timed rounds after {s['warmup']} warm-up call(s) per row.",
@@ -386,36 +536,55 @@ def format_table(results: dict) -> str:
         f"Forward FLOPs per image: {results['forward_gflop_per_image']:.4f} GFLOP (analytic: 2 x MACs of the "
         "Conv2D/MatMul ops of the traced graph"
         + (f"; tf.profiler float_ops: {profiled:.4f}, incl. bias/residual adds)." if profiled else ")."),
-        f"Matmul ceiling: {results['matmul_ceiling_gflops']:.1f} GFLOP/s (best {s['matmul_size']}^3 float32 "
-        "matmul of the run).",
+        "Matmul ceilings: " + "; ".join(f"{dtype} {value:.1f} GFLOP/s" for dtype, value in ceilings.items())
+        + f" (best {s['matmul_size']}^3 matmul of the run in each dtype).",
         "",
-        "| measurement | XLA | GFLOP/call | median ms | min ms | max ms | CPU/wall | GFLOP/s (median) "
-        "| GFLOP/s (min ms) | of matmul ceiling | GFLOP per CPU-s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| measurement | precision | XLA | GFLOP/call | median ms | min ms | max ms | CPU/wall | GFLOP/s (median) "
+        "| GFLOP/s (min ms) | of matmul ceiling | strict GFLOP/s | strict, of ceiling | GFLOP per CPU-s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["rows"]:
+        strict = "strict_gflops_per_s" in row
+        strict_rate = _number(row["strict_gflops_per_s"]) if strict else "-"
+        strict_share = f"{100 * row['strict_fraction_of_matmul_ceiling']:.0f}%" if strict else "-"
         lines.append(
-            f"| {row['name']} | {row['xla']} | {_number(row['gflop_per_call'])} | {_number(row['median_ms'])} | "
-            f"{_number(row['min_ms'])} | {_number(row['max_ms'])} | {row['cpu_per_wall']:.2f} | "
-            f"{_number(row['gflops_per_s'])} | {_number(row['best_gflops_per_s'])} | "
-            f"{100 * row['fraction_of_matmul_ceiling']:.0f}% | {_number(row['gflop_per_cpu_s'])} |"
+            f"| {row['name']} | {row['precision']} | {row['xla']} | {_number(row['gflop_per_call'])} | "
+            f"{_number(row['median_ms'])} | {_number(row['min_ms'])} | {_number(row['max_ms'])} | "
+            f"{row['cpu_per_wall']:.2f} | {_number(row['gflops_per_s'])} | {_number(row['best_gflops_per_s'])} | "
+            f"{100 * row['fraction_of_matmul_ceiling']:.0f}% | "
+            f"{strict_rate} | {strict_share} | "
+            f"{_number(row['gflop_per_cpu_s'])} |"
         )
     lines += [
         "",
         f"FLOP convention: forward+backward = {PASS_MULTIPLIER} x forward for a training pass and for an SGLD "
         f"step; JEM iteration = steps x {PASS_MULTIPLIER}F(B) + {PASS_MULTIPLIER}F(2B); optimizer, buffer "
-        "and elementwise work not counted. SGLD step = (time of a chain) / steps. "
-        "'of matmul ceiling' = GFLOP/s (median) / matmul ceiling. CPU/wall = cores the process had "
-        "(TensorFlow's default: one thread per core); GFLOP per CPU-s = FLOPs / median process CPU time, "
-        "which other load on the machine inflates much less than wall time.",
+        "and elementwise work not counted. Strict count: an SGLD step needs only the forward pass and the "
+        f"gradient with respect to the input, {INPUT_GRADIENT_MULTIPLIER}F(B). SGLD step = (time of a chain) / "
+        "steps. 'of matmul ceiling' = GFLOP/s (median) / the matmul ceiling of the row's compute dtype "
+        "(float32 for float32, bfloat16 for mixed_bfloat16, float16 for mixed_float16). CPU/wall = cores the "
+        "process had (TensorFlow's default: one thread per core); GFLOP per CPU-s = FLOPs / median process CPU "
+        "time, which other load on the machine inflates much less than wall time.",
+        "",
     ]
-    strict = [row for row in results["rows"] if "strict_gflops_per_s" in row]
-    if strict:
-        lines.append(
-            f"Strict count (SGLD step = {INPUT_GRADIENT_MULTIPLIER} x forward: input gradient only): "
-            + "; ".join(f"{r['name']} (XLA {r['xla']}) {r['strict_gflops_per_s']:.1f} GFLOP/s" for r in strict)
-            + "."
-        )
+    for row in results["rows"]:
+        if row["name"] == "SGLD step":
+            lines.append(
+                f"SGLD step, {row['precision']}, XLA {row['xla']}: {row['strict_gflops_per_s']:.1f} GFLOP/s under the "
+                f"strict {INPUT_GRADIENT_MULTIPLIER}F count = {100 * row['strict_fraction_of_matmul_ceiling']:.0f}% of "
+                f"the same-run {row['compute_dtype']} matmul ceiling ({row['matmul_ceiling_gflops']:.1f} GFLOP/s)."
+            )
+    for profile in results.get("profiles", []):
+        lines += [
+            "",
+            f"#### Op types of one JEM iteration ({profile['precision']}, XLA {profile['xla']}); "
+            f"trace in {profile['trace_dir']}",
+            "",
+            "| op type | ops run | ms (summed over threads) | share |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [f"| {op['op_type']} | {op['count']} | {_number(op['milliseconds'])} | {100 * op['fraction']:.1f}% |"
+                  for op in profile["op_types"]]
     return "\n".join(lines)
 
 
@@ -424,7 +593,8 @@ def main(argv, flag_values=None):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     flag_values = flags.FLAGS if flag_values is None else flag_values
     set_threads(flag_values.threads, flag_values.inter_op_threads)
-    results = run_benchmark(settings_from_flags(flag_values))
+    results = run_benchmark(settings_from_flags(flag_values), profile_dir=flag_values.profile_dir,
+                            top_op_types=flag_values.top_op_types)
     if flag_values.output_json:
         with open(flag_values.output_json, "w") as f:
             json.dump(results, f, indent=2)

@@ -29,6 +29,7 @@ from export import graph_audit
 from export import signatures as sig
 from export.serving_functions import ServingFunctions
 from jem_tf import cli, energy
+from jem_tf import precision as jem_precision
 
 # Metadata layout version (independent of the serving contract's version).
 METADATA_FORMAT = 1
@@ -166,6 +167,11 @@ def _write_metadata(export_dir: str, functions: ServingFunctions, network, extra
         image_shape=list(functions.image_shape),
         num_classes=functions.num_classes,
         network=network_config,
+        precision={
+            "policy": jem_precision.precision_of(network),
+            "compute_dtype": network.compute_dtype,
+            "io": "float32 inputs and outputs whatever the policy: weights, logits, energies and SGLD images are float32",
+        },
         preprocessing={
             "images": "float32 in [-1, 1]: uint8 pixels x mapped by x / 127.5 - 1",
             "image_bytes": "PNG, JPEG, BMP or GIF (first frame) of exactly the model's size, decoded to uint8 "
@@ -318,6 +324,7 @@ def export_run(
     max_noise_std: float = sig.DEFAULT_MAX_NOISE_STD,
     max_batch_size: int = sig.DEFAULT_MAX_BATCH_SIZE,
     download: bool = False,
+    precision: str | None = None,
 ) -> str:
     """Exports a training run's checkpoint to `output/<version>` and returns that path.
 
@@ -334,11 +341,14 @@ def export_run(
       max_step_size, max_noise_std, max_batch_size: the serving limits (see `export_model`).
       download: if the run's tfds dataset (for the OOD threshold) is not prepared, download and
         prepare it first (`jem_tf.data.prepare`; DatasetDownloadError if that fails).
+      precision: the precision the exported network computes in (`jem_tf.precision`); None: the
+        run's own. Inputs and outputs are float32 in every precision.
     """
     from jem_tf import workdir as workdir_lib  # noqa: PLC0415
 
     # Read-only: the newest checkpoint that verifies, even while the run is training; no buffer.
-    network, config, run_info = workdir_lib.restore_run(workdir, checkpoint, with_replay_buffer=False)
+    network, config, run_info = workdir_lib.restore_run(workdir, checkpoint, with_replay_buffer=False,
+                                                        precision=precision)
     if run_info.get("checkpoint"):
         verify_weights_from_checkpoint(network, run_info["checkpoint"])
     else:
@@ -402,6 +412,9 @@ def define_flags():
     flags.DEFINE_float("ood_quantile", DEFAULT_OOD_QUANTILE,
                        "Fraction of validation images the OOD threshold may flag.")
     flags.DEFINE_integer("ood_max_images", DEFAULT_OOD_MAX_IMAGES, "Validation images used for the OOD threshold.")
+    flags.DEFINE_enum("precision", None, list(jem_precision.PRECISIONS),
+                      "Precision of the exported network's computation (default: the run's --precision); "
+                      "inputs and outputs are float32 in every precision.")
     flags.mark_flag_as_required("workdir")
 
 
@@ -416,6 +429,7 @@ def main(argv):
             max_refine_steps=FLAGS.max_refine_steps, ood_quantile=FLAGS.ood_quantile,
             ood_max_images=FLAGS.ood_max_images, max_step_size=FLAGS.max_step_size,
             max_noise_std=FLAGS.max_noise_std, max_batch_size=FLAGS.max_batch_size, download=FLAGS.download,
+            precision=FLAGS.precision,
         )
     except (FileExistsError, FileNotFoundError, ValueError, DatasetUnavailableError) as error:
         # ValueError includes CheckpointMismatchError; DatasetUnavailableError a failed --download.

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from export import signatures as sig
-from jem_tf import energy
+from jem_tf import energy, precision
 from jem_tf.data import to_model_range
 from jem_tf.sampling import sgld
 
@@ -123,6 +123,8 @@ class ServingFunctions:
         self.max_step_size = float(max_step_size)
         self.max_noise_std = float(max_noise_std)
         self.max_batch_size = max_batch_size
+        # >1 only for a float16 network, whose input-gradient backward pass would underflow.
+        self.score_scale = precision.input_gradient_scale(network)
 
     def input_rules(self) -> dict:
         """The limits baked into the signatures, for the export's metadata."""
@@ -179,7 +181,7 @@ class ServingFunctions:
             logits_seen.append(self._logits(inputs))
             return energy.log_marginal(logits_seen[-1])
 
-        log_px, score = energy.log_density_and_score(log_density, images)
+        log_px, score = energy.log_density_and_score(log_density, images, gradient_scale=self.score_scale)
         outputs = {
             sig.ENERGY_OUTPUT: -log_px,
             sig.CLASS_ENERGIES: energy.class_energies(logits_seen[-1]),
@@ -213,7 +215,8 @@ class ServingFunctions:
             seed, _shape_matches(seed, [2]), "seed must be int64 of shape [2]; received shape",
             [_dynamic_shape(seed)[0]], fallback=tf.zeros([2], tf.int64),
         )
-        refined = sgld.refine(self._logits, images, steps, step_size, noise_std, seed)
+        refined = sgld.refine(self._logits, images, steps, step_size, noise_std, seed,
+                               score_scale=self.score_scale)
         # Within the bounds a model can still overflow (a steep energy, many steps): refuse rather
         # than answer NaN with a class id and an OOD flag that mean nothing.
         finite = tf.math.is_finite(refined)

@@ -65,19 +65,26 @@ def joint_log_density(logits_fn: Callable[[tf.Tensor], tf.Tensor],
     return lambda images: log_joint(logits_fn(images), labels)
 
 
-def log_density_and_score(log_density_fn: LogDensityFn,
-                                                    images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def log_density_and_score(log_density_fn: LogDensityFn, images: tf.Tensor,
+                          gradient_scale: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
     """Returns (log density [batch], its gradient d log p~(x) / dx [batch, H, W, C]).
 
     Examples are independent, so the gradient of the summed log density is each example's own
-    gradient.
+    gradient. `gradient_scale` (a power of two; `jem_tf.precision.input_gradient_scale`) multiplies
+    the log density before differentiating and divides the gradient after, so that a float16
+    network's backward pass does not underflow; the float32 result is unchanged by it.
     """
     with tf.GradientTape() as tape:
         tape.watch(images)
         log_density = log_density_fn(images)
         total = tf.reduce_sum(log_density)
+        if gradient_scale != 1.0:
+            total = total * gradient_scale
     # A density that ignores its input has a zero score, not None.
-    return log_density, tape.gradient(total, images, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    score = tape.gradient(total, images, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if gradient_scale != 1.0:
+        score = score / gradient_scale
+    return log_density, score
 
 
 def score_norm(score: tf.Tensor) -> tf.Tensor:

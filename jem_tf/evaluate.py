@@ -27,6 +27,7 @@ def _ints(name):
 
 def define_flags():
     """Defines the flags; called only when run as a program, so importing defines nothing."""
+    from jem_tf import precision
     from jem_tf.evaluation import suite
 
     defaults = suite.EvalOptions()
@@ -41,6 +42,9 @@ def define_flags():
     flags.DEFINE_bool("download", False, "Before evaluating, download and prepare into the data directory the run's "
                       "tfds dataset and the tfds OOD sets (svhn, cifar10, cifar100, celeb_a) that are not prepared "
                       "(needs internet access; off by default).")
+    flags.DEFINE_enum("precision", None, list(precision.PRECISIONS),
+                      "Precision the networks compute in (default: each run's training --precision); logits, "
+                      "energies and SGLD images are float32 in every precision.")
     flags.DEFINE_integer("num_examples", defaults.num_examples, "Cap on test images and on each OOD set.")
     flags.DEFINE_integer("batch_size", defaults.batch_size, "Evaluation batch size.")
     flags.DEFINE_integer("seed", defaults.seed, "Seed of every random draw of the evaluation.")
@@ -118,7 +122,8 @@ def main(argv):
         evaluations = suite.parse_evaluations(FLAGS.eval)
         results = suite.evaluate_workdir(
             FLAGS.workdir, evaluations, options, output_dir=FLAGS.output, compare_workdir=FLAGS.compare_workdir,
-            checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir, download=FLAGS.download)
+            checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir, download=FLAGS.download,
+            precision=FLAGS.precision)
     except (ValueError, FileNotFoundError, data_lib.DatasetUnavailableError, common.Unavailable) as error:
         logging.error("%s", error)
         return 2

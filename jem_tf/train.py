@@ -67,6 +67,9 @@ FLAG_HELP = {
     "max_steps": "Stop after this many global steps (cap for smoke runs); below the workdir's latest checkpoint "
                  "the run is refused (training cannot go back).",
     "jit_compile": "XLA-compile the SGLD sampler (for GPUs; measured 7-8x slower on CPU, see benchmarks).",
+    "precision": "float32 (default) | mixed_bfloat16 (CPUs with AVX512-BF16/AMX, Ampere+ GPUs) | mixed_float16 "
+                 "(GPUs; dynamic loss scaling). 16-bit convolutions, float32 weights, logits, energies, SGLD "
+                 "images and replay buffer. Fixed for the life of a run.",
     "checkpoint_every_steps": "Save a checkpoint every N steps (and at the end).",
     "checkpoint_every_secs": "Also save a checkpoint when this many seconds passed since the last one.",
     "keep_checkpoints": "Keep the last K checkpoints.",

@@ -428,16 +428,19 @@ def restore_step(checkpoint: tf.train.Checkpoint, directory: str, step_or_path, 
 # -- readers: the network and buffer of a run -------------------------------------------------
 
 
-def build_network(config: TrainConfig, run_info: dict, *, with_replay_buffer: bool = True):
-    """The run's WideResNet, built, with (for a JEM run, when asked) its replay buffer as
-    `network.replay_buffer`. Its checkpoint object graph is the trainer's minus the training state
-    (optimizer, metrics), so `restore_run` restores every object of it."""
-    from jem_tf.models import WideResNet  # noqa: PLC0415 (Keras; keep importing this module light)
+def build_network(config: TrainConfig, run_info: dict, *, with_replay_buffer: bool = True, precision=None):
+    """The run's WideResNet, built in `precision` (default: the run's own), with (for a JEM run,
+    when asked) its replay buffer as `network.replay_buffer`. Its checkpoint object graph is the
+    trainer's minus the training state (optimizer, metrics), so `restore_run` restores every object
+    of it."""
+    from jem_tf import precision as jem_precision  # noqa: PLC0415 (Keras; keep importing this module light)
+    from jem_tf.models import WideResNet  # noqa: PLC0415
     from jem_tf.sampling import ReplayBuffer  # noqa: PLC0415
 
     image_shape = tuple(int(d) for d in run_info["image_shape"])
     network = WideResNet(depth=config.depth, width=config.width, num_classes=int(run_info["num_classes"]),
-                         norm=config.norm, activation=config.activation, dropout_rate=config.dropout_rate)
+                         norm=config.norm, activation=config.activation, dropout_rate=config.dropout_rate,
+                         dtype=jem_precision.dtype_policy(precision or config.precision))
     network.build((None,) + image_shape)
     buffer = None
     if with_replay_buffer and config.objective == "jem":
@@ -445,13 +448,14 @@ def build_network(config: TrainConfig, run_info: dict, *, with_replay_buffer: bo
     return network, buffer
 
 
-def restore_run(workdir: str, checkpoint=None, *, with_replay_buffer: bool = True):
+def restore_run(workdir: str, checkpoint=None, *, with_replay_buffer: bool = True, precision=None):
     """Loads a trained run for evaluation or export, read-only.
 
     Args:
       workdir: a training workdir (config.json, run_info.json, checkpoints/).
       checkpoint: None for the newest that verifies, a step number, or a checkpoint path prefix.
       with_replay_buffer: also restore a JEM run's replay buffer (as `network.replay_buffer`).
+      precision: the precision the network computes in (`jem_tf.precision`); None: the run's own.
 
     Returns:
       (network, config, run_info): the WideResNet with its weights restored, the run's TrainConfig,
@@ -459,7 +463,7 @@ def restore_run(workdir: str, checkpoint=None, *, with_replay_buffer: bool = Tru
     """
     config = load_config(workdir)
     run_info = load_run_info(workdir)
-    network, buffer = build_network(config, run_info, with_replay_buffer=with_replay_buffer)
+    network, buffer = build_network(config, run_info, with_replay_buffer=with_replay_buffer, precision=precision)
     parts = dict(model=network)
     if buffer is not None:
         parts["replay_buffer"] = buffer

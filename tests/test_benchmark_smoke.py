@@ -4,9 +4,10 @@ Only that it works is checked; the numbers it prints are measurements, not test 
 """
 
 import json
+import os
 
 import pytest
-from absl import flags
+from absl import app, flags
 
 from benchmarks import train_step
 
@@ -26,11 +27,11 @@ def _table_rows(output):
     return rows[2:]
 
 
-def _run(tmp_path, capsys):
+def _run(tmp_path, capsys, *extra):
     flag_values = flags.FlagValues()
     train_step.define_flags(flag_values)
     output_json = tmp_path / "benchmark.json"
-    flag_values(["train_step"] + TINY + [f"--output_json={output_json}"])
+    flag_values(["train_step"] + TINY + [f"--output_json={output_json}", *extra])
     train_step.main(["train_step"], flag_values=flag_values)
     with open(output_json) as f:
         return capsys.readouterr().out, json.load(f)
@@ -41,16 +42,23 @@ def test_tiny_benchmark_prints_every_row_with_positive_numbers(tmp_path, capsys)
     rows = _table_rows(output)
     assert [row[0] for row in rows] == list(train_step.ROW_NAMES)
     for row in rows:
-        gflop, median_ms, min_ms, max_ms, cpu_per_wall, gflops, best_gflops = (float(cell) for cell in row[2:9])
+        assert row[1] == "float32", row
+        gflop, median_ms, min_ms, max_ms, cpu_per_wall, gflops, best_gflops = (float(cell) for cell in row[3:10])
         assert gflop > 0 and gflops > 0 and best_gflops >= gflops and cpu_per_wall > 0, row
         assert 0 < min_ms <= median_ms <= max_ms, row
-        assert row[9].endswith("%") and float(row[9][:-1]) > 0 and float(row[10]) > 0, row
-    assert "FLOP convention" in output and "Matmul ceiling" in output
+        assert row[10].endswith("%") and float(row[10][:-1]) > 0 and float(row[13]) > 0, row
+        if row[0] in ("SGLD step", "JEM iteration"):
+            assert float(row[11]) > 0 and row[12].endswith("%"), row
+        else:
+            assert row[11] == row[12] == "-", row
+    assert "FLOP convention" in output and "Matmul ceilings: float32" in output
+    assert "SGLD step, float32, XLA off:" in output and "strict 2F count" in output
 
     by_name = {row["name"]: row for row in results["rows"]}
     forward = results["forward_gflop_per_image"] * 4
     assert by_name["forward"]["gflop_per_call"] == pytest.approx(forward)
     assert by_name["SGLD step"]["gflop_per_call"] == pytest.approx(3 * forward)
+    assert by_name["SGLD step"]["strict_gflop_per_call"] == pytest.approx(2 * forward)
     assert by_name["JEM iteration"]["gflop_per_call"] == pytest.approx(2 * 3 * forward + 3 * 2 * forward)
     assert by_name["classifier iteration"]["gflop_per_call"] == pytest.approx(3 * forward)
     assert all(row["gflops_per_s"] > 0 and row["median_ms"] > 0 for row in results["rows"])
@@ -87,3 +95,50 @@ def test_the_timed_jem_uses_the_requested_sampler_compilation(jit):
                                    num_classes=4)
     model, _ = train_step.build_for_timing(train_step.train_config(settings, "jem", jit), settings)
     assert model.sgld_jit_compile is jit
+
+
+def test_precisions_get_their_own_rows_and_matmul_ceilings_and_profiles(tmp_path, capsys):
+    output, results = _run(tmp_path, capsys, "--precision=float32,mixed_bfloat16",
+                           f"--profile_dir={tmp_path / 'profile'}", "--top_op_types=5")
+    rows = [(row["name"], row["precision"]) for row in results["rows"]]
+    assert rows[:2] == [("matmul", "float32"), ("matmul", "bfloat16")]
+    for precision in ("float32", "mixed_bfloat16"):
+        assert [name for name, p in rows[2:] if p == precision] == list(train_step.ROW_NAMES[1:])
+    assert set(results["matmul_ceilings_gflops"]) == {"float32", "bfloat16"}
+    sgld = {row["precision"]: row for row in results["rows"] if row["name"] == "SGLD step"}
+    # Each precision is compared with the ceiling of the dtype it computes in.
+    assert sgld["mixed_bfloat16"]["matmul_ceiling_gflops"] == results["matmul_ceilings_gflops"]["bfloat16"]
+    assert sgld["float32"]["matmul_ceiling_gflops"] == results["matmul_ceilings_gflops"]["float32"]
+    assert "SGLD step, mixed_bfloat16, XLA off:" in output and "bfloat16 matmul ceiling" in output
+
+    assert [(p["precision"], p["xla"]) for p in results["profiles"]] == [("float32", "off"), ("mixed_bfloat16", "off")]
+    for profile in results["profiles"]:
+        op_types = [op["op_type"] for op in profile["op_types"]]
+        assert len(op_types) <= 6 and op_types[-1].startswith("other")
+        # A JEM iteration is convolutions, forward and backward; they lead the breakdown.
+        assert "Conv2D" in op_types[0], op_types
+        assert sum(op["fraction"] for op in profile["op_types"]) == pytest.approx(1.0)
+        assert all(op["milliseconds"] > 0 and op["count"] > 0 for op in profile["op_types"])
+        assert not set(op_types) & train_step.CONTAINER_OP_TYPES
+        assert os.listdir(os.path.join(profile["trace_dir"], "plugins", "profile"))
+    assert "#### Op types of one JEM iteration (mixed_bfloat16, XLA off)" in output
+
+
+@pytest.mark.parametrize("event,op_type", [
+    ("model/stem/Conv2D:_MklNativeConv2DWithBias", "_MklNativeConv2DWithBias"),
+    ("while:While", "While"),
+    ("ExecutorState::Process", None),
+    ("EagerLocalExecute: __inference_step_14", None),
+    ("ThreadpoolListener::StartRegion", None),
+    ("MemoryAllocation", None),
+])
+def test_op_type_of_trace_events(event, op_type):
+    assert train_step._op_type(event) == op_type
+
+
+def test_unknown_precision_is_a_usage_error():
+    flag_values = flags.FlagValues()
+    train_step.define_flags(flag_values)
+    flag_values(["train_step", "--precision=float32,float64"])
+    with pytest.raises(app.UsageError, match="float64"):
+        train_step.settings_from_flags(flag_values)

@@ -209,7 +209,7 @@ def stub_run(monkeypatch):
     """evaluate_workdir on a stub digits run, stopped right after the download step."""
     run = types.SimpleNamespace(dataset="digits", image_shape=(8, 8, 1), num_classes=10)
     config = types.SimpleNamespace(data_dir=None, validation_fraction=0.1, skip_bad_files=False, drop_empty_classes=False)
-    monkeypatch.setattr(suite, "restore_run", lambda workdir, checkpoint=None: (run, config))
+    monkeypatch.setattr(suite, "restore_run", lambda workdir, checkpoint=None, precision=None: (run, config))
 
     def stop(*args, **kwargs):
         raise _Stop
@@ -274,7 +274,7 @@ CHILD = textwrap.dedent("""
 
         run = types.SimpleNamespace(dataset="digits", image_shape=(8, 8, 1), num_classes=10)
         config = types.SimpleNamespace(data_dir=None, validation_fraction=0.1, skip_bad_files=False, drop_empty_classes=False)
-        suite.restore_run = lambda workdir, checkpoint=None: (run, config)
+        suite.restore_run = lambda workdir, checkpoint=None, precision=None: (run, config)
     module = __import__(module_name, fromlist=["main"])
     module.define_flags()
     app.run(module.main, argv=[module_name] + sys.argv[4:])

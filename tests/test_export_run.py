@@ -37,7 +37,7 @@ def restored_run(monkeypatch, tmp_path):
                 "dataset": "digits", "checkpoint": checkpoint, "global_step": 7}
     calls = []
 
-    def restore_run(workdir, checkpoint=None, *, with_replay_buffer=True):
+    def restore_run(workdir, checkpoint=None, *, with_replay_buffer=True, precision=None):
         calls.append((workdir, checkpoint, with_replay_buffer))
         return model.to_wide_resnet(), config, dict(run_info)
 

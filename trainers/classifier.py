@@ -62,6 +62,9 @@ class Classifier(WideResNet):
                 loss = loss + tf.add_n(self.losses)
             # The optimizer sums gradients over replicas; scale like Keras scales its own losses.
             scaled_loss = loss / num_replicas()
+            # The identity, except under a LossScaleOptimizer (mixed_float16), whose `apply`
+            # unscales the gradients again.
+            scaled_loss = self.optimizer.scale_loss(scaled_loss)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         self.after_update(pending_updates)
@@ -96,4 +99,4 @@ class Classifier(WideResNet):
 
     def network_config(self) -> dict:
         return dict(depth=self.depth, width=self.width, num_classes=self.num_classes, norm=self.norm,
-                    activation=self.activation, dropout_rate=self.dropout_rate)
+                    activation=self.activation, dropout_rate=self.dropout_rate, dtype=self.dtype_policy.name)

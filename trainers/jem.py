@@ -11,7 +11,7 @@ x_hat_y are class-conditional chains on log p~(x, y) for the batch's labels.
 import keras
 import tensorflow as tf
 
-from jem_tf import energy
+from jem_tf import energy, precision
 from jem_tf.sampling import ReplayBuffer, compiled_sgld
 from jem_tf.sampling.replay_buffer import replica_slice
 from trainers.classifier import Classifier
@@ -85,6 +85,7 @@ class JEM(Classifier):
             noise_seed,
             noise_batch_size=global_batch,
             noise_batch_offset=offset,
+            score_scale=precision.input_gradient_scale(self),
         )
         return tf.stop_gradient(samples), slots
 

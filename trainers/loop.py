@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from jem_tf import data as jem_data
+from jem_tf import precision as jem_precision
 from jem_tf import preflight
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import RECOVERY_STATE_FIELDS, TrainConfig, incompatible_fields, write_json_atomically
@@ -86,13 +87,15 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def build_model(config: TrainConfig, image_shape, num_classes: int) -> Classifier:
-    """The model for `config.objective`, built (weights and, for JEM, the buffer created).
+    """The model for `config.objective`, built (weights and, for JEM, the buffer created), in
+    `config.precision`.
 
     Call inside the strategy scope so variables are mirrored.
     """
     network = dict(
         depth=config.depth, width=config.width, num_classes=num_classes, norm=config.norm,
         activation=config.activation, dropout_rate=config.dropout_rate, seed=config.seed,
+        dtype=jem_precision.dtype_policy(config.precision),
     )
     if config.objective == "classifier":
         model = Classifier(**network)
@@ -125,11 +128,11 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
     return _ReferenceSchedule(config.learning_rate, config.lr_decay_rate, decay_steps, config.warmup_steps)
 
 
-def make_optimizer(schedule):
-    """The reference's Adam (epsilon 1e-8) on `schedule` (see `learning_rate_schedule`). Checkpoints
-    written for training (also by export.from_reference) must use this, so their optimizer
-    variables match."""
-    return keras.optimizers.Adam(schedule, epsilon=ADAM_EPSILON)
+def make_optimizer(schedule, precision: str = jem_precision.FLOAT32):
+    """The reference's Adam (epsilon 1e-8) on `schedule` (see `learning_rate_schedule`), with loss
+    scaling for mixed_float16. Checkpoints written for training (also by export.from_reference)
+    must use this, so their optimizer variables match."""
+    return jem_precision.make_optimizer(keras.optimizers.Adam(schedule, epsilon=ADAM_EPSILON), precision)
 
 
 class _ReferenceSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -423,7 +426,7 @@ class _Run:
         with strategy.scope():
             self.model = build_model(config, data.image_shape, data.num_classes)
             self.schedule = _ScaledSchedule(learning_rate_schedule(config, steps_per_epoch), config.learning_rate_scale)
-            self.optimizer = make_optimizer(self.schedule)
+            self.optimizer = make_optimizer(self.schedule, config.precision)
             self.model.compile(optimizer=self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
             self.checkpoint = _make_checkpoint(self.model, self.optimizer)
@@ -435,7 +438,8 @@ class _Run:
         with self.strategy.scope():
             restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=True)
         self.manager = self._make_manager()
-        self.step = int(self.optimizer.iterations)
+        # .numpy(): under MirroredStrategy the step is a MirroredVariable, which int() refuses.
+        self.step = int(self.optimizer.iterations.numpy())
         if restored:
             logging.info("Resumed from %s (step %d).", restored, self.step)
             self._reapply_last_recovery()
@@ -549,6 +553,8 @@ class _Run:
             objective=config.objective, dataset=data.name, preset=config.preset,
             steps_this_session=self.step - first_step, seconds_this_session=round(elapsed, 1),
             checkpoint=self.manager.latest_checkpoint, recoveries=config.recoveries,
+            # 1 unless something retraced the compiled step (each retrace costs a full trace and compile).
+            train_step_traces=train_step.experimental_get_tracing_count(),
         )
         with writer.as_default(step=self.step):
             tf.summary.scalar("test/accuracy", test["accuracy"])
@@ -589,7 +595,8 @@ class _Run:
             raise TrainingDivergedError(
                 f"Training diverged at step {diverged_at}: {reason}, and no checkpoint restores to recover from.")
         self.manager = self._make_manager()
-        self.step = int(self.optimizer.iterations)
+        # .numpy(): under MirroredStrategy the step is a MirroredVariable, which int() refuses.
+        self.step = int(self.optimizer.iterations.numpy())
         model = self.model
         change = dict(
             step=diverged_at, reason=reason, restored_checkpoint=os.path.basename(restored), restored_step=self.step,

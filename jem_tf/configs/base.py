@@ -8,6 +8,8 @@ from typing import Optional
 
 OBJECTIVES = ("jem", "classifier")
 STRATEGIES = ("auto", "default", "mirrored")
+# The same names as jem_tf.precision.PRECISIONS (not imported: configs stay free of Keras).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 # numpy's legacy seeding (keras.utils.set_random_seed) takes 0..2**32-1; TF and SeedSequence
 # take more. One documented range that every consumer accepts.
@@ -26,6 +28,10 @@ RESUME_INVARIANT_FIELDS = (
     "buffer_size",
     "batch_size",
     "seed",
+    # A resumed run must compute what the uninterrupted run would have (bit-identical resume), and
+    # a mixed_float16 checkpoint holds the loss-scale state the others lack. Evaluation and export
+    # may still choose another precision: the weights are float32 in every precision.
+    "precision",
 )
 
 # The automatic divergence recovery's state (trainers/loop.py): not flags; written into config.json
@@ -79,6 +85,8 @@ class TrainConfig:
     seed: int = 0
     max_steps: Optional[int] = None
     jit_compile: bool = False
+    # float32 | mixed_bfloat16 | mixed_float16 (jem_tf.precision); logits and SGLD stay float32.
+    precision: str = "float32"
     # Bookkeeping.
     checkpoint_every_steps: int = 1000
     # Also a checkpoint when this much time passed since the last one (preemption loses less).
@@ -120,6 +128,7 @@ class TrainConfig:
                 check(math.isfinite(value), field.name, "a finite number")
         check(self.objective in OBJECTIVES, "objective", f"one of {OBJECTIVES}")
         check(self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}")
+        check(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
         check(self.augmentation is None or self.augmentation in AUGMENTATIONS, "augmentation",
               f"one of {AUGMENTATIONS}")
         check(self.depth >= 10 and (self.depth - 4) % 6 == 0, "depth", "6n+4 with n >= 1 (10, 16, 22, 28, ...)")

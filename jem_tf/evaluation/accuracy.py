@@ -7,7 +7,7 @@ training run's step size and noise (section 5.4).
 import numpy as np
 import tensorflow as tf
 
-from jem_tf import energy
+from jem_tf import energy, precision
 from jem_tf.evaluation import common
 from jem_tf.sampling import sgld
 
@@ -27,7 +27,8 @@ def make_refined_predictor(model, image_shape, step_size: float, noise_std: floa
         )
     )
     def predict(images, steps, seed):
-        refined = sgld.refine(logits_fn, images, steps, step_size, noise_std, seed)
+        refined = sgld.refine(logits_fn, images, steps, step_size, noise_std, seed,
+                              score_scale=precision.input_gradient_scale(model))
         logits = logits_fn(refined)
         return logits, energy.log_marginal(logits)
 

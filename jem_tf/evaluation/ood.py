@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from jem_tf import energy, metrics
+from jem_tf import energy, metrics, precision
 from jem_tf.evaluation import common
 
 SCORE_NAMES = ("log_px", "max_prob", "grad_norm")
@@ -26,6 +26,7 @@ TPR_LEVEL = 0.95
 
 def make_score_function(model, image_shape):
     """Compiled images -> {log_px, max_prob, grad_norm}, one forward and one backward pass."""
+    score_scale = precision.input_gradient_scale(model)
 
     @tf.function(input_signature=(common.image_spec(image_shape),))
     def scores(images):
@@ -36,7 +37,7 @@ def make_score_function(model, image_shape):
             captured["logits"] = model(x, training=False)
             return energy.log_marginal(captured["logits"])
 
-        log_px, score = energy.log_density_and_score(log_density, images)
+        log_px, score = energy.log_density_and_score(log_density, images, gradient_scale=score_scale)
         return {
             "log_px": log_px,
             "max_prob": tf.reduce_max(energy.class_probabilities(captured["logits"]), axis=-1),

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from jem_tf import energy
+from jem_tf import energy, precision
 from jem_tf.evaluation import common
 from jem_tf.sampling import sgld
 
@@ -45,7 +45,8 @@ class RefineThenClassify:
         @tf.function(input_signature=(common.image_spec(image_shape),))
         def call(images):
             if self.refine_steps > 0:
-                images = sgld.refine(logits_fn, images, self.refine_steps, step_size, noise_std, refine_seed)
+                images = sgld.refine(logits_fn, images, self.refine_steps, step_size, noise_std, refine_seed,
+                                     score_scale=precision.input_gradient_scale(model))
             return logits_fn(images)
 
         self._call = call

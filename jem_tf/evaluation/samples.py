@@ -8,7 +8,7 @@ the ones with the highest p(y|x) are kept.
 import numpy as np
 import tensorflow as tf
 
-from jem_tf import energy
+from jem_tf import energy, precision
 from jem_tf.evaluation import common
 from jem_tf.sampling import sgld
 
@@ -25,7 +25,8 @@ def fresh_chains(model, count: int, image_shape, *, steps: int, step_size: float
             log_density = energy.marginal_log_density(logits_fn)
         else:
             log_density = energy.joint_log_density(logits_fn, batch_labels)
-        return sgld.sgld_sample(log_density, initial, steps, step_size, noise_std, batch_seed)
+        return sgld.sgld_sample(log_density, initial, steps, step_size, noise_std, batch_seed,
+                                score_scale=precision.input_gradient_scale(model))
 
     rng = np.random.default_rng([int(seed), 0x5A])
     initial = rng.uniform(-1.0, 1.0, (count,) + tuple(image_shape)).astype(np.float32)

@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from jem_tf import energy
+from jem_tf import precision as jem_precision
 from jem_tf.evaluation import (
     accuracy,
     calibration,
@@ -475,6 +476,7 @@ def run_suite(run: EvaluatedRun, test_images, test_labels, evaluations, options:
     suite.results.update({
         "meta/run": run.name, "meta/dataset": run.dataset, "meta/workdir": run.workdir or "",
         "meta/checkpoint": run.checkpoint or "", "meta/global_step": int(run.global_step),
+        "meta/precision": jem_precision.precision_of(run.model),
         "meta/num_examples": len(suite.images), "meta/evaluations": evaluations,
         "meta/options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()},
     })
@@ -513,12 +515,13 @@ def load_test_split(dataset: str, data_dir, num_examples: int, batch_size: int, 
     return np.concatenate(images), np.concatenate(labels), image_data
 
 
-def restore_run(workdir: str, checkpoint=None):
+def restore_run(workdir: str, checkpoint=None, precision=None):
     """Restores a training workdir's network and replay buffer (jem_tf.workdir.restore_run, read-only):
-    (EvaluatedRun, TrainConfig)."""
+    (EvaluatedRun, TrainConfig). `precision` (jem_tf.precision.PRECISIONS) overrides the precision
+    the run was trained in."""
     from jem_tf import workdir as workdir_lib
 
-    model, config, run_info = workdir_lib.restore_run(workdir, checkpoint)
+    model, config, run_info = workdir_lib.restore_run(workdir, checkpoint, precision=precision)
     return EvaluatedRun(
         model=model,
         name=f"{config.objective} ({os.path.basename(os.path.normpath(workdir))})",
@@ -537,7 +540,7 @@ def restore_run(workdir: str, checkpoint=None):
 
 def evaluate_workdir(workdir: str, evaluations, options: EvalOptions, *, output_dir: str | None = None,
                      compare_workdir: str | None = None, checkpoint=None, data_dir=None,
-                     download: bool = False) -> dict:
+                     download: bool = False, precision: str | None = None) -> dict:
     """Evaluates a training workdir (and optionally a comparison run on the same dataset).
 
     With `download`, the run's dataset and (when `ood` or `logp_hist` is asked for) the tfds OOD
@@ -552,10 +555,10 @@ def evaluate_workdir(workdir: str, evaluations, options: EvalOptions, *, output_
     """
     options.validate()
     evaluations = parse_evaluations(evaluations)
-    run, config = restore_run(workdir, checkpoint)
+    run, config = restore_run(workdir, checkpoint, precision)
     compare = None
     if compare_workdir:
-        compare, _ = restore_run(compare_workdir)
+        compare, _ = restore_run(compare_workdir, precision=precision)
         if (compare.dataset, compare.image_shape, compare.num_classes) != (run.dataset, run.image_shape,
                                                                           run.num_classes):
             raise ValueError(

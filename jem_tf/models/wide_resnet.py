@@ -73,7 +73,7 @@ class _Conv2D(keras.layers.Conv2D):
         super().build(input_shape)
 
 
-def _conv(filters, kernel_size, strides=1, name=None):
+def _conv(filters, kernel_size, strides=1, name=None, dtype=None):
     # Strided convolutions are "valid": the reference pads 3x3 stride-2 convolutions (1, 1), which
     # Keras "same" does not (it pads (0, 1)), so the caller pads explicitly; a 1x1 stride-2
     # convolution needs no padding in either framework.
@@ -85,23 +85,24 @@ def _conv(filters, kernel_size, strides=1, name=None):
         use_bias=True,
         kernel_initializer=_torch_default_kernel_initializer(),
         name=name,
+        dtype=dtype,
     )
 
 
-def _norm(kind, channels, name):
+def _norm(kind, channels, name, dtype=None):
     if kind == "none":
         return None
     if kind == "batch":
         # PyTorch's BatchNorm2d(momentum=0.9) as in the reference: the running statistics keep 10 % of
         # their old value (Keras counts momentum the other way round), and epsilon is PyTorch's 1e-5.
-        return keras.layers.BatchNormalization(momentum=0.1, epsilon=1e-5, name=name)
-    return keras.layers.GroupNormalization(groups=math.gcd(channels, 32), name=name)
+        return keras.layers.BatchNormalization(momentum=0.1, epsilon=1e-5, name=name, dtype=dtype)
+    return keras.layers.GroupNormalization(groups=math.gcd(channels, 32), name=name, dtype=dtype)
 
 
-def _activation(kind):
+def _activation(kind, dtype=None):
     if kind == "leaky_relu":
-        return keras.layers.LeakyReLU(negative_slope=LEAKY_RELU_SLOPE)
-    return keras.layers.Activation("swish")
+        return keras.layers.LeakyReLU(negative_slope=LEAKY_RELU_SLOPE, dtype=dtype)
+    return keras.layers.Activation("swish", dtype=dtype)
 
 
 class WideBasicBlock(keras.layers.Layer):
@@ -111,23 +112,24 @@ class WideBasicBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         self.filters = filters
         self.strides = strides
+        dtype = self.dtype_policy  # Keras does not hand a layer's policy down to its sublayers
         self.norm1 = None  # created in build(): group norm's group count depends on the input channels
-        self.act1 = _activation(activation)
-        self.conv1 = _conv(filters, 3, name="conv1")
-        self.dropout = keras.layers.Dropout(dropout_rate) if dropout_rate > 0 else None
-        self.norm2 = _norm(norm, filters, "norm2")
-        self.act2 = _activation(activation)
+        self.act1 = _activation(activation, dtype)
+        self.conv1 = _conv(filters, 3, name="conv1", dtype=dtype)
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=dtype) if dropout_rate > 0 else None
+        self.norm2 = _norm(norm, filters, "norm2", dtype)
+        self.act2 = _activation(activation, dtype)
         # PyTorch's padding=1 on both sides; "same" would pad (0, 1) at stride 2.
-        self.pad2 = keras.layers.ZeroPadding2D(1) if strides != 1 else None
-        self.conv2 = _conv(filters, 3, strides=strides, name="conv2")
+        self.pad2 = keras.layers.ZeroPadding2D(1, dtype=dtype) if strides != 1 else None
+        self.conv2 = _conv(filters, 3, strides=strides, name="conv2", dtype=dtype)
         self._norm_kind = norm
         self.shortcut = None
 
     def build(self, input_shape):
         in_channels = input_shape[-1]
-        self.norm1 = _norm(self._norm_kind, in_channels, "norm1")
+        self.norm1 = _norm(self._norm_kind, in_channels, "norm1", self.dtype_policy)
         if self.strides != 1 or in_channels != self.filters:
-            self.shortcut = _conv(self.filters, 1, strides=self.strides, name="shortcut")
+            self.shortcut = _conv(self.filters, 1, strides=self.strides, name="shortcut", dtype=self.dtype_policy)
 
     def call(self, x, training=False):
         out = self.norm1(x, training=training) if self.norm1 is not None else x
@@ -154,6 +156,9 @@ class WideResNet(keras.Model):
       norm: 'none' (the paper), 'batch' or 'group'.
       activation: 'leaky_relu' (slope 0.2, the reference code) or 'swish'.
       dropout_rate: dropout between the two convolutions of each block, in [0, 1).
+      dtype: Keras dtype policy (see `jem_tf.precision`): 'float32' (default), 'mixed_bfloat16' or
+        'mixed_float16'. The blocks compute in its compute dtype; the pooling and the logits stay
+        float32, as do all weights.
     """
 
     def __init__(
@@ -189,24 +194,29 @@ class WideResNet(keras.Model):
         self.dropout_rate = dropout_rate
 
         blocks_per_stage = (depth - 4) // 6
-        self.stem = _conv(16, 3, name="stem")
+        dtype = self.dtype_policy
+        self.stem = _conv(16, 3, name="stem", dtype=dtype)
         # Blocks are named attributes, not a list: tf.train.Checkpoint does not follow Keras 3's
         # tracked lists, so listed blocks would be missing from checkpoints.
         self.block_names = []
         for stage, (filters, strides) in enumerate(((16 * width, 1), (32 * width, 2), (64 * width, 2))):
             for index in range(blocks_per_stage):
                 name = f"stage{stage + 1}_block{index + 1}"
-                block = WideBasicBlock(filters, strides if index == 0 else 1, norm, activation, dropout_rate, name=name)
+                block = WideBasicBlock(
+                    filters, strides if index == 0 else 1, norm, activation, dropout_rate, name=name, dtype=dtype
+                )
                 setattr(self, name, block)
                 self.block_names.append(name)
-        self.final_norm = _norm(norm, 64 * width, "final_norm")
-        self.final_act = _activation(activation)
-        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.final_norm = _norm(norm, 64 * width, "final_norm", dtype)
+        self.final_act = _activation(activation, dtype)
+        # float32 from the pooling on: the logits are the energy, whatever the blocks compute in.
+        self.pool = keras.layers.GlobalAveragePooling2D(dtype="float32")
         self.classifier = keras.layers.Dense(
             num_classes,
             kernel_initializer=_torch_default_kernel_initializer(),
             bias_initializer=_torch_default_bias_initializer(64 * width),
             name="logits",
+            dtype="float32",
         )
 
     def build(self, input_shape):

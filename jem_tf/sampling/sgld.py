@@ -25,6 +25,7 @@ def sgld_sample(
     *,
     noise_batch_size=None,
     noise_batch_offset=0,
+    score_scale: float = 1.0,
 ) -> tf.Tensor:
     """Runs `steps` SGLD updates from `initial_images` and returns the final images.
 
@@ -40,6 +41,9 @@ def sgld_sample(
         size. Noise is drawn for the whole global batch and sliced at `noise_batch_offset`, so a
         chain gets the same noise however the batch is split over replicas.
       noise_batch_offset: this slice's first row in the global batch.
+      score_scale: a Python float; the score is computed as d (score_scale * log p~) / dx divided
+        by score_scale (`jem_tf.precision.input_gradient_scale`: >1 only for float16 networks,
+        whose backward pass would otherwise underflow).
 
     Returns:
       The images after `steps` updates, same shape and dtype as `initial_images`.
@@ -55,7 +59,7 @@ def sgld_sample(
     noise_shape = tf.concat([[noise_batch_size], tf.shape(initial_images)[1:]], axis=0)
 
     def body(step, images):
-        _, score = energy.log_density_and_score(log_density_fn, images)
+        _, score = energy.log_density_and_score(log_density_fn, images, gradient_scale=score_scale)
         # Deterministic given (seed, step); XLA-compiled and plain kernels draw different streams.
         noise = tf.random.stateless_normal(noise_shape, seed=tf.random.experimental.stateless_fold_in(seed, step))
         noise = noise[noise_batch_offset : noise_batch_offset + local_batch]
@@ -77,10 +81,11 @@ def compiled_sgld(jit_compile: bool = False):
     return _COMPILED[jit_compile]
 
 
-def refine(logits_fn, images, steps, step_size, noise_std, seed):
+def refine(logits_fn, images, steps, step_size, noise_std, seed, score_scale=1.0):
     """SGLD on log p~(x) seeded at the input: the paper's section 5.4 refinement."""
     return sgld_sample(
-        energy.marginal_log_density(logits_fn), images, steps, step_size, noise_std, seed
+        energy.marginal_log_density(logits_fn), images, steps, step_size, noise_std, seed,
+        score_scale=score_scale,
     )
 
 

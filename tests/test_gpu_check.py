@@ -1,0 +1,64 @@
+"""benchmarks/gpu_check.sh: the --smoke run exercises every step on a CPU; without a GPU the real
+run refuses with exit code 2; any failed check makes the command fail."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from benchmarks import gpu_check
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
+
+
+def _run_script(*flags, timeout=900):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([str(SCRIPT), *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_smoke_run_passes_every_check_and_writes_json_and_markdown(tmp_path):
+    result = _run_script("--smoke", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["passed"] and report["smoke"]
+    assert [c["name"] for c in report["checks"]] == ["devices", "timings", "train", "serving"]
+    assert all(c["passed"] for c in report["checks"])
+    combos = {(e["precision"], e["xla"]) for e in report["epochs"]}
+    assert combos == {(p, x) for p in gpu_check.PRECISIONS for x in ("off", "on")}
+    for estimate in report["epochs"]:
+        assert estimate["cifar10_epoch_seconds"] == pytest.approx(
+            estimate["jem_iteration_ms"] / 1e3 * gpu_check.CIFAR10_ITERATIONS_PER_EPOCH)
+    # The paper setup ran under MirroredStrategy through the real command line, and its export served.
+    assert report["training"]["global_step"] == 2 and report["training"]["replicas"] == 1
+    assert Path(report["training"]["export"], "saved_model.pb").exists()
+    markdown = (tmp_path / "gpu_check.md").read_text()
+    assert "| mixed_float16 | on |" in markdown and "| serving | yes |" in markdown
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is visible")
+def test_without_a_gpu_the_real_run_refuses_with_exit_2_and_writes_nothing(tmp_path):
+    result = _run_script(f"--output_dir={tmp_path / 'out'}", timeout=300)
+    assert result.returncode == 2
+    assert "No GPU visible" in result.stderr and "--smoke" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_check_fails_the_command_and_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "list_devices", lambda: dict(devices=[], tensorflow="x", tensor_float_32=False))
+    monkeypatch.setattr(gpu_check, "run_timings", lambda sizes: None)
+
+    def broken_training(*args):
+        raise RuntimeError("`jem_tf.train` exited 3")
+
+    monkeypatch.setattr(gpu_check, "run_training", broken_training)
+    code = gpu_check.run(str(tmp_path), smoke=True)
+    assert code == gpu_check.EXIT_FAILED
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert not report["passed"]
+    assert {c["name"]: c["passed"] for c in report["checks"]} == {"devices": True, "timings": True, "train": False}
+    assert "exited 3" in (tmp_path / "gpu_check.md").read_text()
