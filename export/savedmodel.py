@@ -230,7 +230,8 @@ def validation_ood_threshold(network, config, quantile=DEFAULT_OOD_QUANTILE, max
     from jem_tf import data as jem_data  # noqa: PLC0415 (heavy: tensorflow_datasets)
 
     try:
-        image_data = jem_data.load(config.dataset, config.data_dir, config.validation_fraction)
+        image_data = jem_data.load(config.dataset, config.data_dir, config.validation_fraction,
+                                   validation_size=config.validation_size)
     except (jem_data.DatasetUnavailableError, ValueError) as error:
         reason = f"dataset {config.dataset!r} is not available here: {error}"
         logging.warning("No OOD threshold in the export: %s", reason)

@@ -249,7 +249,8 @@ def train(config: TrainConfig, exporter=None) -> dict:
         restores runs through this module) out of this module's dependencies.
     """
     config.validate()
-    data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction)
+    data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
+                         validation_size=config.validation_size)
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
