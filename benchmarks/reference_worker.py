@@ -345,7 +345,7 @@ def run_training(args) -> dict:
     reference.seed = args.seed
     save_dir = tempfile.mkdtemp(prefix="reference_run_")
     main_args = reference_args(
-        dataset="cifar10", data_root=args.data_dir, lr=args.lr, batch_size=args.batch_size, n_epochs=10**6,
+        dataset=args.dataset, data_root=args.data_dir, lr=args.lr, batch_size=args.batch_size, n_epochs=10**6,
         warmup_iters=args.warmup_iters, n_steps=args.sgld_steps, width=args.width, depth=args.depth,
         buffer_size=args.buffer_size, save_dir=save_dir, ckpt_every=10**6, print_every=1,
         n_valid=args.n_valid, sigma=args.data_noise)
@@ -383,6 +383,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1, help="time: untimed iterations first")
     parser.add_argument("--data_dir", help="train: folder with train.npz and test.npz")
+    parser.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"],
+                        help="train: the reference's dataset name, which sets its class count (10 or 100)")
     parser.add_argument("--steps", type=int, default=300, help="train: iterations")
     parser.add_argument("--seed", type=int, default=1, help="train: the reference's torch seed")
     parser.add_argument("--lr", type=float, default=1e-4)
