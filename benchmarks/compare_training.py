@@ -28,6 +28,7 @@ Exit codes: 0 done (divergence is a result, not a failure); 1 a run crashed (its
 2 bad flags, data, checkout or torch Python.
 """
 
+import concurrent.futures
 import dataclasses
 import glob
 import json
@@ -78,6 +79,8 @@ def define_flags(flag_values=flags.FLAGS):
     define("integer", "threads", 2, "Threads of each run (torch.set_num_threads; TensorFlow intra-op).",
            lower_bound=1)
     define("integer", "report_every", 50, "Steps per window of the printed curves.", lower_bound=1)
+    define("bool", "parallel", False, "Run the two implementations of a seed at the same time (each with "
+           "--threads threads): the curves do not depend on it, the wall time does.")
 
 
 @dataclasses.dataclass
@@ -376,21 +379,29 @@ def main(argv, flag_values=None):
                     data_noise=flag_values.data_noise, threads=flag_values.threads,
                     report_every=flag_values.report_every, **facts)
     runs = []
-    total = len(seeds) * len(flag_values.implementations)
+    implementations = [i for i in IMPLEMENTATIONS if i in flag_values.implementations]
+
+    def run_one(implementation, seed):
+        logging.info("Starting %s, seed %d, %d steps (log in %s)...", implementation, seed, flag_values.steps,
+                     log_dir)
+        if implementation == "official":
+            run = run_official(flag_values, seed, run_dir, facts["num_classes"], run_dir, log_dir)
+        else:
+            run = run_ours(flag_values, seed, run_dir, log_dir)
+        logging.info("... %s, seed %d: %d steps in %.1f min, %s, test accuracy %s.", implementation, seed,
+                     run.steps, run.seconds / 60, f"diverged at step {run.diverged_at}" if run.diverged
+                     else "no divergence", run.test_accuracy)
+        return run
+
     try:
         for seed in seeds:
-            # Alternating, so a change in the machine's load falls on both implementations.
-            for implementation in [i for i in IMPLEMENTATIONS if i in flag_values.implementations]:
-                logging.info("Run %d of %d: %s, seed %d, %d steps (log in %s)...", len(runs) + 1, total,
-                             implementation, seed, flag_values.steps, log_dir)
-                if implementation == "official":
-                    run = run_official(flag_values, seed, run_dir, facts["num_classes"], run_dir, log_dir)
-                else:
-                    run = run_ours(flag_values, seed, run_dir, log_dir)
-                logging.info("... %s, seed %d: %d steps in %.1f min, %s, test accuracy %s.", implementation, seed,
-                             run.steps, run.seconds / 60, f"diverged at step {run.diverged_at}" if run.diverged
-                             else "no divergence", run.test_accuracy)
-                runs.append(run)
+            # Seed by seed, both implementations, so a change in the machine's load falls on both.
+            if flag_values.parallel:
+                with concurrent.futures.ThreadPoolExecutor(len(implementations)) as pool:
+                    futures = [pool.submit(run_one, implementation, seed) for implementation in implementations]
+                    runs.extend(future.result() for future in futures)
+            else:
+                runs.extend(run_one(implementation, seed) for implementation in implementations)
     except RunFailed as error:
         logging.error("%s", error)
         return EXIT_RUN_FAILED
