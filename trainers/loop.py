@@ -16,6 +16,7 @@ from absl import logging
 
 from jem_tf import data as jem_data
 from jem_tf.configs.base import TrainConfig, incompatible_fields, write_json_atomically
+from jem_tf.models.wide_resnet import NETWORK_LAYOUT, NETWORK_LAYOUT_KEY, check_checkpoint_layout
 from trainers.classifier import Classifier
 from trainers.jem import JEM
 
@@ -65,31 +66,59 @@ def build_model(config: TrainConfig, image_shape, num_classes: int) -> Classifie
     return model
 
 
+# The reference's Adam epsilon (PyTorch's default); Keras' default is 1e-7.
+ADAM_EPSILON = 1e-8
+
+
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
-    """Linear warm-up, then x lr_decay_rate at each of lr_decay_epochs (staircase)."""
-    boundaries = [int(epoch * steps_per_epoch) for epoch in config.lr_decay_epochs]
-    values = [config.learning_rate * config.lr_decay_rate**i for i in range(len(boundaries) + 1)]
-    staircase = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    if config.warmup_steps == 0:
-        return staircase
-    return _WarmUp(staircase, config.warmup_steps)
+    """The reference's schedule (train_wrn_ebm.py), step for step.
+
+    Step s (the optimizer's iteration count before the update, 0 first) uses
+    `learning_rate * s / warmup_steps` while s <= warmup_steps (so the very first update has rate 0),
+    and after that `learning_rate * lr_decay_rate**d`, d = the number of lr_decay_epochs whose first
+    step lies in (warmup_steps, s]: a decay takes effect at the first step of its epoch. Like the
+    reference, a decay epoch that starts inside the warm-up is overwritten by it and never applies.
+    """
+    decay_steps = sorted(int(epoch * steps_per_epoch) for epoch in config.lr_decay_epochs)
+    decay_steps = [b for b in decay_steps if b > config.warmup_steps]
+    return _ReferenceSchedule(config.learning_rate, config.lr_decay_rate, decay_steps, config.warmup_steps)
 
 
-class _WarmUp(keras.optimizers.schedules.LearningRateSchedule):
-    def __init__(self, after, warmup_steps):
-        self.after = after
-        self.warmup_steps = warmup_steps
+def make_optimizer(config: TrainConfig, steps_per_epoch: int):
+    """The reference's Adam (epsilon 1e-8) on `learning_rate_schedule`. Checkpoints written for
+    training (also by export.from_reference) must use this, so their optimizer variables match."""
+    return keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch), epsilon=ADAM_EPSILON)
+
+
+class _ReferenceSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, learning_rate, decay_rate, decay_steps, warmup_steps):
+        self.learning_rate = float(learning_rate)
+        self.decay_rate = float(decay_rate)
+        self.decay_steps = list(decay_steps)
+        self.warmup_steps = int(warmup_steps)
+        # Rates computed in Python (double) once, as the reference multiplies its rate in Python.
+        self._rates = [self.learning_rate * self.decay_rate**i for i in range(len(self.decay_steps) + 1)]
 
     def __call__(self, step):
-        fraction = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / float(self.warmup_steps))
-        return fraction * self.after(step)
+        step = tf.cast(step, tf.int64)
+        decays = tf.reduce_sum(tf.cast(tf.constant(self.decay_steps, tf.int64) <= step, tf.int32)) \
+            if self.decay_steps else tf.constant(0, tf.int32)
+        rate = tf.gather(tf.constant(self._rates, tf.float64), decays)
+        if self.warmup_steps > 0:
+            warming = self.learning_rate * tf.cast(step, tf.float64) / float(self.warmup_steps)
+            rate = tf.where(step <= self.warmup_steps, warming, rate)
+        return tf.cast(rate, tf.float32)
 
     def get_config(self):
-        return {"warmup_steps": self.warmup_steps}
+        return {
+            "learning_rate": self.learning_rate, "decay_rate": self.decay_rate,
+            "decay_steps": self.decay_steps, "warmup_steps": self.warmup_steps,
+        }
 
 
 def _make_checkpoint(model, optimizer=None):
-    parts = dict(model=model)
+    # The layout marker lets a restore refuse checkpoints of an older network (check_checkpoint_layout).
+    parts = dict(model=model, **{NETWORK_LAYOUT_KEY: tf.Variable(NETWORK_LAYOUT, dtype=tf.int64, trainable=False)})
     if optimizer is not None:
         parts["optimizer"] = optimizer
     if isinstance(model, JEM):
@@ -135,6 +164,7 @@ def restore_model(workdir: str, checkpoint=None):
             f"Checkpoint {path!r} does not exist; available: "
             f"{list(available.all_model_checkpoint_paths) if available else []}."
         )
+    check_checkpoint_layout(path)
     # The optimizer's state is not needed to evaluate or export; every model variable must be found.
     _make_checkpoint(model).restore(path).expect_partial().assert_existing_objects_matched()
     run_info["checkpoint"] = path
@@ -272,7 +302,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(config, data.image_shape, data.num_classes)
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch))
+        optimizer = make_optimizer(config, steps_per_epoch)
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)
         checkpoint = _make_checkpoint(model, optimizer)
@@ -280,6 +310,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
             checkpoint, os.path.join(config.workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints
         )
         if manager.latest_checkpoint:
+            check_checkpoint_layout(manager.latest_checkpoint)
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
             logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, int(optimizer.iterations))
         elif resuming:
@@ -359,5 +390,5 @@ def _write_sample_grid(model, workdir, step, count=64):
 
 __all__ = [
     "IncompatibleWorkdirError", "TrainingDivergedError", "build_model", "distributed_train_step", "make_strategy",
-    "restore_model", "train", "classifier_evaluator",
+    "make_optimizer", "restore_model", "train", "classifier_evaluator",
 ]

@@ -7,6 +7,7 @@ logits, and therefore the energy, are a deterministic function of the input.
 import math
 
 import keras
+import tensorflow as tf
 
 NORMALIZATIONS = ("none", "batch", "group")
 ACTIVATIONS = ("leaky_relu", "swish")
@@ -15,18 +16,74 @@ MIN_INPUT_SIZE = 8
 LEAKY_RELU_SLOPE = 0.2
 
 
+# Bumped whenever a change to the network makes older checkpoints compute something else with the
+# same variable names and shapes (so a restore would succeed silently). 2: stride-2 3x3 convolutions
+# pad (1, 1) like the reference's PyTorch `padding=1` instead of Keras "same"'s (0, 1) (issue #11).
+NETWORK_LAYOUT = 2
+NETWORK_LAYOUT_CHANGES = {
+    2: "stride-2 3x3 convolutions now pad 1 pixel on both sides like the reference's PyTorch padding=1 "
+    "(Keras padding='same' padded 0 before and 1 after)",
+}
+# The checkpoint key under which training checkpoints record NETWORK_LAYOUT.
+NETWORK_LAYOUT_KEY = "network_layout"
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint was written for an older network layout than this code builds."""
+
+
+def check_checkpoint_layout(path: str) -> None:
+    """Refuses a checkpoint written before the current NETWORK_LAYOUT.
+
+    Its variables would restore without error (the names and shapes did not change) but the network
+    would compute different logits, so this check is the only thing standing between an old
+    checkpoint and silently wrong results.
+    """
+    reader = tf.train.load_checkpoint(path)
+    key = f"{NETWORK_LAYOUT_KEY}/.ATTRIBUTES/VARIABLE_VALUE"
+    recorded = int(reader.get_tensor(key)) if reader.has_tensor(key) else 1
+    if recorded != NETWORK_LAYOUT:
+        changes = "; ".join(text for version, text in sorted(NETWORK_LAYOUT_CHANGES.items()) if version > recorded)
+        raise IncompatibleCheckpointError(
+            f"Checkpoint {path!r} was written with WideResNet network layout {recorded}, but this jem_tf "
+            f"builds layout {NETWORK_LAYOUT}: {changes or 'a newer layout than this code knows'}. Its weights "
+            "would load but compute different outputs, so it is refused. Retrain the run with this version "
+            "(or use the jem_tf version that wrote it)."
+        )
+
+
+def _torch_default_kernel_initializer():
+    # PyTorch's default for nn.Conv2d and nn.Linear weights, kaiming_uniform(a=sqrt(5)), is
+    # U(+-1/sqrt(fan_in)); the reference never re-initialises its layers.
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def _torch_default_bias_initializer(fan_in):
+    # PyTorch's default bias for nn.Conv2d and nn.Linear: U(+-1/sqrt(fan_in)).
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+class _Conv2D(keras.layers.Conv2D):
+    """Conv2D initialised like PyTorch's nn.Conv2d: the bias bound needs the input channel count,
+    which is only known in build()."""
+
+    def build(self, input_shape):
+        self.bias_initializer = _torch_default_bias_initializer(math.prod(self.kernel_size) * input_shape[-1])
+        super().build(input_shape)
+
+
 def _conv(filters, kernel_size, strides=1, name=None):
-    # PyTorch's default conv initialisation (uniform, bound 1/sqrt(fan_in)), which the reference
-    # JEM trains with; Keras' glorot default changes the early energy landscape.
-    return keras.layers.Conv2D(
+    # Strided convolutions are "valid": the reference pads 3x3 stride-2 convolutions (1, 1), which
+    # Keras "same" does not (it pads (0, 1)), so the caller pads explicitly; a 1x1 stride-2
+    # convolution needs no padding in either framework.
+    return _Conv2D(
         filters,
         kernel_size,
         strides=strides,
-        padding="same",
+        padding="same" if strides == 1 else "valid",
         use_bias=True,
-        kernel_initializer=keras.initializers.VarianceScaling(
-            scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
-        ),
+        kernel_initializer=_torch_default_kernel_initializer(),
         name=name,
     )
 
@@ -35,7 +92,9 @@ def _norm(kind, channels, name):
     if kind == "none":
         return None
     if kind == "batch":
-        return keras.layers.BatchNormalization(momentum=0.9, name=name)
+        # PyTorch's BatchNorm2d(momentum=0.9) as in the reference: the running statistics keep 10 % of
+        # their old value (Keras counts momentum the other way round), and epsilon is PyTorch's 1e-5.
+        return keras.layers.BatchNormalization(momentum=0.1, epsilon=1e-5, name=name)
     return keras.layers.GroupNormalization(groups=math.gcd(channels, 32), name=name)
 
 
@@ -58,6 +117,8 @@ class WideBasicBlock(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(dropout_rate) if dropout_rate > 0 else None
         self.norm2 = _norm(norm, filters, "norm2")
         self.act2 = _activation(activation)
+        # PyTorch's padding=1 on both sides; "same" would pad (0, 1) at stride 2.
+        self.pad2 = keras.layers.ZeroPadding2D(1) if strides != 1 else None
         self.conv2 = _conv(filters, 3, strides=strides, name="conv2")
         self._norm_kind = norm
         self.shortcut = None
@@ -75,7 +136,10 @@ class WideBasicBlock(keras.layers.Layer):
             out = self.dropout(out, training=training)
         if self.norm2 is not None:
             out = self.norm2(out, training=training)
-        out = self.conv2(self.act2(out))
+        out = self.act2(out)
+        if self.pad2 is not None:
+            out = self.pad2(out)
+        out = self.conv2(out)
         residual = self.shortcut(x) if self.shortcut is not None else x
         return out + residual
 
@@ -138,7 +202,12 @@ class WideResNet(keras.Model):
         self.final_norm = _norm(norm, 64 * width, "final_norm")
         self.final_act = _activation(activation)
         self.pool = keras.layers.GlobalAveragePooling2D()
-        self.classifier = keras.layers.Dense(num_classes, name="logits")
+        self.classifier = keras.layers.Dense(
+            num_classes,
+            kernel_initializer=_torch_default_kernel_initializer(),
+            bias_initializer=_torch_default_bias_initializer(64 * width),
+            name="logits",
+        )
 
     def build(self, input_shape):
         if len(input_shape) != 4:
