@@ -37,8 +37,8 @@ FLAG_HELP = {
     "reinit_freq": "Probability of restarting a chain from U(-1, 1) (paper: 0.05).",
     "data_noise": "Std of Gaussian noise added to training images in [-1, 1] (paper: 0.03).",
     "augmentation": "none | crop | crop_flip (default: the dataset's own; svhn: crop, cifar: crop_flip).",
-    "validation_fraction": "Fraction of the training split held out for validation (the last images in the "
-                           "source's order). Not with --validation_size.",
+    "validation_fraction": "Fraction of the training split held out for validation (a fixed, deterministic "
+                           "hold-out). Not with --validation_size.",
     "validation_size": "Hold out a seeded random set of this many training images for validation instead of "
                        "--validation_fraction (the reference code: 5000, numpy seed 1234).",
     "p_x_weight": "Weight of the log p(x) term (paper: 1).",

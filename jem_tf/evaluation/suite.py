@@ -555,7 +555,7 @@ def validation_split_description(config) -> str:
     """How a run's validation images were chosen, in words (recorded with the results)."""
     if config.validation_size is not None:
         return f"random {config.validation_size} training images (seed 1234, as the reference code)"
-    return f"last {config.validation_fraction:g} of the training split in source order"
+    return f"a fixed {config.validation_fraction:g} of the training split (deterministic hold-out)"
 
 
 def evaluate_workdir(workdir: str, evaluations, options: EvalOptions, *, output_dir: str | None = None,
