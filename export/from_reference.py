@@ -337,8 +337,8 @@ def main(argv):
             return EXIT_BAD_INPUT
     try:
         import_checkpoint(FLAGS.checkpoint, FLAGS.dataset, FLAGS.workdir, FLAGS.data_dir)
-    except (torch_checkpoint.CheckpointFormatError, ReferenceCheckpointError, FileExistsError,
-            FileNotFoundError, ValueError, jem_data.DatasetUnavailableError) as error:
+    except (torch_checkpoint.CheckpointFormatError, ReferenceCheckpointError, OSError, ValueError,
+            jem_data.DatasetUnavailableError) as error:
         logging.error("Import refused: %s", error)
         return EXIT_BAD_INPUT
     return 0

@@ -256,9 +256,16 @@ def load(path: str):
       CheckpointFormatError: not a torch checkpoint, or a damaged one.
       OSError: the file cannot be read.
     """
-    if zipfile.is_zipfile(path):
-        return _load_zip(path)
-    return _load_legacy(path)
+    try:
+        if zipfile.is_zipfile(path):
+            return _load_zip(path)
+        return _load_legacy(path)
+    except CheckpointFormatError:
+        raise
+    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError, IndexError, TypeError, ValueError,
+            AttributeError) as error:
+        # A damaged file or a pickle of an unexpected shape; nothing from it was executed.
+        raise CheckpointFormatError(f"{path} is damaged or not a torch checkpoint ({type(error).__name__}: {error}).") from None
 
 
 __all__ = ["CheckpointFormatError", "UnsafeCheckpointError", "load"]

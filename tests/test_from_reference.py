@@ -222,3 +222,13 @@ def test_training_resumes_from_an_imported_workdir(tmp_path):
     expected = np.load(os.path.join(DATA, "wrn10x1_outputs.npz"))
     logits, _, _ = outputs(model, np.transpose(expected["inputs"], (0, 2, 3, 1)))
     assert_close_relative(logits, expected["logits"], "logits after one resumed step")
+
+
+def test_a_corrupted_zip_checkpoint_is_refused_as_damaged(tmp_path):
+    original = open(os.path.join(DATA, "wrn10x1_zip.pt"), "rb").read()
+    damaged = tmp_path / "damaged.pt"
+    # Keep the zip directory (so it is still recognised as a zip) but overwrite the pickle's bytes.
+    start = original.index(b"data.pkl") + len(b"data.pkl")
+    damaged.write_bytes(original[:start + 64] + b"\x00" * 512 + original[start + 576:])
+    with pytest.raises(torch_checkpoint.CheckpointFormatError):
+        torch_checkpoint.load(str(damaged))

@@ -99,3 +99,40 @@ def test_a_checkpoint_of_the_model_alone_restores_every_weight(tmp_path, norm):
     assert len(fresh.weights) == len(model.weights)
     for saved, restored in zip(model.weights, fresh.weights):
         np.testing.assert_array_equal(saved.numpy(), restored.numpy())
+
+
+def test_initialisation_is_pytorchs_default_uniform_fan_in():
+    """nn.Conv2d / nn.Linear defaults, which the reference keeps: kernels and biases are
+    U(+-1/sqrt(fan_in)), fan_in = kernel height * width * input channels (or input features)."""
+    model = WideResNet(10, 4, 10)
+    model.build((None, 32, 32, 3))
+    layers = [model.stem, model.classifier]
+    for name in model.block_names:
+        block = getattr(model, name)
+        layers += [block.conv1, block.conv2] + ([block.shortcut] if block.shortcut is not None else [])
+    for layer in layers:
+        kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+        fan_in = int(np.prod(kernel.shape[:-1]))
+        bound = 1.0 / np.sqrt(fan_in)
+        for values, what in ((kernel, "kernel"), (bias, "bias")):
+            assert np.all(np.abs(values) <= bound), f"{layer.name} {what} exceeds 1/sqrt({fan_in})"
+            # Spread over the whole interval (U(-b, b) has standard deviation b/sqrt(3)), not zeros.
+            assert np.std(values) > 0.6 * bound / np.sqrt(3), f"{layer.name} {what} is not U(+-1/sqrt(fan_in))"
+
+
+def test_stride_two_convolutions_pad_one_pixel_on_each_side_like_pytorch():
+    """A stride-2 3x3 convolution whose kernel only reads its top-left tap sees, at output (0, 0),
+    the padding row/column before the image with PyTorch's padding=1 (Keras 'same' would not)."""
+    model = WideResNet(10, 1, 10)
+    model.build((None, 8, 8, 1))
+    block = model.stage2_block1
+    images = np.arange(1, 1 + 8 * 8 * 32, dtype=np.float32).reshape(1, 8, 8, 32)  # conv2 maps 32 -> 32
+    kernel = np.zeros(block.conv2.kernel.shape, np.float32)
+    kernel[0, 0, 0, 0] = 1.0
+    block.conv2.kernel.assign(kernel)
+    block.conv2.bias.assign(np.zeros(block.conv2.bias.shape, np.float32))
+    out = block.conv2(block.pad2(images)).numpy()
+    assert out.shape == (1, 4, 4, 32)
+    # Output (i, j) reads input (2i - 1, 2j - 1): the padding at i=0 or j=0, the image after.
+    assert out[0, 0, 0, 0] == 0.0 and out[0, 0, 1, 0] == 0.0
+    assert out[0, 1, 1, 0] == images[0, 1, 1, 0]
