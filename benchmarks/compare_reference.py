@@ -12,8 +12,9 @@ E_samples), backward, Adam step. Our side is `benchmarks.train_step`'s "JEM iter
 training loop's compiled step: buffer draw, SGLD, one pass over [data; samples], Adam, buffer write)
 and its "SGLD step" row, for the same depth, width, batch and SGLD steps (32x32x3 images, 10 classes:
 the reference's fixed shape). Flags of benchmarks.train_step reach our side through `--ours_flag`
-(e.g. a precision setting, where train_step has one); settings that must match both sides are set
-here and refused there.
+and `--precision` is passed on as train_step's own `--precision` (where this checkout's train_step has
+it; otherwise anything but float32 is refused); settings that must match both sides are set here and
+refused there.
 
 Each side runs in its own long-lived subprocess with `--threads` threads, built and warmed up once;
 then rounds alternate official/ours, ours/official, ... (ABBA, so a slow drift of the machine's load
@@ -44,7 +45,7 @@ SIDES = ("official", "jem_tf")
 IMAGE_SIZE, CHANNELS, NUM_CLASSES = 32, 3, 10
 # benchmarks.train_step flags this tool sets for both sides alike: not accepted through --ours_flag.
 SHARED_SETTINGS = ("depth", "width", "batch_size", "sgld_steps", "threads", "warmup", "image_size", "channels",
-                   "num_classes", "repeats", "compare_jit", "output_json")
+                   "num_classes", "repeats", "compare_jit", "output_json", "precision")
 EXIT_WORKER_FAILED, EXIT_BAD_INPUT, EXIT_NOT_QUIET = 1, 2, 3
 
 
@@ -73,6 +74,8 @@ def define_flags(flag_values=flags.FLAGS):
            "this fraction of the machine's CPU time while it ran.", lower_bound=0.0, upper_bound=1.0)
     define("integer", "min_quiet_samples", 3, "Quiet samples each side needs for a valid ratio (else exit 3).",
            lower_bound=1)
+    define("string", "precision", "float32", "Our side's --precision (benchmarks.train_step's, where it has one: "
+           "float32 | mixed_bfloat16 | mixed_float16); the official code runs float32.")
     define("multi_string", "ours_flag", [], "A benchmarks.train_step flag for our side, e.g. "
            "--ours_flag=--jit_compile (repeatable). Settings both sides share are refused here.")
     define("string", "output_json", None, "Also write every sample and the summary to this JSON file.")
@@ -136,7 +139,7 @@ def format_report(report: dict) -> str:
         f"CPU: {cpu['model']}, {cpu['num_cpus']} CPU(s); ISA: {' '.join(cpu['isa_flags']) or 'none of interest'}"
         + (f"; lscpu: {', '.join(f'{k}: {val}' for k, val in cpu['lscpu'].items())}" if cpu.get("lscpu") else ""),
         f"Official: PyTorch {v.get('torch', '?')} (stand-ins: {', '.join(v.get('stand_ins') or []) or 'none'}); "
-        f"jem_tf: TensorFlow {v.get('tensorflow', '?')}"
+        f"jem_tf: TensorFlow {v.get('tensorflow', '?')}, precision {s.get('precision', 'float32')}"
         + (f", our flags {' '.join(s['ours_flags'])}" if s.get("ours_flags") else "") + ".",
         f"{s['rounds']} rounds x {s['samples_per_round']} sample(s) per side, alternating (ABBA); quiet = other "
         f"processes and steal used <= {report['max_other_load']:.0%} of the machine during the sample.",
@@ -177,6 +180,30 @@ def check_ours_flags(ours_flags) -> list:
                              f"'--name=value', except {', '.join(SHARED_SETTINGS)} which this tool sets for both "
                              "sides (use its own flags).")
     return list(ours_flags)
+
+
+def our_step_flags(flag_values) -> list:
+    """The benchmarks.train_step flags of our side: this tool's shared settings, --precision where it is
+    not the default (so a checkout whose train_step has no precision still runs float32), --ours_flag."""
+    precision = [] if flag_values.precision == "float32" else [f"--precision={flag_values.precision}"]
+    return [f"--depth={flag_values.depth}", f"--width={flag_values.width}", f"--batch_size={flag_values.batch_size}",
+            f"--sgld_steps={flag_values.sgld_steps}", f"--image_size={IMAGE_SIZE}", f"--channels={CHANNELS}",
+            f"--num_classes={NUM_CLASSES}", f"--threads={flag_values.threads}", f"--warmup={flag_values.warmup}",
+            *precision, *flag_values.ours_flag]
+
+
+def parse_step_flags(step_flags: list):
+    """benchmarks.train_step's flags parsed from `step_flags`; ValueError naming one it does not have."""
+    from benchmarks import train_step  # noqa: PLC0415 (absl only; TensorFlow is imported lazily)
+
+    flag_values = flags.FlagValues()
+    train_step.define_flags(flag_values)
+    try:
+        flag_values(["train_step", *step_flags])
+        train_step.settings_from_flags(flag_values)  # its own value checks (e.g. of a precision)
+    except (flags.Error, app.UsageError) as error:
+        raise ValueError(f"benchmarks.train_step refuses our side's flags {' '.join(step_flags)}: {error}") from error
+    return flag_values
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,7 +269,8 @@ def ours_command(flag_values) -> list:
     return [sys.executable, "-m", "benchmarks.compare_reference", "--worker=jem_tf", f"--depth={flag_values.depth}",
             f"--width={flag_values.width}", f"--batch_size={flag_values.batch_size}",
             f"--sgld_steps={flag_values.sgld_steps}", f"--threads={flag_values.threads}",
-            f"--warmup={flag_values.warmup}"] + [f"--ours_flag={flag}" for flag in flag_values.ours_flag]
+            f"--warmup={flag_values.warmup}", f"--precision={flag_values.precision}"] + [
+                f"--ours_flag={flag}" for flag in flag_values.ours_flag]
 
 
 def serve_ours(flag_values) -> int:
@@ -251,17 +279,14 @@ def serve_ours(flag_values) -> int:
     sys.stdout = sys.stderr
     from benchmarks import train_step  # noqa: PLC0415 (imports TensorFlow)
 
-    step_flags = flags.FlagValues()
-    train_step.define_flags(step_flags)
-    step_flags(["train_step", f"--depth={flag_values.depth}", f"--width={flag_values.width}",
-                f"--batch_size={flag_values.batch_size}", f"--sgld_steps={flag_values.sgld_steps}",
-                f"--image_size={IMAGE_SIZE}", f"--channels={CHANNELS}", f"--num_classes={NUM_CLASSES}",
-                f"--threads={flag_values.threads}", f"--warmup={flag_values.warmup}", *flag_values.ours_flag])
+    step_flags = parse_step_flags(our_step_flags(flag_values))
     train_step.set_threads(step_flags.threads, step_flags.inter_op_threads)
     settings = train_step.settings_from_flags(step_flags)
     import tensorflow as tf  # noqa: PLC0415
 
-    cases, _ = train_step.jem_cases(settings, settings.jit_settings[0])
+    # One precision is timed (train_step can list several); float32 is its default argument.
+    precision = {} if flag_values.precision == "float32" else {"precision": flag_values.precision}
+    cases, _ = train_step.jem_cases(settings, settings.jit_settings[0], **precision)
     by_name = {case.name: case for case in cases}
     iteration, sgld = by_name["JEM iteration"], by_name["SGLD step"]
     for _ in range(settings.warmup):
@@ -305,13 +330,14 @@ def check_inputs(flag_values) -> None:
         raise ValueError(f"--torch_python={python!r} cannot import torch and numpy: "
                          f"{probe.stderr.strip().splitlines()[-1:]}")
     check_ours_flags(flag_values.ours_flag)
+    parse_step_flags(our_step_flags(flag_values))
 
 
 def run_comparison(flag_values) -> dict:
     settings = dict(depth=flag_values.depth, width=flag_values.width, batch_size=flag_values.batch_size,
                     sgld_steps=flag_values.sgld_steps, threads=flag_values.threads, rounds=flag_values.rounds,
                     samples_per_round=flag_values.samples_per_round, warmup=flag_values.warmup,
-                    ours_flags=list(flag_values.ours_flag))
+                    precision=flag_values.precision, ours_flags=list(flag_values.ours_flag))
     log_dir = tempfile.mkdtemp(prefix="compare_reference_")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO_ROOT)
     workers = {}

@@ -71,7 +71,7 @@ def test_rounds_alternate_abba():
     assert [compare_reference.round_order(r)[0] for r in range(4)] == ["official", "jem_tf", "official", "jem_tf"]
 
 
-@pytest.mark.parametrize("flag", ["--depth=28", "--nocompare_jit", "--threads=4", "jit_compile"])
+@pytest.mark.parametrize("flag", ["--depth=28", "--nocompare_jit", "--threads=4", "jit_compile", "--precision=x"])
 def test_our_side_cannot_change_what_both_sides_share(flag):
     with pytest.raises(ValueError, match="is not accepted"):
         compare_reference.check_ours_flags([flag])
@@ -126,6 +126,22 @@ def test_flags_parse_with_defaults():
     assert flag_values.threads == 2 and flag_values.ours_flag == ["--jit_compile", "--repeats=3"]
     with pytest.raises(ValueError, match="--repeats"):
         compare_reference.check_ours_flags(flag_values.ours_flag)
+
+
+def test_our_side_gets_the_shared_settings_and_the_precision():
+    flag_values = flags.FlagValues()
+    compare_reference.define_flags(flag_values)
+    flag_values(["compare_reference", "--depth=10", "--width=1", "--batch_size=4", "--sgld_steps=2"])
+    step_flags = compare_reference.our_step_flags(flag_values)
+    parsed = compare_reference.parse_step_flags(step_flags)
+    assert (parsed.depth, parsed.width, parsed.batch_size, parsed.sgld_steps, parsed.image_size) == (10, 1, 4, 2, 32)
+    # float32 is train_step's default: nothing is passed, so a train_step without --precision runs too.
+    assert not [flag for flag in step_flags if flag.startswith("--precision")]
+    flag_values(["compare_reference", "--precision=mixed_bfloat16"])
+    assert "--precision=mixed_bfloat16" in compare_reference.our_step_flags(flag_values)
+    flag_values(["compare_reference", "--precision=float32", "--ours_flag=--no_such_flag=1"])
+    with pytest.raises(ValueError, match="no_such_flag"):
+        compare_reference.parse_step_flags(compare_reference.our_step_flags(flag_values))
 
 
 @pytest.mark.skipif(bool(torch_and_reference_missing()), reason=torch_and_reference_missing() or "available")
