@@ -118,6 +118,21 @@ def test_bad_reference_dir_or_python_exits_2_naming_it(tmp_path):
     assert result.returncode == 2 and "--torch_python=" in result.stderr and "cannot be run" in result.stderr
 
 
+def test_a_crashing_worker_exits_1_naming_its_log(tmp_path):
+    # A "Python" that passes the torch probe (-c ...) but dies when started as the timing worker.
+    fake_python = tmp_path / "fake_python"
+    fake_python.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then echo 2.0; exit 0; fi\n'
+                           'echo "worker exploded" >&2; exit 7\n')
+    fake_python.chmod(0o755)
+    checkout = tmp_path / "JEM"
+    checkout.mkdir()
+    (checkout / "train_wrn_ebm.py").write_text("")
+    result = _cli(f"--reference_dir={checkout}", f"--torch_python={fake_python}", "--depth=10", "--width=1")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "the official worker exited with code 7" in result.stderr and "official.log" in result.stderr
+    assert "worker exploded" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_flags_parse_with_defaults():
     flag_values = flags.FlagValues()
     compare_reference.define_flags(flag_values)

@@ -149,7 +149,8 @@ def test_smoke_both_implementations_train_a_few_steps(tmp_path):
     output = tmp_path / "out"
     result = _cli(f"--reference_dir={REFERENCE_DIR}", f"--torch_python={TORCH_PYTHON}", f"--data={tmp_path / 'images'}",
                   f"--output_dir={output}", "--steps=3", "--seeds=1", "--depth=10", "--width=1", "--batch_size=8",
-                  "--sgld_steps=1", "--buffer_size=100", "--validation_size=5", "--warmup_steps=2", "--report_every=2")
+                  "--sgld_steps=1", "--buffer_size=100", "--validation_size=5", "--warmup_steps=2", "--report_every=2",
+                  "--parallel", "--threads=1")
     assert result.returncode == 0, result.stderr[-4000:]
     saved = json.loads((output / "compare_training.json").read_text())
     runs = {run["implementation"]: run for run in saved["runs"]}
