@@ -80,7 +80,7 @@ def _write_tree(root, per_class=4):
             folder = root / split / name
             folder.mkdir(parents=True)
             for index in range(count):
-                Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{index}.png")
 
 
 def test_folder_random_hold_out_has_exact_counts_and_cardinality(tmp_path):
@@ -96,7 +96,7 @@ def test_folder_random_hold_out_has_exact_counts_and_cardinality(tmp_path):
     np.testing.assert_array_equal(train, np.delete(full, indices, axis=0))
     # Batches for training work on the filtered split (known size, shuffled, augmented).
     batch, _ = next(iter(data.make_batches(held_out.train, 5, training=True, augmentation="crop_flip")))
-    assert batch.shape == (5, 6, 6, 3)
+    assert batch.shape == (5, 8, 8, 3)
 
 
 def test_tfds_random_hold_out_under_mock_data(tmp_path):
