@@ -248,7 +248,8 @@ def validation_ood_threshold(network, config, quantile=DEFAULT_OOD_QUANTILE, max
 
     try:
         image_data = jem_data.load(config.dataset, config.data_dir, config.validation_fraction,
-                                   skip_bad_files=config.skip_bad_files, drop_empty_classes=config.drop_empty_classes)
+                                   skip_bad_files=config.skip_bad_files, drop_empty_classes=config.drop_empty_classes,
+                                   validation_size=config.validation_size)
     except (jem_data.DatasetUnavailableError, ValueError) as error:
         reason = f"dataset {config.dataset!r} is not available here: {error}"
         logging.warning("No OOD threshold in the export: %s", reason)

@@ -46,6 +46,10 @@ def define_flags():
                       "Precision the networks compute in (default: each run's training --precision); logits, "
                       "energies and SGLD images are float32 in every precision.")
     flags.DEFINE_integer("num_examples", defaults.num_examples, "Cap on test images and on each OOD set.")
+    flags.DEFINE_float("eval_input_noise", defaults.eval_input_noise,
+                       "Std of N(0, sigma^2) noise added to test and OOD images (interp too), seeded by --seed, as "
+                       "the reference code evaluates (the paper's numbers: 0.03). Default: the run's --data_noise; "
+                       "0: clean images, as a served model sees them.")
     flags.DEFINE_integer("batch_size", defaults.batch_size, "Evaluation batch size.")
     flags.DEFINE_integer("seed", defaults.seed, "Seed of every random draw of the evaluation.")
     flags.DEFINE_boolean("progress", defaults.progress, "Show progress bars.")
@@ -87,7 +91,8 @@ def options_from_flags():
     from jem_tf.evaluation import suite
 
     return suite.EvalOptions(
-        num_examples=FLAGS.num_examples, batch_size=FLAGS.batch_size, seed=FLAGS.seed, progress=FLAGS.progress,
+        num_examples=FLAGS.num_examples, eval_input_noise=FLAGS.eval_input_noise, batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed, progress=FLAGS.progress,
         refine_steps=_ints("refine_steps"), calibration_bins=FLAGS.calibration_bins,
         ood_sets=tuple(FLAGS.ood_sets), sample_steps=FLAGS.sample_steps, num_samples=FLAGS.num_samples,
         samples_per_class=FLAGS.samples_per_class, max_grid_classes=FLAGS.max_grid_classes,

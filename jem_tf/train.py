@@ -55,7 +55,10 @@ FLAG_HELP = {
     "reinit_freq": "Probability of restarting a chain from U(-1, 1) (paper: 0.05).",
     "data_noise": "Std of Gaussian noise added to training images in [-1, 1] (paper: 0.03).",
     "augmentation": "none | crop | crop_flip (default: the dataset's own; svhn: crop, cifar: crop_flip).",
-    "validation_fraction": "Fraction of the training split held out for validation.",
+    "validation_fraction": "Fraction of the training split held out for validation (a fixed, deterministic "
+                           "hold-out). Not with --validation_size.",
+    "validation_size": "Hold out a seeded random set of this many training images for validation instead of "
+                       "--validation_fraction (the reference code: 5000, numpy seed 1234).",
     "skip_bad_files": "folder:PATH datasets: leave out image files that do not decode (or are smaller than 8x8), "
                       "with a warning and their count, instead of refusing the dataset (default: refuse).",
     "drop_empty_classes": "folder:PATH datasets: leave out class folders without training images (and their test "
@@ -96,7 +99,7 @@ def define_flags(flag_values=flags.FLAGS):
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name, help_text in FLAG_HELP.items():
         field_type = fields[name].type
-        if field_type in (int, "int") or name in ("max_steps",):
+        if field_type in (int, "int") or name in ("max_steps", "validation_size"):
             flags.DEFINE_integer(name, None, help_text, flag_values=flag_values)
         elif field_type in (float, "float"):
             flags.DEFINE_float(name, None, help_text, flag_values=flag_values)
@@ -120,6 +123,14 @@ def config_from_flags(flag_values):
     overrides = {name: flag_values[name].value for name in FLAG_HELP if flag_values[name].value is not None}
     if flag_values.lr_decay_epochs is not None:
         overrides["lr_decay_epochs"] = cli.parse_number_list("lr_decay_epochs", flag_values.lr_decay_epochs)
+    if "validation_size" in overrides:
+        if "validation_fraction" in overrides:
+            raise ValueError(
+                f"--validation_size={overrides['validation_size']} and "
+                f"--validation_fraction={overrides['validation_fraction']} both choose the validation split; "
+                "pass only one (--validation_size replaces the fraction).")
+        # The size replaces the preset's fraction.
+        overrides["validation_fraction"] = 0.0
     if "dataset" in overrides and "workdir" not in overrides and flag_values.preset == "paper":
         overrides["workdir"] = f"runs/{overrides['dataset'].replace(':', '_').replace('/', '_')}"
     return dataclasses.replace(config, **overrides).validate()

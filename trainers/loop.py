@@ -352,7 +352,8 @@ def train(config: TrainConfig, exporter=None) -> dict:
     preflight.check_workdir_path(config.workdir)
     resuming, config = _check_resumable(config)
     data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
-                         skip_bad_files=config.skip_bad_files, drop_empty_classes=config.drop_empty_classes)
+                         validation_size=config.validation_size, skip_bad_files=config.skip_bad_files,
+                         drop_empty_classes=config.drop_empty_classes)
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:

@@ -77,6 +77,9 @@ class TrainConfig:
     # images (with a warning) instead of refusing the dataset.
     skip_bad_files: bool = False
     drop_empty_classes: bool = False
+    # Instead of the fraction (which must then be 0): a random hold-out of this many training
+    # images drawn as the reference code draws its 5000 (numpy seed 1234).
+    validation_size: Optional[int] = None
     # Loss weights: L = xent + p_x_weight * L_gen(x) + p_xy_weight * L_gen(x, y).
     p_x_weight: float = 1.0
     p_xy_weight: float = 0.0
@@ -153,6 +156,12 @@ class TrainConfig:
         check(0.0 <= self.reinit_freq <= 1.0, "reinit_freq", "a probability in [0, 1]")
         check(self.data_noise >= 0, "data_noise", "a non-negative number")
         check(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "a value in [0, 1)")
+        check(self.validation_size is None or self.validation_size >= 1, "validation_size",
+              "a positive integer or unset")
+        if self.validation_size is not None and self.validation_fraction:
+            raise ValueError(
+                f"--validation_size={self.validation_size} and --validation_fraction={self.validation_fraction} both "
+                "choose the validation split; pass only one (--validation_size replaces the fraction).")
         check(self.p_x_weight >= 0, "p_x_weight", "a non-negative number")
         check(self.p_xy_weight >= 0, "p_xy_weight", "a non-negative number")
         check(isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]")

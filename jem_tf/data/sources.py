@@ -41,6 +41,10 @@ _TFDS_SOURCES = {
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_TEST_SPLIT_SEED = 20200101
 _DIGITS_VALIDATION_SEED = 20200102
+# `validation_size`: the reference code (train_wrn_ebm.py) seeds numpy with 1234 and shuffles the
+# training indices; its validation set is the first N of that permutation. Fixed, not the run's
+# seed, so runs with different seeds validate on the same images.
+VALIDATION_SPLIT_SEED = 1234
 
 
 class DatasetUnavailableError(Exception):
@@ -86,6 +90,7 @@ def load(
     name: str,
     data_dir: str | None = None,
     validation_fraction: float = 0.1,
+    validation_size: int | None = None,
     *,
     skip_bad_files: bool = False,
     drop_empty_classes: bool = False,
@@ -99,6 +104,9 @@ def load(
         `~/tensorflow_datasets`). Unused by 'digits' and 'folder:PATH'.
       validation_fraction: fraction of the training split held out as `validation`, in [0, 1).
         The hold-out is deterministic; 0 gives an empty validation dataset.
+      validation_size: instead of `validation_fraction` (which must then be 0): a random set of
+        exactly this many training images, drawn as the reference code draws its 5000
+        (`random_validation_indices`). Training iterates the rest in source order.
       skip_bad_files: 'folder:PATH' only. Every image is decoded once up front; False: a file that
         does not decode (or is smaller than 8x8) is an `InvalidDatasetError` naming it; True: such
         files are left out with a warning giving their count.
@@ -106,7 +114,7 @@ def load(
         `InvalidDatasetError`; True: the class is left out (its test images too) with a warning.
 
     Raises:
-      ValueError: unknown `name` or a bad `validation_fraction`.
+      ValueError: unknown `name`, a bad `validation_fraction` or `validation_size`, or both set.
       InvalidDatasetError (a ValueError): a folder dataset's files are unusable (see above;
         also fewer than 2 classes, or symlinks leading out of PATH).
       DatasetUnavailableError: the data is not on this machine (or the folder layout is wrong).
@@ -118,12 +126,21 @@ def load(
         raise ValueError(
             f"validation_fraction must be in [0, 1); received {validation_fraction!r}."
         )
+    if validation_size is not None:
+        if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)) \
+                or validation_size < 1:
+            raise ValueError(f"validation_size must be a positive integer or None; received {validation_size!r}.")
+        if validation_fraction:
+            raise ValueError(
+                f"validation_size={validation_size} and validation_fraction={validation_fraction} both choose the "
+                "validation split; pass one of them (validation_fraction=0 with validation_size).")
+        validation_size = int(validation_size)
     if name == "digits":
-        return _load_digits(validation_fraction)
+        return _load_digits(validation_fraction, validation_size)
     if name in _TFDS_SOURCES:
-        return _load_tfds(name, data_dir, validation_fraction)
+        return _load_tfds(name, data_dir, validation_fraction, validation_size)
     if name.startswith(FOLDER_PREFIX):
-        return _load_folder(name, validation_fraction, skip_bad_files, drop_empty_classes)
+        return _load_folder(name, validation_fraction, validation_size, skip_bad_files, drop_empty_classes)
     raise ValueError(
         f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}, "
         f"or '{FOLDER_PREFIX}PATH' for a PATH/{{train,test}}/<class>/<image> folder tree."
@@ -133,6 +150,38 @@ def load(
 def _num_held_out(num_examples: int, validation_fraction: float) -> int:
     """Validation size: the fraction of `num_examples`, rounded half up."""
     return int(math.floor(validation_fraction * num_examples + 0.5))
+
+
+def random_validation_indices(num_examples: int, validation_size: int) -> np.ndarray:
+    """Sorted indices of a `validation_size` random hold-out of `num_examples` training examples.
+
+    The same draw as the reference code's (numpy seeded with 1234, a shuffle of range(n), the first
+    `validation_size`), so a source listing its training split in the reference's order holds out
+    the reference's images.
+    """
+    if validation_size >= num_examples:
+        raise ValueError(
+            f"validation_size={validation_size} leaves no training images: the training split has "
+            f"{num_examples}. Pass a smaller --validation_size.")
+    order = list(range(num_examples))
+    np.random.RandomState(VALIDATION_SPLIT_SEED).shuffle(order)
+    return np.sort(np.asarray(order[:validation_size], np.int64))
+
+
+def _split_by_indices(full_train: tf.data.Dataset, num_examples: int, validation_indices: np.ndarray):
+    """(train, validation) of an unbatched dataset: the elements at `validation_indices` and the
+    rest, each in source order and of known cardinality (both read the whole split)."""
+    is_validation = np.zeros(num_examples, bool)
+    is_validation[validation_indices] = True
+    mask = tf.constant(is_validation)
+
+    def select(keep_validation: bool) -> tf.data.Dataset:
+        subset = full_train.enumerate().filter(
+            lambda index, example: tf.equal(mask[index], keep_validation)).map(lambda index, example: example)
+        count = int(is_validation.sum()) if keep_validation else num_examples - int(is_validation.sum())
+        return subset.apply(tf.data.experimental.assert_cardinality(count))
+
+    return select(False), select(True)
 
 
 def _cardinality(ds: tf.data.Dataset) -> int:
@@ -160,7 +209,8 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=8)
-def _digits_split_indices(validation_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _digits_split_indices(validation_fraction: float, validation_size: int | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, validation, test) indices into `_digits_arrays()`, each sorted ascending."""
     _, labels = _digits_arrays()
     rest, test = model_selection.train_test_split(
@@ -171,16 +221,20 @@ def _digits_split_indices(validation_fraction: float) -> tuple[np.ndarray, np.nd
     )
     # A plain seeded permutation (not stratified) so that any fraction works, including ones
     # that leave fewer validation examples than classes.
-    rest = np.random.default_rng(_DIGITS_VALIDATION_SEED).permutation(np.sort(rest))
+    rest = np.sort(rest)
+    if validation_size is not None:
+        held_out = random_validation_indices(len(rest), validation_size)
+        return np.delete(rest, held_out), rest[held_out], np.sort(test)
+    rest = np.random.default_rng(_DIGITS_VALIDATION_SEED).permutation(rest)
     num_validation = _num_held_out(len(rest), validation_fraction)
     train = rest[: len(rest) - num_validation]
     validation = rest[len(rest) - num_validation :]
     return np.sort(train), np.sort(validation), np.sort(test)
 
 
-def _load_digits(validation_fraction: float) -> ImageData:
+def _load_digits(validation_fraction: float, validation_size: int | None) -> ImageData:
     images, labels = _digits_arrays()
-    train, validation, test = _digits_split_indices(validation_fraction)
+    train, validation, test = _digits_split_indices(validation_fraction, validation_size)
 
     def subset(indices: np.ndarray) -> tf.data.Dataset:
         return tf.data.Dataset.from_tensor_slices((images[indices], labels[indices]))
@@ -216,7 +270,8 @@ def _unavailable_message(name: str, tfds_name: str, data_dir_root: str) -> str:
     )
 
 
-def _load_tfds(name: str, data_dir: str | None, validation_fraction: float) -> ImageData:
+def _load_tfds(name: str, data_dir: str | None, validation_fraction: float,
+               validation_size: int | None) -> ImageData:
     tfds_name, augmentation = _TFDS_SOURCES[name]
     builder = tfds.builder(tfds_name, data_dir=data_dir)
 
@@ -233,11 +288,15 @@ def _load_tfds(name: str, data_dir: str | None, validation_fraction: float) -> I
         raise DatasetUnavailableError(_unavailable_message(name, tfds_name, str(root))) from error
 
     num_full_train = _cardinality(full_train)
-    num_validation = _num_held_out(num_full_train, validation_fraction)
-    num_train = num_full_train - num_validation
-    # Absolute split slicing reads only the needed shards; the validation set is the tail.
-    train = read(f"train[:{num_train}]") if num_validation else full_train
-    validation = read(f"train[{num_train}:]") if num_validation else full_train.take(0)
+    if validation_size is not None:
+        train, validation = _split_by_indices(
+            full_train, num_full_train, random_validation_indices(num_full_train, validation_size))
+    else:
+        num_validation = _num_held_out(num_full_train, validation_fraction)
+        num_train = num_full_train - num_validation
+        # Absolute split slicing reads only the needed shards; the validation set is the tail.
+        train = read(f"train[:{num_train}]") if num_validation else full_train
+        validation = read(f"train[{num_train}:]") if num_validation else full_train.take(0)
 
     label_feature = builder.info.features["label"]
     image_shape = tuple(test.element_spec[0].shape)
@@ -449,8 +508,8 @@ def _check_classes(path: str, listing: _FolderListing, checked: dict, drop_empty
     return kept
 
 
-def _load_folder(name: str, validation_fraction: float, skip_bad_files: bool = False,
-                 drop_empty_classes: bool = False) -> ImageData:
+def _load_folder(name: str, validation_fraction: float, validation_size: int | None = None,
+                 skip_bad_files: bool = False, drop_empty_classes: bool = False) -> ImageData:
     path = os.path.expanduser(name[len(FOLDER_PREFIX) :])
     if not path:
         raise ValueError(f"Dataset {name!r} names no folder; use '{FOLDER_PREFIX}PATH'.")
@@ -507,18 +566,24 @@ def _load_folder(name: str, validation_fraction: float, skip_bad_files: bool = F
             decode_to_shape, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
 
-    # The listing is in a fixed, class-mixed order, so its head is a deterministic, class-mixed
-    # hold-out (the head, as in earlier versions, so existing runs keep their split).
-    num_validation = _num_held_out(len(train_examples), validation_fraction)
-    num_train = len(train_examples) - num_validation
+    if validation_size is not None:
+        held_out = set(random_validation_indices(len(train_examples), validation_size).tolist())
+        validation_examples = [e for i, e in enumerate(train_examples) if i in held_out]
+        train_examples = [e for i, e in enumerate(train_examples) if i not in held_out]
+    else:
+        # The listing is in a fixed, class-mixed order, so its head is a deterministic, class-mixed
+        # hold-out (the head, as in earlier versions, so existing runs keep their split).
+        num_held_out = _num_held_out(len(train_examples), validation_fraction)
+        validation_examples, train_examples = train_examples[:num_held_out], train_examples[num_held_out:]
+    num_validation, num_train = len(validation_examples), len(train_examples)
     logging.info(
         "Image folder %s: %d classes, images %s, %d train / %d validation / %d test.",
         path, len(class_names), image_shape, num_train, num_validation, len(test_examples),
     )
     return ImageData(
         name=name,
-        train=dataset(train_examples[num_validation:]),
-        validation=dataset(train_examples[:num_validation]),
+        train=dataset(train_examples),
+        validation=dataset(validation_examples),
         test=dataset(test_examples),
         num_classes=len(class_names),
         image_shape=image_shape,

@@ -265,6 +265,9 @@ def render_report(results: dict, figures: dict, run, compare=None) -> str:
         ["compared with", "–" if compare is None
          else compare.name + (f" (`{compare.workdir}`)" if compare.workdir else "")],
         ["evaluations", ", ".join(evaluations)],
+        ["input noise", f"N(0, {results.get('meta/eval_input_noise', 0.0):g}^2) added to test and OOD images "
+                        f"({results.get('meta/eval_input_noise_source', '–')}; the paper's numbers: 0.03)"],
+        ["run's validation split", results.get("meta/validation_split") or "–"],
     ])
     sections = {
         "accuracy": lambda: _accuracy_section(results, run, compare),

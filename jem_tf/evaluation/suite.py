@@ -42,6 +42,9 @@ class EvalOptions:
     """Sizes and settings of every evaluation; the command-line flags map onto these fields."""
 
     num_examples: int = 1000  # cap on in-distribution test images and on each OOD set
+    # N(0, sigma^2) added to test and OOD images (interp: after mixing noisy test images), as the
+    # reference code's evaluation does with the sigma it trains with; None: the run's data_noise.
+    eval_input_noise: float | None = None
     batch_size: int = 100
     seed: int = 0
     progress: bool = True
@@ -89,6 +92,9 @@ class EvalOptions:
         for name in ("refine_steps", "attack_refine_steps", "linf_epsilons", "l2_epsilons"):
             if any(float(v) < 0 for v in getattr(self, name)):
                 raise ValueError(f"--{name}={list(getattr(self, name))} is invalid: values must be >= 0.")
+        if self.eval_input_noise is not None and not 0.0 <= float(self.eval_input_noise) < float("inf"):
+            raise ValueError(f"--eval_input_noise={self.eval_input_noise!r} is invalid: expected a finite "
+                             "standard deviation >= 0 (0: clean inputs; unset: the run's --data_noise).")
         if not 0.0 < self.quality_top_fraction <= 1.0:
             raise ValueError(f"--quality_top_fraction={self.quality_top_fraction!r} must be in (0, 1].")
         if self.inception_size < sample_quality.MIN_INCEPTION_SIZE:
@@ -112,6 +118,12 @@ class EvaluatedRun:
     global_step: int = 0
     workdir: str | None = None
     checkpoint: str | None = None
+    data_noise: float = 0.0  # training input noise: the default evaluation input noise
+    validation_split: str = ""  # how the run held out its validation images, for the report
+
+    def input_noise(self, options) -> float:
+        """The evaluation's input noise: --eval_input_noise, else the run's training data noise."""
+        return float(self.data_noise if options.eval_input_noise is None else options.eval_input_noise)
 
     @property
     def has_replay_buffer(self) -> bool:
@@ -138,7 +150,9 @@ class _Suite:
     def __init__(self, run, test_images, test_labels, options, output_dir, compare=None, data_dir=None):
         self.run = run
         self.compare = compare
-        self.images = np.asarray(test_images, np.float32)[: options.num_examples]
+        self.input_noise = run.input_noise(options)
+        self.images = common.add_input_noise(
+            np.asarray(test_images, np.float32)[: options.num_examples], self.input_noise, options.seed, "test")
         self.labels = np.asarray(test_labels).astype(np.int64)[: options.num_examples]
         self.options = options
         self.output_dir = output_dir
@@ -196,9 +210,11 @@ class _Suite:
                 self._ood_images[name] = "it is the in-distribution dataset"
             else:
                 try:
-                    self._ood_images[name] = ood.load_ood_images(
+                    # interp mixes the (already noisy) test images; like every set, it then gets its own noise.
+                    self._ood_images[name] = common.add_input_noise(ood.load_ood_images(
                         name, self.run.image_shape, self.options.num_examples, reference_images=self.images,
-                        data_dir=self.data_dir, seed=self.options.seed, batch_size=self.options.batch_size)
+                        data_dir=self.data_dir, seed=self.options.seed, batch_size=self.options.batch_size),
+                        self.input_noise, self.options.seed, f"ood/{name}")
                 except common.Unavailable as reason:
                     self._ood_images[name] = str(reason)
                 if isinstance(self._ood_images[name], str):
@@ -479,6 +495,11 @@ def run_suite(run: EvaluatedRun, test_images, test_labels, evaluations, options:
         "meta/precision": jem_precision.precision_of(run.model),
         "meta/num_examples": len(suite.images), "meta/evaluations": evaluations,
         "meta/options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()},
+        # The settings that make these numbers comparable (or not) with the paper's.
+        "meta/eval_input_noise": suite.input_noise,
+        "meta/eval_input_noise_source": ("--eval_input_noise" if options.eval_input_noise is not None
+                                         else "the run's data_noise"),
+        "meta/validation_split": run.validation_split,
     })
     if compare is not None:
         suite.results.update({"meta/compare_run": compare.name, "meta/compare_workdir": compare.workdir or ""})
@@ -499,12 +520,14 @@ def run_suite(run: EvaluatedRun, test_images, test_labels, evaluations, options:
 
 
 def load_test_split(dataset: str, data_dir, num_examples: int, batch_size: int, validation_fraction: float = 0.1,
-                    **folder_options):
-    """The first `num_examples` test images (float32 [-1, 1]) and labels of a dataset; `folder_options`
-    (skip_bad_files, drop_empty_classes) go to `jem_tf.data.load` as the run was trained with them."""
+                    validation_size: int | None = None, **folder_options):
+    """The first `num_examples` test images (float32 [-1, 1], clean) and labels of a dataset;
+    `folder_options` (skip_bad_files, drop_empty_classes) go to `jem_tf.data.load` as the run was
+    trained with them."""
     from jem_tf import data as data_lib
 
-    image_data = data_lib.load(dataset, data_dir=data_dir, validation_fraction=validation_fraction, **folder_options)
+    image_data = data_lib.load(dataset, data_dir=data_dir, validation_fraction=validation_fraction,
+                               validation_size=validation_size, **folder_options)
     images, labels = [], []
     for batch_images, batch_labels in data_lib.make_batches(image_data.test.take(num_examples), batch_size,
                                                             training=False):
@@ -535,7 +558,16 @@ def restore_run(workdir: str, checkpoint=None, precision=None):
         global_step=int(run_info.get("global_step", 0)),
         workdir=workdir,
         checkpoint=run_info.get("checkpoint"),
+        data_noise=float(config.data_noise),
+        validation_split=validation_split_description(config),
     ), config
+
+
+def validation_split_description(config) -> str:
+    """How a run's validation images were chosen, in words (recorded with the results)."""
+    if config.validation_size is not None:
+        return f"random {config.validation_size} training images (seed 1234, as the reference code)"
+    return f"a fixed {config.validation_fraction:g} of the training split (deterministic hold-out)"
 
 
 def evaluate_workdir(workdir: str, evaluations, options: EvalOptions, *, output_dir: str | None = None,
@@ -572,7 +604,7 @@ def evaluate_workdir(workdir: str, evaluations, options: EvalOptions, *, output_
         for name in dict.fromkeys([run.dataset, *ood_sets]):
             data_lib.prepare(name, data_dir or config.data_dir)
     images, labels, _ = load_test_split(run.dataset, data_dir or config.data_dir, options.num_examples,
-                                        options.batch_size, config.validation_fraction,
+                                        options.batch_size, config.validation_fraction, config.validation_size,
                                         skip_bad_files=config.skip_bad_files,
                                         drop_empty_classes=config.drop_empty_classes)
     output_dir = output_dir or os.path.join(workdir, "eval")

@@ -1,0 +1,421 @@
+"""Trains the official PyTorch JEM and jem_tf on the same images with the same settings, and compares.
+
+    python -m benchmarks.compare_training --reference_dir=/path/to/JEM --torch_python=/venv-torch/bin/python \\
+        --data=../shared/data/cifar10_jpg_subset --steps=300 --seeds=1,2 --output_dir=/tmp/compare_training
+
+For each seed it runs the reference (its own `main()`, imported from `--reference_dir` by
+`benchmarks/reference_worker.py` under `--torch_python`; never copied here) and then
+`python -m jem_tf.train`, each for `--steps` iterations: WRN-depth-width without normalisation, Adam
+`--learning_rate` with `--warmup_steps` of linear warm-up, `--sgld_steps` SGLD steps of size 1 and
+noise 0.01, a `--buffer_size` replay buffer with 5 % re-initialisation, N(0, `--data_noise`) on the
+training images, reflect-pad-4 crops and flips, and a random `--validation_size` hold-out drawn the
+same way on both sides (numpy seed 1234 over the same image order). Both read the same images: the
+folder is decoded once by jem_tf's data layer and handed to the reference as arrays in that order.
+
+It prints the curves (cross-entropy, accuracy, log p~(x) of data and of samples: per-step values
+averaged over windows of `--report_every` steps and over the seeds that are still running), a table
+per run (divergence step, final test accuracy) and how many runs of each diverged; writes
+OUTPUT_DIR/compare_training.json, OUTPUT_DIR/compare_training.png (the curves, every run) and each
+run's log under OUTPUT_DIR/logs/. A run diverges when its own guard stops it (the reference: |L| >
+1e8; jem_tf: |generative loss| > 1e8 or a non-finite loss, exit code 3) or when a logged value is not
+finite.
+
+Known differences that remain by design: the reference computes the cross-entropy on a second,
+independently drawn batch (jem_tf uses the p(x) batch), and evaluates its test accuracy with
+N(0, data_noise) input noise (jem_tf's trainer: clean images).
+
+Exit codes: 0 done (divergence is a result, not a failure); 1 a run crashed (its log is named);
+2 bad flags, data, checkout or torch Python.
+"""
+
+import concurrent.futures
+import dataclasses
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE_WORKER = os.path.join(REPO_ROOT, "benchmarks", "reference_worker.py")
+IMPLEMENTATIONS = ("official", "jem_tf")
+METRICS = ("xent", "accuracy", "log_px_data", "log_px_samples")
+METRIC_TITLES = {"xent": "cross-entropy", "accuracy": "accuracy (batch)", "log_px_data": "log p~(x) data",
+                 "log_px_samples": "log p~(x) samples"}
+# jem_tf.train's exit code for a diverged run.
+EXIT_DIVERGED = 3
+EXIT_RUN_FAILED, EXIT_BAD_INPUT = 1, 2
+
+
+class RunFailed(Exception):
+    """A training run crashed (not a divergence); the message names its log."""
+
+
+def define_flags(flag_values=flags.FLAGS):
+    def define(kind, name, default, help_text, **kwargs):
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=flag_values, **kwargs)
+
+    define("string", "reference_dir", None, "Checkout of github.com/wgrathwohl/JEM (imported at run time).")
+    define("string", "torch_python", None, "A Python with torch and numpy (not a dependency of jem_tf).")
+    define("string", "data", None, "Image folder PATH/{train,test}/<class>/*.jpg|png with 10 or 100 classes of "
+           "32x32 RGB images (the reference's fixed shape), e.g. ../shared/data/cifar10_jpg_subset.")
+    define("string", "output_dir", None, "Where the JSON, the PNG, the logs and the runs go.")
+    define("integer", "steps", 300, "Training iterations per run.", lower_bound=1)
+    define("list", "seeds", ["1", "2"], "One run per implementation per seed.")
+    define("list", "implementations", list(IMPLEMENTATIONS), "Which to run: official, jem_tf or both.")
+    define("integer", "depth", 10, "WideResNet depth 6n+4.", lower_bound=10)
+    define("integer", "width", 2, "WideResNet widening factor.", lower_bound=1)
+    define("integer", "batch_size", 64, "Batch size.", lower_bound=1)
+    define("integer", "sgld_steps", 10, "SGLD steps per iteration.", lower_bound=1)
+    define("float", "learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
+    define("integer", "warmup_steps", 100, "Linear learning-rate warm-up steps.", lower_bound=0)
+    define("integer", "buffer_size", 10000, "Replay buffer size (a multiple of the class count).", lower_bound=1)
+    define("integer", "validation_size", 1000, "Random validation hold-out of the training images.", lower_bound=1)
+    define("float", "data_noise", 0.03, "N(0, sigma) noise on training images.", lower_bound=0.0)
+    define("integer", "threads", 2, "Threads of each run (torch.set_num_threads; TensorFlow intra-op).",
+           lower_bound=1)
+    define("integer", "report_every", 50, "Steps per window of the printed curves.", lower_bound=1)
+    define("bool", "parallel", False, "Run the two implementations of a seed at the same time (each with "
+           "--threads threads): the curves do not depend on it, the wall time does.")
+
+
+@dataclasses.dataclass
+class RunResult:
+    implementation: str
+    seed: int
+    curves: dict  # step (updates done before the batch) -> {metric: value}
+    steps: int = 0
+    diverged: bool = False
+    diverged_at: int | None = None
+    reason: str = ""
+    test_accuracy: float | None = None
+    seconds: float = 0.0
+    log: str = ""
+
+    def to_dict(self):
+        return dict(dataclasses.asdict(self), curves={str(k): v for k, v in sorted(self.curves.items())})
+
+
+# ------------------------------------------------------------------------------------------------
+# Curves, divergence and tables (no TensorFlow, no torch: tested on fake runs).
+
+
+def mark_non_finite(run: RunResult) -> RunResult:
+    """A run whose logged values become NaN or infinite diverged there, whatever its own guard said
+    (the reference's |L| > 1e8 check lets NaN through)."""
+    for step in sorted(run.curves):
+        if any(not math.isfinite(v) for v in run.curves[step].values()):
+            if not run.diverged or (run.diverged_at is not None and step < run.diverged_at):
+                run.diverged, run.diverged_at = True, step
+                run.reason = run.reason or "non-finite logged values"
+            break
+    return run
+
+
+def count_diverged(runs) -> dict:
+    """implementation -> (diverged runs, runs)."""
+    return {impl: (sum(r.diverged for r in runs if r.implementation == impl),
+                   sum(r.implementation == impl for r in runs))
+            for impl in IMPLEMENTATIONS if any(r.implementation == impl for r in runs)}
+
+
+def window_means(run: RunResult, every: int, steps: int) -> dict:
+    """metric -> {window end: mean of the finite values at steps in [end - every, end)}."""
+    windows = {}
+    for metric in METRICS:
+        for end in range(every, steps + every, every):
+            values = [run.curves[s][metric] for s in range(end - every, min(end, steps))
+                      if s in run.curves and metric in run.curves[s] and math.isfinite(run.curves[s][metric])]
+            if values:
+                windows.setdefault(metric, {})[min(end, steps)] = sum(values) / len(values)
+    return windows
+
+
+def curve_table(runs, every: int, steps: int) -> str:
+    """Markdown: per window, each metric as 'official | jem_tf' means over the seeds' window means."""
+    implementations = [impl for impl in IMPLEMENTATIONS if any(r.implementation == impl for r in runs)]
+    means = {id(run): window_means(run, every, steps) for run in runs}
+    ends = sorted({end for m in means.values() for w in m.values() for end in w})
+    header = ["steps"] + [f"{METRIC_TITLES[m]}: {impl}" for m in METRICS for impl in implementations]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    for end in ends:
+        cells = [f"{max(0, end - every)}–{end - 1}"]
+        for metric in METRICS:
+            for impl in implementations:
+                values = [means[id(r)][metric][end] for r in runs
+                          if r.implementation == impl and end in means[id(r)].get(metric, {})]
+                cells.append(f"{sum(values) / len(values):.4g} ({len(values)})" if values else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_table(runs) -> str:
+    lines = ["| implementation | seed | steps run | diverged | final test accuracy | minutes |",
+             "|---|---:|---:|---|---:|---:|"]
+    for run in runs:
+        diverged = f"yes, at step {run.diverged_at} ({run.reason})" if run.diverged else "no"
+        accuracy = "–" if run.test_accuracy is None else f"{run.test_accuracy:.4f}"
+        lines.append(f"| {run.implementation} | {run.seed} | {run.steps} | {diverged} | {accuracy} | "
+                     f"{run.seconds / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def format_report(runs, settings: dict) -> str:
+    diverged = count_diverged(runs)
+    s = settings
+    lines = [
+        f"### Official JEM vs jem_tf, training: WRN-{s['depth']}-{s['width']}, batch {s['batch_size']}, "
+        f"{s['sgld_steps']} SGLD steps, lr {s['learning_rate']:g} (warm-up {s['warmup_steps']}), buffer "
+        f"{s['buffer_size']}, {s['steps']} steps, seeds {', '.join(map(str, s['seeds']))}",
+        "",
+        f"Data: {s['data']} ({s['validation_size']} random validation images held out).",
+        "Diverged: " + "; ".join(f"{impl} {d} of {n}" for impl, (d, n) in diverged.items()) + ".",
+        "",
+        run_table(runs),
+        "",
+        f"Curves: per-step values averaged over windows of {s['report_every']} steps, then over the seeds still "
+        "running (their number in parentheses).",
+        "",
+        curve_table(runs, s["report_every"], s["steps"]),
+    ]
+    return "\n".join(lines)
+
+
+def plot_curves(runs, path: str, every: int) -> str:
+    """Four panels (one per metric), a running mean over `every` // 5 steps for every run."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+    colours = {"official": "tab:blue", "jem_tf": "tab:orange"}
+    styles = ["-", "--", ":", "-."]
+    smoothing = max(1, every // 5)
+    seeds = sorted({r.seed for r in runs})
+    for axis, metric in zip(axes.flat, METRICS):
+        for run in runs:
+            steps = [s for s in sorted(run.curves) if metric in run.curves[s]
+                     and math.isfinite(run.curves[s][metric])]
+            values = [run.curves[s][metric] for s in steps]
+            smoothed = [sum(values[max(0, i - smoothing + 1):i + 1]) / len(values[max(0, i - smoothing + 1):i + 1])
+                        for i in range(len(values))]
+            label = f"{run.implementation}, seed {run.seed}" + (" (diverged)" if run.diverged else "")
+            axis.plot(steps, smoothed, styles[seeds.index(run.seed) % len(styles)],
+                      color=colours[run.implementation], label=label)
+        axis.set_title(METRIC_TITLES[metric])
+        axis.set_xlabel("step")
+    axes.flat[0].legend(fontsize="small")
+    figure.suptitle(f"Official JEM vs jem_tf (running mean over {smoothing} steps)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs
+
+
+def export_images(data: str, output_dir: str) -> dict:
+    """Decodes the folder with jem_tf's data layer; writes train.npz / test.npz (uint8 NHWC, labels)
+    in that order for the reference. Returns the dataset's facts."""
+    import numpy as np  # noqa: PLC0415
+
+    from jem_tf import data as jem_data  # noqa: PLC0415
+
+    images = jem_data.load(f"folder:{data}", validation_fraction=0.0)
+    if images.image_shape != (32, 32, 3) or images.num_classes not in (10, 100):
+        raise ValueError(
+            f"--data={data!r} has {images.num_classes} classes of {images.image_shape} images; the reference code "
+            "trains only on 32x32x3 images with 10 (cifar10) or 100 (cifar100) classes.")
+    for split, dataset in (("train", images.train), ("test", images.test)):
+        pixels, labels = [], []
+        for batch_images, batch_labels in dataset.batch(1000):
+            pixels.append(batch_images.numpy())
+            labels.append(batch_labels.numpy())
+        np.savez(os.path.join(output_dir, f"{split}.npz"), images=np.concatenate(pixels),
+                 labels=np.concatenate(labels))
+    return dict(num_classes=images.num_classes, num_train=images.num_train, num_test=images.num_test)
+
+
+def _run_logged(command, log_path, env=None) -> int:
+    with open(log_path, "w") as log:
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env).returncode
+
+
+def _log_tail(path, lines=15) -> str:
+    with open(path) as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def run_official(flag_values, seed: int, npz_dir: str, num_classes: int, run_dir: str, log_dir: str) -> RunResult:
+    output = os.path.join(run_dir, f"official_seed{seed}.json")
+    log_path = os.path.join(log_dir, f"official_seed{seed}.log")
+    command = [flag_values.torch_python, REFERENCE_WORKER, "train", f"--reference_dir={flag_values.reference_dir}",
+               f"--data_dir={npz_dir}", f"--dataset={'cifar100' if num_classes == 100 else 'cifar10'}",
+               f"--steps={flag_values.steps}", f"--seed={seed}",
+               f"--lr={flag_values.learning_rate}", f"--warmup_iters={flag_values.warmup_steps}",
+               f"--buffer_size={flag_values.buffer_size}", f"--n_valid={flag_values.validation_size}",
+               f"--data_noise={flag_values.data_noise}", f"--depth={flag_values.depth}",
+               f"--width={flag_values.width}", f"--batch_size={flag_values.batch_size}",
+               f"--sgld_steps={flag_values.sgld_steps}", f"--threads={flag_values.threads}", f"--output={output}"]
+    started = time.time()
+    code = _run_logged(command, log_path)
+    if code != 0 or not os.path.exists(output):
+        raise RunFailed(f"the official run (seed {seed}) exited with code {code}; log: {log_path}\n"
+                        f"{_log_tail(log_path)}")
+    with open(output) as f:
+        result = json.load(f)
+    run = RunResult("official", seed, {int(k): v for k, v in result["curves"].items()}, steps=result["steps"],
+                    diverged=result["diverged"], diverged_at=result.get("step"), reason=result.get("reason", ""),
+                    test_accuracy=result.get("test_accuracy"), seconds=time.time() - started, log=log_path)
+    return mark_non_finite(run)
+
+
+def read_tensorboard_curves(log_dir: str) -> dict:
+    """train/{xent, accuracy, log_px_data, log_px_samples} of a jem_tf run -> {step before the
+    update: {metric: value}} (TensorBoard's step is the step after it)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    curves = {}
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                metric = value.tag.removeprefix("train/")
+                if value.tag.startswith("train/") and metric in METRICS:
+                    curves.setdefault(int(event.step) - 1, {})[metric] = float(tf.make_ndarray(value.tensor))
+    return curves
+
+
+def run_ours(flag_values, seed: int, run_dir: str, log_dir: str) -> RunResult:
+    workdir = os.path.join(run_dir, f"jem_tf_seed{seed}")
+    log_path = os.path.join(log_dir, f"jem_tf_seed{seed}.log")
+    never = 10**9
+    command = [sys.executable, "-m", "jem_tf.train", f"--dataset=folder:{os.path.abspath(flag_values.data)}",
+               f"--workdir={workdir}", f"--depth={flag_values.depth}", f"--width={flag_values.width}",
+               "--norm=none", f"--batch_size={flag_values.batch_size}", f"--sgld_steps={flag_values.sgld_steps}",
+               "--sgld_step_size=1", "--sgld_noise=0.01", "--reinit_freq=0.05",
+               f"--learning_rate={flag_values.learning_rate}", f"--warmup_steps={flag_values.warmup_steps}",
+               f"--buffer_size={flag_values.buffer_size}", f"--validation_size={flag_values.validation_size}",
+               f"--data_noise={flag_values.data_noise}", "--augmentation=crop_flip", f"--seed={seed}",
+               f"--max_steps={flag_values.steps}", f"--epochs={never}", "--lr_decay_epochs=160,180",
+               "--summary_every_steps=1", f"--sample_every_steps={never}", f"--checkpoint_every_steps={never}",
+               "--export=false"]
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
+               TF_NUM_INTRAOP_THREADS=str(flag_values.threads), TF_NUM_INTEROP_THREADS=str(flag_values.threads))
+    started = time.time()
+    code = _run_logged(command, log_path, env)
+    if code not in (0, EXIT_DIVERGED):
+        raise RunFailed(f"the jem_tf run (seed {seed}) exited with code {code}; log: {log_path}\n"
+                        f"{_log_tail(log_path)}")
+    curves = read_tensorboard_curves(os.path.join(workdir, "tensorboard"))
+    run = RunResult("jem_tf", seed, curves, steps=(max(curves) + 1) if curves else 0, seconds=time.time() - started,
+                    log=log_path)
+    if code == EXIT_DIVERGED:
+        # The guard stops before anything of the diverged step is logged.
+        run.diverged, run.diverged_at = True, run.steps
+        run.reason = "jem_tf's divergence guard (exit code 3)"
+    else:
+        with open(os.path.join(workdir, "metrics.json")) as f:
+            run.test_accuracy = float(json.load(f)["test_accuracy"])
+    return mark_non_finite(run)
+
+
+def check_inputs(flag_values) -> list:
+    needed = ["data", "output_dir"] + (["reference_dir", "torch_python"]
+                                       if "official" in flag_values.implementations else [])
+    for name in needed:
+        if not flag_values[name].value:
+            raise ValueError(f"--{name} is required.")
+    unknown = set(flag_values.implementations) - set(IMPLEMENTATIONS)
+    if unknown or not flag_values.implementations:
+        raise ValueError(f"--implementations={','.join(flag_values.implementations)} is invalid: choose from "
+                         f"{', '.join(IMPLEMENTATIONS)}.")
+    try:
+        seeds = [int(seed) for seed in flag_values.seeds]
+    except ValueError as error:
+        raise ValueError(f"--seeds={','.join(flag_values.seeds)} is invalid: expected integers.") from error
+    if not seeds:
+        raise ValueError("--seeds is empty: give at least one seed.")
+    if not os.path.isdir(os.path.join(flag_values.data, "train")):
+        raise ValueError(f"--data={flag_values.data!r} has no train/ folder: expected PATH/{{train,test}}/<class>/.")
+    if "official" in flag_values.implementations:
+        if not os.path.isfile(os.path.join(flag_values.reference_dir, "train_wrn_ebm.py")):
+            raise ValueError(f"--reference_dir={flag_values.reference_dir!r} is not a checkout of "
+                             "github.com/wgrathwohl/JEM (no train_wrn_ebm.py).")
+        try:
+            probe = subprocess.run([flag_values.torch_python, "-c", "import torch, numpy"], capture_output=True,
+                                   text=True, timeout=300)
+        except OSError as error:
+            raise ValueError(f"--torch_python={flag_values.torch_python!r} cannot be run: {error}") from error
+        if probe.returncode:
+            raise ValueError(f"--torch_python={flag_values.torch_python!r} cannot import torch and numpy.")
+    return seeds
+
+
+def main(argv, flag_values=None):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    try:
+        seeds = check_inputs(flag_values)
+        output_dir = flag_values.output_dir
+        run_dir, log_dir = os.path.join(output_dir, "runs"), os.path.join(output_dir, "logs")
+        os.makedirs(run_dir, exist_ok=True)
+        os.makedirs(log_dir, exist_ok=True)
+        facts = export_images(flag_values.data, run_dir)
+    except ValueError as error:
+        logging.error("%s", error)
+        return EXIT_BAD_INPUT
+    settings = dict(data=flag_values.data, steps=flag_values.steps, seeds=seeds, depth=flag_values.depth,
+                    width=flag_values.width, batch_size=flag_values.batch_size, sgld_steps=flag_values.sgld_steps,
+                    learning_rate=flag_values.learning_rate, warmup_steps=flag_values.warmup_steps,
+                    buffer_size=flag_values.buffer_size, validation_size=flag_values.validation_size,
+                    data_noise=flag_values.data_noise, threads=flag_values.threads,
+                    report_every=flag_values.report_every, **facts)
+    runs = []
+    implementations = [i for i in IMPLEMENTATIONS if i in flag_values.implementations]
+
+    def run_one(implementation, seed):
+        logging.info("Starting %s, seed %d, %d steps (log in %s)...", implementation, seed, flag_values.steps,
+                     log_dir)
+        if implementation == "official":
+            run = run_official(flag_values, seed, run_dir, facts["num_classes"], run_dir, log_dir)
+        else:
+            run = run_ours(flag_values, seed, run_dir, log_dir)
+        logging.info("... %s, seed %d: %d steps in %.1f min, %s, test accuracy %s.", implementation, seed,
+                     run.steps, run.seconds / 60, f"diverged at step {run.diverged_at}" if run.diverged
+                     else "no divergence", run.test_accuracy)
+        return run
+
+    try:
+        for seed in seeds:
+            # Seed by seed, both implementations, so a change in the machine's load falls on both.
+            if flag_values.parallel:
+                with concurrent.futures.ThreadPoolExecutor(len(implementations)) as pool:
+                    futures = [pool.submit(run_one, implementation, seed) for implementation in implementations]
+                    runs.extend(future.result() for future in futures)
+            else:
+                runs.extend(run_one(implementation, seed) for implementation in implementations)
+    except RunFailed as error:
+        logging.error("%s", error)
+        return EXIT_RUN_FAILED
+    report = format_report(runs, settings)
+    with open(os.path.join(output_dir, "compare_training.json"), "w") as f:
+        json.dump(dict(settings=settings, runs=[run.to_dict() for run in runs],
+                       diverged={k: list(v) for k, v in count_diverged(runs).items()}, report=report), f, indent=1)
+    plot = plot_curves(runs, os.path.join(output_dir, "compare_training.png"), flag_values.report_every)
+    logging.info("Wrote %s and %s.", os.path.join(output_dir, "compare_training.json"), plot)
+    print(report, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    define_flags()
+    app.run(main)
