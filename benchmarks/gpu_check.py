@@ -24,7 +24,6 @@ of CPU time; CI runs it (tests/test_gpu_check.py). Its timings mean nothing.
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -207,7 +206,8 @@ def markdown(report: dict) -> str:
             f"WRN-{sizes['depth']}-{sizes['width']}, batch {sizes['batch_size']}, {sizes['sgld_steps']} SGLD steps, "
             f"{sizes['image_size']}x{sizes['image_size']}x{sizes['channels']}, one device:",
             "",
-            "| precision | XLA | forward ms | SGLD step ms | JEM iteration ms | SGLD step, strict 2F, of matmul ceiling "
+            "| precision | XLA | forward ms | SGLD step ms | JEM iteration ms "
+            "| SGLD step, strict 2F, of matmul ceiling "
             f"| s per CIFAR-10 epoch ({CIFAR10_ITERATIONS_PER_EPOCH} it.) |",
             "|---|---|---:|---:|---:|---:|---:|",
         ]
@@ -285,7 +285,8 @@ def run(output_dir: str, smoke: bool, train_steps=None) -> int:
     print(text, flush=True)
     failed = [r["name"] for r in checks.records if not r["passed"]]
     if failed:
-        logging.error("gpu_check failed: %s (details in %s).", ", ".join(failed), os.path.join(output_dir, "gpu_check.md"))
+        logging.error("gpu_check failed: %s (details in %s).", ", ".join(failed),
+                      os.path.join(output_dir, "gpu_check.md"))
         return EXIT_FAILED
     logging.info("gpu_check passed in %.0f s; %s", report["seconds"], os.path.join(output_dir, "gpu_check.json"))
     return 0

@@ -170,7 +170,8 @@ def _write_metadata(export_dir: str, functions: ServingFunctions, network, extra
         precision={
             "policy": jem_precision.precision_of(network),
             "compute_dtype": network.compute_dtype,
-            "io": "float32 inputs and outputs whatever the policy: weights, logits, energies and SGLD images are float32",
+            "io": "float32 inputs and outputs whatever the policy: weights, logits, energies and SGLD images are "
+                  "float32",
         },
         preprocessing={
             "images": "float32 in [-1, 1]: uint8 pixels x mapped by x / 127.5 - 1",

@@ -13,22 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from reference_env import REFERENCE_DIR, TORCH_PYTHON, torch_and_reference_missing
 
 from benchmarks import compare_training, reference_worker
 from benchmarks.compare_training import RunResult
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = os.environ.get("JEM_REFERENCE_DIR", "/work/ref/JEM")
-TORCH_PYTHON = os.environ.get("JEM_TORCH_PYTHON", "/work/venv-torch/bin/python")
-
-
-def torch_and_reference_missing() -> str:
-    if not os.path.isfile(os.path.join(REFERENCE_DIR, "train_wrn_ebm.py")):
-        return f"no checkout of the reference code at {REFERENCE_DIR} (set JEM_REFERENCE_DIR)"
-    if not os.access(TORCH_PYTHON, os.X_OK):
-        return f"no Python with torch at {TORCH_PYTHON} (set JEM_TORCH_PYTHON)"
-    probe = subprocess.run([TORCH_PYTHON, "-c", "import torch, numpy"], capture_output=True)
-    return "" if probe.returncode == 0 else f"{TORCH_PYTHON} cannot import torch"
 
 
 def _curve(values):

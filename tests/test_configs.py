@@ -39,7 +39,8 @@ def test_unknown_preset_is_named():
     "field,value",
     [("depth", 12), ("objective", "gan"), ("reinit_freq", 1.5), ("sgld_steps", -1), ("batch_size", 0),
      ("strategy", "tpu"), ("learning_rate", 0.0), ("augmentation", "mixup"), ("seed", -1), ("seed", 2**31),
-     ("lr_decay_epochs", (11, 8)), ("lr_decay_epochs", (-5,)), ("lr_decay_epochs", (5, 5)), ("lr_decay_epochs", (2.5,))],
+     ("lr_decay_epochs", (11, 8)), ("lr_decay_epochs", (-5,)), ("lr_decay_epochs", (5, 5)),
+     ("lr_decay_epochs", (2.5,))],
 )
 def test_a_broken_setting_is_refused_naming_flag_and_value(field, value):
     config = dataclasses.replace(get_preset("quick"), **{field: value})

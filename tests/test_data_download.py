@@ -208,7 +208,8 @@ class _Stop(Exception):
 def stub_run(monkeypatch):
     """evaluate_workdir on a stub digits run, stopped right after the download step."""
     run = types.SimpleNamespace(dataset="digits", image_shape=(8, 8, 1), num_classes=10)
-    config = types.SimpleNamespace(data_dir=None, validation_fraction=0.1, skip_bad_files=False, drop_empty_classes=False)
+    config = types.SimpleNamespace(data_dir=None, validation_fraction=0.1, validation_size=None, skip_bad_files=False,
+                                   drop_empty_classes=False)
     monkeypatch.setattr(suite, "restore_run", lambda workdir, checkpoint=None, precision=None: (run, config))
 
     def stop(*args, **kwargs):
@@ -273,7 +274,8 @@ CHILD = textwrap.dedent("""
         from jem_tf.evaluation import suite
 
         run = types.SimpleNamespace(dataset="digits", image_shape=(8, 8, 1), num_classes=10)
-        config = types.SimpleNamespace(data_dir=None, validation_fraction=0.1, skip_bad_files=False, drop_empty_classes=False)
+        config = types.SimpleNamespace(data_dir=None, validation_fraction=0.1, validation_size=None,
+                                       skip_bad_files=False, drop_empty_classes=False)
         suite.restore_run = lambda workdir, checkpoint=None, precision=None: (run, config)
     module = __import__(module_name, fromlist=["main"])
     module.define_flags()
@@ -331,8 +333,8 @@ def test_evaluate_download_failure_exits_2_and_writes_nothing(tmp_path):
 
 def test_export_download_failure_raises_before_anything_is_written(tmp_path, monkeypatch, reachable):
     from export import savedmodel  # noqa: PLC0415
-    from jem_tf.models import WideResNet  # noqa: PLC0415
     from jem_tf import workdir as workdir_lib  # noqa: PLC0415
+    from jem_tf.models import WideResNet  # noqa: PLC0415
 
     network = WideResNet(10, 1, 10)
     network.build((None, 32, 32, 3))

@@ -192,9 +192,10 @@ def test_float16_run_resumes_bit_identically(tmp_path):
     assert metrics["global_step"] == 4 and metrics["steps_this_session"] == 2
     straight = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "straight" / "checkpoints")))
     resumed = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "resumed" / "checkpoints")))
-    names = sorted(name for name in straight.get_variable_to_shape_map() if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    graph = "_CHECKPOINTABLE_OBJECT_GRAPH"
+    names = sorted(name for name in straight.get_variable_to_shape_map() if name != graph)
     assert any("dynamic_scale" in name for name in names)
-    assert names == sorted(name for name in resumed.get_variable_to_shape_map() if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert names == sorted(name for name in resumed.get_variable_to_shape_map() if name != graph)
     for name in names:
         np.testing.assert_array_equal(straight.get_tensor(name), resumed.get_tensor(name), err_msg=name)
 

@@ -192,6 +192,7 @@ def _step_hook(monkeypatch, hook):
             logs = step_fn(batch)
             return hook(int(model.optimizer.iterations), logs, model)
 
+        train_step.experimental_get_tracing_count = step_fn.experimental_get_tracing_count
         return train_step
 
     monkeypatch.setattr(loop, "distributed_train_step", wrapped)
