@@ -7,7 +7,7 @@ import os
 from typing import Optional
 
 OBJECTIVES = ("jem", "classifier")
-STRATEGIES = ("auto", "default", "mirrored")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 # numpy's legacy seeding (keras.utils.set_random_seed) takes 0..2**32-1; TF and SeedSequence
 # take more. One documented range that every consumer accepts.
