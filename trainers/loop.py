@@ -676,6 +676,7 @@ class _Run:
                 f"Training diverged at step {diverged_at}: {reason}, and no checkpoint restores to recover from.")
         self.manager = self._make_manager()
         self.step = _optimizer_step(self.optimizer)
+        self._check_workers_agree_on_step()
         self.saved_step = self.step
         model = self.model
         change = dict(
