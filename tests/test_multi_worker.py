@@ -187,6 +187,33 @@ def test_sigterm_to_one_worker_stops_both_at_one_checkpoint_and_restart_resumes(
     _assert_same_state(workdir, reference, FINAL_STEP)
 
 
+def test_sigkill_of_one_worker_fails_the_other_and_restarting_both_resumes(reference, tmp_path):
+    workdir = str(tmp_path / "run")
+    checkpoints = workdir_lib.checkpoint_dir(workdir)
+    workers = _start_workers(workdir, str(tmp_path), "first")
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    while not os.path.exists(os.path.join(checkpoints, "ckpt-2.index")):
+        if time.monotonic() > deadline or any(p.poll() is not None for p, _ in workers):
+            for p, _ in workers:
+                p.kill()
+            pytest.fail("the workers did not reach step 2:\n" + _tail(workers[0][1]) + _tail(workers[1][1]))
+        time.sleep(0.1)
+    workers[1][0].kill()  # no checkpoint, no goodbye
+    codes = _wait(workers)
+    # The chief's next collective fails (TensorFlow's heartbeats or the broken connection): a
+    # failure with a traceback, not a hang and not a clean end.
+    assert codes[0] == 1 and codes[1] == -signal.SIGKILL, codes
+    status = workdir_lib.read_json(os.path.join(workdir, workdir_lib.RUN_STATUS_FILE), {})
+    assert status["state"] == "failed"
+    last = workdir_lib.checkpoint_steps(checkpoints)[-1]
+    assert 2 <= last < FINAL_STEP
+    workers = _start_workers(workdir, str(tmp_path), "restart")
+    codes = _wait(workers)
+    assert codes == [0, 0], [_tail(log) for _, log in workers]
+    assert f"(step {last})" in _tail(workers[0][1], lines=400)
+    _assert_same_state(workdir, reference, FINAL_STEP)
+
+
 def test_missing_or_invalid_tf_config_is_refused_before_anything_is_written(tmp_path):
     workdir = str(tmp_path / "run")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
