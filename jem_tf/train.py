@@ -65,7 +65,8 @@ FLAG_HELP = {
                           "images), with a warning, instead of refusing the dataset (default: refuse).",
     "p_x_weight": "Weight of the log p(x) term (paper: 1).",
     "p_xy_weight": "Weight of the optional log p(x, y) term with class-conditional chains (paper: 0).",
-    "strategy": "auto (MirroredStrategy when >1 GPU) | default | mirrored.",
+    "strategy": "auto (MirroredStrategy when >1 GPU) | default | mirrored | multi_worker "
+                "(MultiWorkerMirroredStrategy over the cluster in the TF_CONFIG environment variable; README).",
     "seed": "Seed of data order, augmentation, buffer initialisation and SGLD noise: 0 .. 2**31-1.",
     "max_steps": "Stop after this many global steps (cap for smoke runs); below the workdir's latest checkpoint "
                  "the run is refused (training cannot go back).",

@@ -14,11 +14,14 @@ A run survives:
     and continues with the recovery policy (`_recover`), at most --max_recoveries times.
 """
 
+import contextlib
 import dataclasses
 import errno
 import json
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 
@@ -27,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from jem_tf import cluster as cluster_lib
 from jem_tf import data as jem_data
 from jem_tf import precision as jem_precision
 from jem_tf import preflight
@@ -79,7 +83,18 @@ class WorkdirWriteError(workdir_lib.RunStopped):
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """'auto': MirroredStrategy when more than one GPU is visible, else the default strategy."""
+    """'auto': MirroredStrategy when more than one GPU is visible, else the default strategy.
+
+    'multi_worker': MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (ValueError when it is
+    missing or invalid). It must be created before TensorFlow runs any op in this process.
+    """
+    if name == "multi_worker":
+        task = cluster_lib.parse_tf_config()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        logging.info("Multi-worker training: task %s:%d of %d workers (%s), %d replicas in sync.", task.task_type,
+                     task.task_index, task.num_workers, "chief" if task.is_chief else "not chief",
+                     strategy.num_replicas_in_sync)
+        return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
@@ -297,6 +312,62 @@ def _prepare_workdir(config: TrainConfig, data) -> None:
     workdir_lib.write_run_info(config.workdir, run_info)
 
 
+def is_chief(strategy) -> bool:
+    """Whether this process writes the run's files (always, except a non-chief multi-worker task)."""
+    return strategy.extended.should_checkpoint
+
+
+def distribute_dataset(strategy, dataset):
+    """`dataset` of global batches -> per-replica batches. Sharding is explicit: with several
+    workers, each one builds the same global batches (same seed) and keeps its replicas' rows of
+    each (AutoShardPolicy.DATA), so every example is seen once per epoch across workers and a
+    global batch is split over replicas exactly as on one machine with that many replicas."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+class _AgreedStopRequests:
+    """Multi-worker: stop and time-based checkpoints happen at the same step on every worker.
+
+    A checkpoint save is collective, so a worker that saved (or stopped) alone would leave the others
+    waiting in their next step. After each step the workers all-reduce (max) their local flags [stop
+    requested, checkpoint due]: SIGTERM/SIGINT to any one worker stops all of them after the same
+    step with one consistent checkpoint.
+
+    Why not tf.distribute.experimental.PreemptionCheckpointHandler: see `_StopRequests`; this
+    keeps the verified restore and the step-numbered checkpoints of single-process runs.
+    """
+
+    def __init__(self, local: "_StopRequests", strategy):
+        self.local = local
+        self.signal_number = None
+
+        # Compiled once: an eager collective is slow and retraces on every call.
+        self._gather = tf.function(lambda flags: _gather_from_replicas(strategy, flags))
+
+    def agree(self, checkpoint_due: bool) -> bool:
+        """Call on every worker after each step; returns whether any worker's checkpoint is due."""
+        flags = tf.constant([[int(self.local.requested), int(checkpoint_due)]], tf.int32)
+        stop, due = np.max(self._gather(flags).numpy(), axis=0)
+        if stop and self.signal_number is None:
+            # A worker that was not signalled itself stops with its peer's reason: terminated.
+            self.signal_number = self.local.signal_number or signal.SIGTERM
+            if not self.local.requested:
+                logging.warning("Another worker was told to stop: saving a checkpoint and stopping.")
+        return bool(due)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+
+def _gather_from_replicas(strategy, value):
+    """`value` [1, ...] from every replica, concatenated on every worker (collective: every worker
+    must call it at the same point)."""
+    return strategy.gather(strategy.run(tf.identity, args=(value,)), axis=0)
+
+
 def distributed_train_step(model, strategy):
     """One compiled training step on a distributed batch; returns the replica-averaged logs."""
 
@@ -319,7 +390,7 @@ def classifier_evaluator(model, strategy):
     def evaluate(dataset) -> dict:
         for metric in model.metrics:
             metric.reset_state()
-        for batch in strategy.experimental_distribute_dataset(dataset):
+        for batch in distribute_dataset(strategy, dataset):
             step(batch)
         results = {"accuracy": float(model.accuracy_tracker.result()), "xent": float(model.xent_tracker.result())}
         for metric in model.metrics:
@@ -351,10 +422,11 @@ def train(config: TrainConfig, exporter=None) -> dict:
     config.validate()
     preflight.check_workdir_path(config.workdir)
     resuming, config = _check_resumable(config)
+    # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime at creation.
+    strategy = make_strategy(config.strategy)
     data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
                          validation_size=config.validation_size, skip_bad_files=config.skip_bad_files,
                          drop_empty_classes=config.drop_empty_classes)
-    strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(
@@ -370,20 +442,27 @@ def train(config: TrainConfig, exporter=None) -> dict:
     # Built before anything is written: a build that fails (e.g. out of accelerator memory, which
     # the host-memory check cannot see) leaves the workdir as it was.
     run = _Run(config, data, strategy, steps_per_epoch)
-    # One writer per workdir, from the first file written to the last.
-    with workdir_lib.WorkdirLock(config.workdir):
-        workdir_lib.clean_leftovers(config.workdir)
-        _prepare_workdir(config, data)
+    chief = is_chief(strategy)
+    # One writer per workdir, from the first file written to the last: the chief. Other workers of
+    # a multi-worker run write nothing there and take no lock (on a shared filesystem theirs would
+    # lock the chief out).
+    with workdir_lib.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
+        if chief:
+            workdir_lib.clean_leftovers(config.workdir)
+            _prepare_workdir(config, data)
         # Installed before the first checkpoint is read or written: a signal from here on ends with
         # a checkpoint.
         stop_requests = _StopRequests().install()
 
         def status(state, **details):
-            workdir_lib.write_run_status(config.workdir, state, run.step, **details)
+            if chief:
+                workdir_lib.write_run_status(config.workdir, state, run.step, **details)
 
         try:
             run.start(resuming)
-            return run.train(stop_requests, exporter)
+            multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            return run.train(_AgreedStopRequests(stop_requests, strategy) if multi_worker else stop_requests,
+                             exporter)
         except TrainingDivergedError as error:
             status("diverged", message=str(error))
             raise
@@ -421,7 +500,11 @@ class _Run:
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.checkpoint_dir = workdir_lib.checkpoint_dir(config.workdir)
+        # Saving is collective: every worker saves; non-chief workers to a temporary directory that
+        # is removed after each save (TensorFlow's multi-worker checkpoint pattern).
+        self.chief = is_chief(strategy)
         self.step = 0
+        self.saved_step = None
         # Seeds the weight initialisers (and TF's global seed): two runs with one --seed are one run.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
@@ -437,11 +520,12 @@ class _Run:
     def start(self, resuming: bool):
         """Restores the newest checkpoint that verifies, or saves step 0. Call with the workdir lock held."""
         with self.strategy.scope():
-            restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=True)
+            restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=self.chief)
         self.manager = self._make_manager()
-        # .numpy(): under MirroredStrategy the step is a MirroredVariable, which int() refuses.
-        self.step = int(self.optimizer.iterations.numpy())
+        self.step = _optimizer_step(self.optimizer)
+        self._check_workers_agree_on_step()
         if restored:
+            self.saved_step = self.step
             logging.info("Resumed from %s (step %d).", restored, self.step)
             self._reapply_last_recovery()
         else:
@@ -464,6 +548,19 @@ class _Run:
             logging.info("Re-applied recovery %d's re-initialisation of %d chains to the restored buffer.",
                          last["recovery"], count)
 
+    def _check_workers_agree_on_step(self):
+        """Multi-worker: every worker must have restored the same step (the workdir must be on a
+        filesystem all workers see); otherwise their steps would silently mix two states."""
+        if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return
+        steps = _gather_from_replicas(self.strategy, tf.constant([self.step], tf.int64)).numpy()
+        lowest, highest = int(steps.min()), int(steps.max())
+        if highest != lowest:
+            raise ValueError(
+                f"The workers restored different steps ({lowest} .. {highest}; this one: {self.step}) from "
+                f"{self.checkpoint_dir!r}. --workdir must be one directory on a filesystem every worker sees "
+                "(NFS, GCS, ...); the chief writes its checkpoints there.")
+
     def _make_manager(self):
         # Reads the state file restore_newest rebuilt: it lists exactly the checkpoints present.
         return tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
@@ -471,7 +568,15 @@ class _Run:
 
     def save(self) -> str:
         try:
-            path = self.manager.save(checkpoint_number=self.step)
+            if self.chief:
+                path = self.manager.save(checkpoint_number=self.step)
+            else:  # the collective save's copy on a non-chief worker is not kept
+                directory = tempfile.mkdtemp(prefix="jem_tf-worker-checkpoint-")
+                try:
+                    path = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=1).save(
+                        checkpoint_number=self.step)
+                finally:
+                    shutil.rmtree(directory, ignore_errors=True)
         except (tf.errors.OpError, OSError) as error:
             raise WorkdirWriteError(
                 f"Could not save the checkpoint of step {self.step} in {self.checkpoint_dir!r}: "
@@ -479,6 +584,7 @@ class _Run:
                 f"it resumes from {self.manager.latest_checkpoint or 'step 0'}."
             ) from None
         self.last_save_time = time.monotonic()
+        self.saved_step = self.step
         return path
 
     def train(self, stop_requests, exporter) -> dict:
@@ -487,8 +593,11 @@ class _Run:
         augmentation = config.augmentation or data.augmentation
         train_step = distributed_train_step(model, self.strategy)
         evaluate = classifier_evaluator(model, self.strategy)
-        writer = tf.summary.create_file_writer(os.path.join(config.workdir, TENSORBOARD_DIR))
-        workdir_lib.write_run_status(config.workdir, "running", self.step)
+        if self.chief:
+            writer = tf.summary.create_file_writer(os.path.join(config.workdir, TENSORBOARD_DIR))
+            workdir_lib.write_run_status(config.workdir, "running", self.step)
+        else:
+            writer = tf.summary.create_noop_writer()
         logging.info(
             "Training %s (%s) on %s: WRN-%d-%d, %d steps (%d per epoch), global batch %d on %d replica(s).",
             config.objective, config.preset, data.name, config.depth, config.width, total_steps,
@@ -505,7 +614,7 @@ class _Run:
                 data_noise=config.data_noise, seed=config.seed, epoch=epoch, skip_batches=done_in_epoch,
             ).take(min(steps_per_epoch - done_in_epoch, total_steps - self.step))
             recovered = False
-            for batch in self.strategy.experimental_distribute_dataset(batches):
+            for batch in distribute_dataset(self.strategy, batches):
                 logs = train_step(batch)
                 self.step += 1
                 reason = divergence_reason(logs, config.max_abs_generative_loss)
@@ -521,11 +630,13 @@ class _Run:
                         for name, value in logs.items():
                             tf.summary.scalar(f"train/{name}", value)
                         tf.summary.scalar("train/learning_rate", optimizer.learning_rate)
-                    if isinstance(model, JEM) and (self.step % config.sample_every_steps == 0
+                    if self.chief and isinstance(model, JEM) and (self.step % config.sample_every_steps == 0
                                                    or self.step == total_steps):
                         _write_sample_grid(model, config.workdir, self.step)
-                if (self.step % config.checkpoint_every_steps == 0 or stop_requests.requested
-                        or time.monotonic() - self.last_save_time >= config.checkpoint_every_secs):
+                checkpoint_due = time.monotonic() - self.last_save_time >= config.checkpoint_every_secs
+                if isinstance(stop_requests, _AgreedStopRequests):
+                    checkpoint_due = stop_requests.agree(checkpoint_due)
+                if self.step % config.checkpoint_every_steps == 0 or stop_requests.requested or checkpoint_due:
                     self.save()
                 if stop_requests.requested:
                     break
@@ -538,8 +649,7 @@ class _Run:
                 with writer.as_default(step=self.step):
                     for name, value in validation.items():
                         tf.summary.scalar(f"validation/{name}", value)
-        latest = self.manager.latest_checkpoint
-        if latest is None or workdir_lib.checkpoint_step(latest) != self.step:
+        if self.saved_step != self.step:
             self.save()
         writer.flush()
         if stop_requests.requested:
@@ -560,6 +670,9 @@ class _Run:
         with writer.as_default(step=self.step):
             tf.summary.scalar("test/accuracy", test["accuracy"])
         writer.flush()
+        if not self.chief:
+            logging.info("Finished at step %d (not the chief: the chief writes metrics and the export).", self.step)
+            return metrics
         if config.export and exporter is not None:
             metrics["export"] = exporter(config.workdir, self.step)
         write_json_atomically(os.path.join(config.workdir, METRICS_FILE), json.dumps(metrics, indent=2))
@@ -570,10 +683,12 @@ class _Run:
 
     def _stop_preempted(self, signal_number):
         name = signal.Signals(signal_number).name
-        workdir_lib.write_run_status(self.config.workdir, "preempted", self.step, signal=name,
-                                     checkpoint=self.manager.latest_checkpoint)
+        if self.chief:
+            workdir_lib.write_run_status(self.config.workdir, "preempted", self.step, signal=name,
+                                         checkpoint=self.manager.latest_checkpoint)
+        saved = workdir_lib.checkpoint_path(self.checkpoint_dir, self.saved_step)
         raise TrainingPreemptedError(
-            f"Stopped by {name} at step {self.step}; saved {self.manager.latest_checkpoint}. Re-run the same command "
+            f"Stopped by {name} at step {self.step}; saved {saved}. Re-run the same command "
             "to resume.", self.step, signal_number)
 
     def _recover(self, reason, writer):
@@ -591,13 +706,14 @@ class _Run:
                 "or another --seed."
             )
         with self.strategy.scope():
-            restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=True)
+            restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=self.chief)
         if restored is None:
             raise TrainingDivergedError(
                 f"Training diverged at step {diverged_at}: {reason}, and no checkpoint restores to recover from.")
         self.manager = self._make_manager()
-        # .numpy(): under MirroredStrategy the step is a MirroredVariable, which int() refuses.
-        self.step = int(self.optimizer.iterations.numpy())
+        self.step = _optimizer_step(self.optimizer)
+        self._check_workers_agree_on_step()
+        self.saved_step = self.step
         model = self.model
         change = dict(
             step=diverged_at, reason=reason, restored_checkpoint=os.path.basename(restored), restored_step=self.step,
@@ -618,10 +734,11 @@ class _Run:
         change["recovery"] = config.recoveries
         change["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         # The effective values go into config.json, so a resumed run continues with them.
-        workdir_lib.write_config(config.workdir, config)
         path = os.path.join(config.workdir, workdir_lib.RECOVERIES_FILE)
-        history = workdir_lib.read_json(path, [])
-        write_json_atomically(path, json.dumps(history + [change], indent=2))
+        if self.chief:
+            workdir_lib.write_config(config.workdir, config)
+            history = workdir_lib.read_json(path, [])
+            write_json_atomically(path, json.dumps(history + [change], indent=2))
         logging.warning(
             "Recovery %d of %d: training diverged at step %d (%s). Restored %s (step %d); learning rate x%g, "
             "SGLD steps %s, %s replay-buffer chains re-initialised. Recorded in %s.",
@@ -632,6 +749,12 @@ class _Run:
             tf.summary.scalar("recovery/count", config.recoveries)
             tf.summary.scalar("recovery/learning_rate_scale", config.learning_rate_scale)
             tf.summary.text("recovery/event", json.dumps(change))
+
+
+def _optimizer_step(optimizer) -> int:
+    # Through a tensor: under MultiWorkerMirroredStrategy the variable's value is a
+    # MirroredVariable, which int() does not take.
+    return int(tf.convert_to_tensor(optimizer.iterations.value))
 
 
 def _reinitialise_wild_chains(buffer, limit: float, seed) -> int:

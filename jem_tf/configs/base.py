@@ -7,7 +7,7 @@ import os
 from typing import Optional
 
 OBJECTIVES = ("jem", "classifier")
-STRATEGIES = ("auto", "default", "mirrored")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # The same names as jem_tf.precision.PRECISIONS (not imported: configs stay free of Keras).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("none", "crop", "crop_flip")
