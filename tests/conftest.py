@@ -72,3 +72,19 @@ def _no_outside_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture(autouse=True)
+def _distinct_collective_keys():
+    """Each test's MirroredStrategy gets its own collective group keys.
+
+    Strategies built in one process otherwise all start at group key 1, and the runtime keeps
+    each (group, instance) key's first tensor shape: a second test whose model has another shape
+    then fails with "Shape mismatch in the collective instance". TensorFlow's own distribution
+    tests avoid this the same way (strategy_combinations.py, `_collective_key_base` "only set this
+    in tests"). Bumped after each test too, since a module-scoped fixture that builds a strategy
+    runs before the next test's function-scoped fixtures.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100000
+    yield
+    tf.distribute.MirroredStrategy._collective_key_base += 100000
