@@ -6,19 +6,17 @@ builds the model: they read only the config, the data's sizes and the workdir's 
 """
 
 import os
-import re
 
 from absl import logging
 
+from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import TrainConfig
 
-CHECKPOINT_DIR = "checkpoints"
 # Bytes per replay-buffer pixel: the chains are float32.
 BUFFER_BYTES_PER_VALUE = 4
 # Building the buffer holds its random initial value and the variable at once, and saving a
 # checkpoint copies it again: twice the buffer is the peak the estimate must fit.
 BUFFER_PEAK_COPIES = 2
-_CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
 
 def check_workdir_path(workdir: str) -> None:
@@ -43,11 +41,7 @@ def check_workdir_path(workdir: str) -> None:
 def latest_checkpoint_step(workdir: str):
     """The highest N of WORKDIR/checkpoints/ckpt-N.index, or None: read from the files themselves,
     so a missing or garbled `checkpoint` state file does not hide the run's progress."""
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
-        return None
-    steps = [int(m.group(1)) for m in map(_CHECKPOINT_INDEX.match, os.listdir(directory)) if m]
-    return max(steps, default=None)
+    return max(workdir_lib.checkpoint_steps(workdir_lib.checkpoint_dir(workdir)), default=None)
 
 
 def check_not_past_end(config: TrainConfig, total_steps: int, steps_per_epoch: int) -> None:
