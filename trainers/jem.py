@@ -105,8 +105,7 @@ class JEM(Classifier):
             batches.append(conditional_samples)
             pending_writes.append((conditional_slots, conditional_samples))
 
-        # One forward pass over data and samples: larger batches run faster than several small ones.
-        all_logits = tf.split(self(tf.concat(batches, axis=0), training=True), len(batches), axis=0)
+        all_logits = self.data_and_sample_logits(batches)
         logits = all_logits[0]
         xent, logs = self.classification_terms(logits, labels)
         log_px_data = tf.reduce_mean(energy.log_marginal(logits))
@@ -127,6 +126,32 @@ class JEM(Classifier):
         if "log_px_samples" in logs:
             self.log_px_samples_tracker.update_state(logs["log_px_samples"])
         return xent + generative_loss, logs, pending_writes
+
+    def data_and_sample_logits(self, batches):
+        """Logits of `batches` = [data, sample batches...], one tensor per batch, under the tape.
+
+        Without batch norm: one forward pass over all of them (larger batches run faster than
+        several small ones), and the logits do not depend on what else is in the batch.
+
+        With batch norm, a fused pass would normalise the data with statistics of data and samples
+        together and move the moving averages towards the samples'. Instead the data alone run in
+        training mode (batch statistics of the data batch; the moving averages take this data batch
+        in) and the samples run in inference mode, as SGLD drew them: a sample's energy is the
+        function the chain climbed, independent of the other samples, and the samples never reach the
+        moving averages. JEM++ (Yang & Ji, ICCV 2021) scores the log p(x) term in inference mode with
+        its `--plc=eval`; its default and SADA-JEM instead run the samples in training mode, which
+        normalises each sample with the other samples' statistics and feeds them into the moving
+        averages, the two things this avoids. The sample pass follows the data pass, so it reads
+        the moving averages already updated with this data batch (PyTorch momentum 0.9: 90 % of
+        this batch's statistics).
+        """
+        if self.norm != "batch":
+            return tf.split(self(tf.concat(batches, axis=0), training=True), len(batches), axis=0)
+        data_logits = self(batches[0], training=True)
+        if len(batches) == 1:
+            return [data_logits]
+        sample_logits = self(tf.concat(batches[1:], axis=0), training=False)
+        return [data_logits] + tf.split(sample_logits, len(batches) - 1, axis=0)
 
     def after_update(self, pending_updates):
         # Chains go back to their slots after the weight update, as in Algorithm 1 (line 11).
