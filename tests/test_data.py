@@ -461,6 +461,39 @@ def test_skip_batches_resumes_the_same_stream():
         np.testing.assert_array_equal(images, full_images)
 
 
+def test_unaugmented_view_is_the_same_images_with_the_same_noise_but_no_crop_or_flip():
+    source = _indexed_dataset(64, (8, 8, 3))
+    source_images = _arrays(source)[0].astype(np.float32) / 127.5 - 1.0
+    kwargs = dict(training=True, augmentation="crop_flip", data_noise=0.05, seed=6, epoch=1)
+    plain = list(data.make_batches(source, 16, **kwargs))
+    with_view = list(data.make_batches(source, 16, unaugmented_view=True, **kwargs))
+    assert len(with_view) == len(plain) == 4
+    moved = 0
+    for (images, labels), (view_images, view_labels, unaugmented) in zip(plain, with_view):
+        # The first two elements are exactly the stream without the view.
+        np.testing.assert_array_equal(view_images, images)
+        np.testing.assert_array_equal(view_labels, labels)
+        noise = unaugmented.numpy() - source_images[labels.numpy()]
+        assert noise.std() == pytest.approx(0.05, rel=0.15)
+        # The noise is the augmented view's: without it, the augmented image is a crop (or its
+        # mirror) of the padded source.
+        for image, image_noise, label in zip(images.numpy(), noise, labels.numpy()):
+            padded = np.pad(source_images[label], [(1, 1), (1, 1), (0, 0)], mode="reflect")
+            crops = [padded[dy:dy + 8, dx:dx + 8] for dy in range(3) for dx in range(3)]
+            assert any(np.allclose(image - image_noise, view, atol=1e-5)
+                       for crop in crops for view in (crop, crop[:, ::-1])), f"example {label}"
+        moved += int(np.sum(np.any(images.numpy() != unaugmented.numpy(), axis=(1, 2, 3))))
+    assert moved > 32  # crops and flips really differ from the un-augmented view
+    # Without crop/flip the views are identical; resuming mid-epoch keeps the view in step.
+    same = data.make_batches(source, 16, training=True, data_noise=0.05, seed=6, unaugmented_view=True)
+    for images, _, unaugmented in same:
+        np.testing.assert_array_equal(unaugmented, images)
+    resumed = list(data.make_batches(source, 16, unaugmented_view=True, skip_batches=2, **kwargs))
+    for got, want in zip(resumed, with_view[2:]):
+        for got_part, want_part in zip(got, want):
+            np.testing.assert_array_equal(got_part, want_part)
+
+
 def test_make_batches_rejects_bad_arguments(digits):
     with pytest.raises(ValueError, match="augmentation"):
         data.make_batches(digits.train, 8, training=True, augmentation="flip")

@@ -40,9 +40,11 @@ def _augment(
     image_shape: tuple,
     augmentation: str,
     data_noise: float,
-) -> tf.Tensor:
-    """Random crop / flip / Gaussian noise on one float image, all drawn from `key`."""
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """(augmented, un-augmented) views of one float image: random crop / flip plus Gaussian
+    noise, and the same image with the same noise but no crop or flip; all drawn from `key`."""
     crop_key, flip_key, noise_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
+    unaugmented = image
     if augmentation in ("crop", "crop_flip"):
         pad = crop_padding(image_shape[0], image_shape[1])
         padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
@@ -51,9 +53,12 @@ def _augment(
         image = tf.image.stateless_random_flip_left_right(image, seed=flip_key)
     if data_noise > 0.0:
         # No clipping, as in the reference JEM code: the noise is meant to smooth the data
-        # distribution, including at the borders of the pixel range.
-        image = image + data_noise * tf.random.stateless_normal(image_shape, seed=noise_key)
-    return image
+        # distribution, including at the borders of the pixel range. It is part of the data, not
+        # an augmentation, so the un-augmented view gets it too.
+        noise = data_noise * tf.random.stateless_normal(image_shape, seed=noise_key)
+        image = image + noise
+        unaugmented = unaugmented + noise
+    return image, unaugmented
 
 
 def make_batches(
@@ -67,6 +72,7 @@ def make_batches(
     epoch: int = 0,
     skip_batches: int = 0,
     drop_remainder: bool | None = None,
+    unaugmented_view: bool = False,
 ) -> tf.data.Dataset:
     """Batches an unbatched `(image uint8 [H, W, C], label int)` dataset for the model.
 
@@ -85,9 +91,12 @@ def make_batches(
       skip_batches: batches to skip at the start (resuming mid-epoch): the result equals the
         unskipped stream from batch `skip_batches` on, without computing the skipped batches.
       drop_remainder: None: `training`.
+      unaugmented_view: also yield each batch's images without crop or flip (but with the same
+        noise), for the log p(x) term of SADA-JEM (`--generative_augmentation=none`).
 
     Returns:
-      Dataset of `(float32 images [B, H, W, C], int32 labels [B])`, prefetched.
+      Dataset of `(float32 images [B, H, W, C], int32 labels [B])`, prefetched; with
+      `unaugmented_view`, `(images, labels, unaugmented images [B, H, W, C])`.
     """
     if augmentation not in AUGMENTATIONS:
         raise ValueError(
@@ -130,10 +139,12 @@ def make_batches(
 
     def prepare(position: tf.Tensor, example):
         image, label = example
-        image = to_model_range(image)
+        image = unaugmented = to_model_range(image)
         if use_randomness:
             example_key = tf.random.experimental.stateless_fold_in(key, position)
-            image = _augment(image, example_key, image_shape, augmentation, data_noise)
+            image, unaugmented = _augment(image, example_key, image_shape, augmentation, data_noise)
+        if unaugmented_view:
+            return image, tf.cast(label, tf.int32), unaugmented
         return image, tf.cast(label, tf.int32)
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
