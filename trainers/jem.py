@@ -72,11 +72,14 @@ class JEM(Classifier):
             **network, sgld_steps=config.sgld_steps + config.extra_sgld_steps, sgld_step_size=config.sgld_step_size,
             sgld_noise=config.sgld_noise, buffer_size=config.buffer_size, reinit_freq=config.reinit_freq,
             p_x_weight=config.p_x_weight, p_xy_weight=config.p_xy_weight, sgld_jit_compile=config.jit_compile,
+            **cls.optimisation_settings(config),
         )
+
+    models_log_px = True
 
     @classmethod
     def check_config(cls, config, num_train: int) -> None:
-        del num_train
+        super().check_config(config, num_train)
         if config.batch_size > config.buffer_size:
             raise ValueError(
                 f"--buffer_size={config.buffer_size} is smaller than --batch_size={config.batch_size}: each step draws "
@@ -141,39 +144,40 @@ class JEM(Classifier):
         )
         return tf.stop_gradient(samples), slots
 
-    def objective_terms(self, images, labels, generative_images=None):
+    def draw_negatives(self, images, labels):
+        """The step's SGLD samples (unconditional chains if p_x_weight > 0, then class-conditional
+        chains for `labels` if p_xy_weight > 0) and their buffer writes for `after_update`."""
         local_batch = tf.shape(images)[0]
         unconditional_seed, conditional_seed = tf.unstack(
             tf.random.experimental.stateless_split(self.step_seed(), 2)
         )
-        batches = [images]
-        if generative_images is not None:  # log p(x) of the data is taken on these (same batch size)
-            batches.append(generative_images)
-        pending_writes = []
+        negatives, pending_writes = [], []
         if self.p_x_weight > 0:
             samples, slots = self.sample_chains(local_batch, unconditional_seed)
-            batches.append(samples)
+            negatives.append(samples)
             pending_writes.append((slots, samples))
         if self.p_xy_weight > 0:
             conditional_samples, conditional_slots = self.sample_chains(local_batch, conditional_seed, labels)
-            batches.append(conditional_samples)
+            negatives.append(conditional_samples)
             pending_writes.append((conditional_slots, conditional_samples))
+        return tuple(negatives), pending_writes
 
-        all_logits = self.data_and_sample_logits(batches)
-        logits = all_logits[0]
+    def objective_terms(self, images, labels, generative_images=None, negatives=()):
+        # log p(x) of the data is taken on generative_images when given (same batch size).
+        data_batches = [images] if generative_images is None else [images, generative_images]
+        data_logits, sample_logits = self.data_and_sample_logits(data_batches, list(negatives))
+        logits = data_logits[0]
         xent, logs = self.classification_terms(logits, labels)
-        # The data batches come first: images, then generative_images if given; samples after them.
-        num_data_batches = 1 if generative_images is None else 2
-        log_px_data = tf.reduce_mean(energy.log_marginal(all_logits[num_data_batches - 1]))
+        log_px_data = tf.reduce_mean(energy.log_marginal(data_logits[-1]))
         logs["log_px_data"] = log_px_data
         generative_loss = tf.constant(0.0)
         if self.p_x_weight > 0:
-            log_px_samples = tf.reduce_mean(energy.log_marginal(all_logits[num_data_batches]))
+            log_px_samples = tf.reduce_mean(energy.log_marginal(sample_logits[0]))
             generative_loss += self.p_x_weight * (log_px_samples - log_px_data)
             logs["log_px_samples"] = log_px_samples
         if self.p_xy_weight > 0:
             log_pxy_data = tf.reduce_mean(energy.log_joint(logits, labels))
-            log_pxy_samples = tf.reduce_mean(energy.log_joint(all_logits[-1], labels))
+            log_pxy_samples = tf.reduce_mean(energy.log_joint(sample_logits[-1], labels))
             generative_loss += self.p_xy_weight * (log_pxy_samples - log_pxy_data)
             logs["log_pxy_samples"] = log_pxy_samples
         logs["generative_loss"] = generative_loss
@@ -181,33 +185,36 @@ class JEM(Classifier):
         self.log_px_data_tracker.update_state(log_px_data)
         if "log_px_samples" in logs:
             self.log_px_samples_tracker.update_state(logs["log_px_samples"])
-        return xent + generative_loss, logs, pending_writes
+        return xent + generative_loss, logs
 
-    def data_and_sample_logits(self, batches):
-        """Logits of `batches` = [data, sample batches...], one tensor per batch, under the tape.
+    def data_and_sample_logits(self, data_batches, sample_batches):
+        """(logits of each data batch, logits of each sample batch), under the tape.
 
         Without batch norm: one forward pass over all of them (larger batches run faster than
         several small ones), and the logits do not depend on what else is in the batch.
 
         With batch norm, a fused pass would normalise the data with statistics of data and samples
         together and move the moving averages towards the samples'. Instead the data alone run in
-        training mode (batch statistics of the data batch; the moving averages take this data batch
-        in) and the samples run in inference mode, as SGLD drew them: a sample's energy is the
-        function the chain climbed, independent of the other samples, and the samples never reach the
-        moving averages. JEM++ (Yang & Ji, ICCV 2021) scores the log p(x) term in inference mode with
-        its `--plc=eval`; its default and SADA-JEM instead run the samples in training mode, which
+        training mode (batch statistics of the data; the moving averages take the data in) and the
+        samples run in inference mode, as SGLD drew them: a sample's energy is the function the
+        chain climbed, independent of the other samples, and the samples never reach the moving
+        averages. JEM++ (Yang & Ji, ICCV 2021) scores the log p(x) term in inference mode with its
+        `--plc=eval`; its default and SADA-JEM instead run the samples in training mode, which
         normalises each sample with the other samples' statistics and feeds them into the moving
         averages, the two things this avoids. The sample pass follows the data pass, so it reads
-        the moving averages already updated with this data batch (PyTorch momentum 0.9: 90 % of
-        this batch's statistics).
+        the moving averages already updated with this data (PyTorch momentum 0.9: 90 % of this
+        batch's statistics).
         """
+        num_data = len(data_batches)
         if self.norm != "batch":
-            return tf.split(self(tf.concat(batches, axis=0), training=True), len(batches), axis=0)
-        data_logits = self(batches[0], training=True)
-        if len(batches) == 1:
-            return [data_logits]
-        sample_logits = self(tf.concat(batches[1:], axis=0), training=False)
-        return [data_logits] + tf.split(sample_logits, len(batches) - 1, axis=0)
+            batches = data_batches + sample_batches
+            logits = tf.split(self(tf.concat(batches, axis=0), training=True), len(batches), axis=0)
+            return logits[:num_data], logits[num_data:]
+        data_logits = tf.split(self(tf.concat(data_batches, axis=0), training=True), num_data, axis=0)
+        if not sample_batches:
+            return data_logits, []
+        sample_logits = self(tf.concat(sample_batches, axis=0), training=False)
+        return data_logits, tf.split(sample_logits, len(sample_batches), axis=0)
 
     def after_update(self, pending_updates):
         # Chains go back to their slots after the weight update, as in Algorithm 1 (line 11).
@@ -219,7 +226,7 @@ class JEM(Classifier):
         config.update(
             sgld_steps=self.sgld_steps, sgld_step_size=self.sgld_step_size, sgld_noise=self.sgld_noise,
             buffer_size=self.buffer_size, reinit_freq=self.reinit_freq, p_x_weight=self.p_x_weight,
-            p_xy_weight=self.p_xy_weight, sgld_jit_compile=self.sgld_jit_compile, seed=self.seed,
+            p_xy_weight=self.p_xy_weight, sgld_jit_compile=self.sgld_jit_compile,
         )
         return config
 

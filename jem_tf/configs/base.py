@@ -13,6 +13,8 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # The same names as jem_tf.precision.PRECISIONS (not imported: configs stay free of Keras).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("none", "crop", "crop_flip")
+# What the log p(x) data term sees: the augmented training images, or the same without crop/flip.
+GENERATIVE_AUGMENTATIONS = ("same", "none")
 # numpy's legacy seeding (keras.utils.set_random_seed) takes 0..2**32-1; TF and SeedSequence
 # take more. One documented range that every consumer accepts.
 MAX_SEED = 2**31 - 1
@@ -85,6 +87,18 @@ class TrainConfig:
     # Loss weights: L = xent + p_x_weight * L_gen(x) + p_xy_weight * L_gen(x, y).
     p_x_weight: float = 1.0
     p_xy_weight: float = 0.0
+    # SADA-JEM (Yang, Su & Ji, CVPR 2023): sharpness-aware minimisation, and the log p(x) term
+    # on un-augmented images.
+    sam_rho: float = dataclasses.field(default=0.0, metadata=dict(help=(
+        "Sharpness-aware minimisation radius rho (0: off). Each step also evaluates the whole loss (with the "
+        "same data and SGLD samples) at the weights moved by rho * g/||g|| along its gradient g, and updates "
+        "with the gradient there: two forward/backward passes per step. SADA-JEM: 2 with --sam_adaptive.")))
+    sam_adaptive: bool = dataclasses.field(default=False, metadata=dict(help=(
+        "With --sam_rho > 0: adaptive SAM (ASAM, Kwon et al. 2021), whose step scales with each weight's "
+        "magnitude (rho * w^2 g / ||w g||). SADA-JEM uses it (its rho >= 0.5 switches it on).")))
+    generative_augmentation: str = dataclasses.field(default="same", metadata=dict(help=(
+        "Images of the log p(x) data term: same (the augmented training images, as JEM) | none (the same images "
+        "without crop or flip, keeping --data_noise; SADA-JEM). Only for objectives with a log p(x) term.")))
     # Execution.
     strategy: str = "auto"
     seed: int = 0
@@ -166,6 +180,9 @@ class TrainConfig:
                 "choose the validation split; pass only one (--validation_size replaces the fraction).")
         check(self.p_x_weight >= 0, "p_x_weight", "a non-negative number")
         check(self.p_xy_weight >= 0, "p_xy_weight", "a non-negative number")
+        check(self.sam_rho >= 0, "sam_rho", "a non-negative number (0: no sharpness-aware minimisation)")
+        check(self.generative_augmentation in GENERATIVE_AUGMENTATIONS, "generative_augmentation",
+              f"one of {GENERATIVE_AUGMENTATIONS}")
         check(isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]")
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", "a positive integer or unset")
         check(self.checkpoint_every_steps >= 1, "checkpoint_every_steps", "a positive integer")

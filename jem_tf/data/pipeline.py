@@ -166,4 +166,6 @@ def make_training_batches(data, config, *, epoch: int, skip_batches: int = 0) ->
     return make_batches(
         data.train, config.batch_size, training=True, augmentation=config.augmentation or data.augmentation,
         data_noise=config.data_noise, seed=config.seed, epoch=epoch, skip_batches=skip_batches,
+        # SADA-JEM: log p(x) on the images without crop/flip (the third element).
+        unaugmented_view=config.generative_augmentation == "none",
     )
