@@ -70,7 +70,7 @@ def main(argv):
     from jem_tf.evaluation import common, suite
 
     try:
-        options = options_from_flags().validate()
+        options = options_from_flags(FLAGS).validate()
         evaluations = suite.parse_evaluations(FLAGS.eval)
         results = suite.evaluate_workdir(
             FLAGS.workdir, evaluations, options, output_dir=FLAGS.output, compare_workdir=FLAGS.compare_workdir,
