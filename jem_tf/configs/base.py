@@ -1,4 +1,11 @@
-"""The training configuration: one dataclass whose defaults are the paper's Table 4."""
+"""The training configuration: one dataclass whose defaults are the paper's Table 4.
+
+Each field carries its help text in `metadata=dict(help=...)`; `jem_tf/cli.py` makes every field a
+`python -m jem_tf.train` flag of the same name from it (`choices` makes an enum flag; `flag=False`
+marks a field that is not a flag), so a new field is written once, here:
+
+    some_weight: float = dataclasses.field(default=0.0, metadata=dict(help="What it weighs (paper: 0)."))
+"""
 
 import dataclasses
 import json
@@ -54,10 +61,12 @@ class TrainConfig:
     data_dir: Optional[str] = dataclasses.field(default=None, metadata=dict(
         help="tensorflow-datasets data directory holding the prepared dataset (downloaded only with --download)."))
     workdir: str = dataclasses.field(default="runs/jem", metadata=dict(
-        help="Run directory: config, checkpoints, TensorBoard logs, samples, metrics.json, export. Paper preset: "
-             "runs/<dataset>."))
+        help="Run directory (re-running on it resumes): config, checkpoints, TensorBoard logs, samples, "
+             "metrics.json, export. Paper preset: runs/<dataset>."))
     objective: str = dataclasses.field(default="jem", metadata=dict(
-        choices=OBJECTIVES, help="jem (classifier + log p(x) via SGLD) | classifier (cross-entropy baseline)."))
+        choices=OBJECTIVES,
+        help="jem (classifier + log p(x) via SGLD) | classifier (cross-entropy baseline: the same network, data "
+             "and flags, cross-entropy only)."))
     # WRN-28-10 without normalisation (the paper removes batch norm).
     depth: int = dataclasses.field(default=28, metadata=dict(help="WideResNet depth 6n+4 (paper: 28)."))
     width: int = dataclasses.field(default=10, metadata=dict(help="WideResNet widening factor (paper: 10)."))
@@ -72,14 +81,17 @@ class TrainConfig:
         help="Global batch size, split over replicas (paper: 64)."))
     epochs: int = dataclasses.field(default=150, metadata=dict(help="Training epochs (paper: 150)."))
     learning_rate: float = dataclasses.field(default=1e-4, metadata=dict(
-        help="Adam learning rate (paper: 1e-4), decayed x lr_decay_rate at lr_decay_epochs."))
+        help="Adam learning rate (paper: 1e-4; epsilon 1e-8 as the reference code), decayed x lr_decay_rate at "
+             "lr_decay_epochs."))
     lr_decay_epochs: tuple = dataclasses.field(default=(50, 100), metadata=dict(
         item_type=int,
-        help="Epochs at which the learning rate decays, strictly increasing positive whole numbers (paper: 50,100)."))
+        help="Epochs at which the learning rate decays (staircase, from the first step of each listed epoch): "
+             "strictly increasing positive whole numbers (paper: 50,100)."))
     lr_decay_rate: float = dataclasses.field(default=0.3, metadata=dict(help="Staircase decay factor (paper: 0.3)."))
     # Linear warm-up used by the reference code's published command (--warmup_iters 1000).
     warmup_steps: int = dataclasses.field(default=1000, metadata=dict(
-        help="Linear learning-rate warm-up steps (reference command: 1000)."))
+        help="Linear learning-rate warm-up from 0, learning_rate * step / warmup_steps (the reference code's; its "
+             "published command: 1000)."))
     # SGLD and persistent chains.
     sgld_steps: int = dataclasses.field(default=20, metadata=dict(
         help="SGLD steps per training iteration (paper: 20)."))
@@ -96,7 +108,8 @@ class TrainConfig:
         help="Std of Gaussian noise added to training images in [-1, 1] (paper: 0.03)."))
     augmentation: Optional[str] = dataclasses.field(default=None, metadata=dict(
         choices=AUGMENTATIONS,
-        help="none | crop | crop_flip (default: the dataset's own; svhn: crop, cifar: crop_flip)."))
+        help="none | crop | crop_flip (default: the dataset's own; svhn and digits: crop, cifar and folders: "
+             "crop_flip)."))
     validation_fraction: float = dataclasses.field(default=0.1, metadata=dict(
         help="Fraction of the training split held out for validation (a fixed, deterministic hold-out). Not with "
              "--validation_size."))
@@ -109,7 +122,7 @@ class TrainConfig:
     # Instead of the fraction (which must then be 0).
     validation_size: Optional[int] = dataclasses.field(default=None, metadata=dict(
         help="Hold out a seeded random set of this many training images for validation instead of "
-             "--validation_fraction (the reference code: 5000, numpy seed 1234)."))
+             "--validation_fraction (the reference code: 5000, numpy seed 1234). Not with --validation_fraction."))
     # Loss weights: L = xent + p_x_weight * L_gen(x) + p_xy_weight * L_gen(x, y).
     p_x_weight: float = dataclasses.field(default=1.0, metadata=dict(help="Weight of the log p(x) term (paper: 1)."))
     p_xy_weight: float = dataclasses.field(default=0.0, metadata=dict(
@@ -120,7 +133,8 @@ class TrainConfig:
         help="auto (MirroredStrategy when >1 GPU) | default | mirrored | multi_worker (MultiWorkerMirroredStrategy "
              "over the cluster in the TF_CONFIG environment variable; README)."))
     seed: int = dataclasses.field(default=0, metadata=dict(
-        help="Seed of data order, augmentation, buffer initialisation and SGLD noise: 0 .. 2**31-1."))
+        help="Seed of data order, augmentation, initial weights, buffer initialisation and SGLD noise: 0 .. "
+             "2**31-1."))
     max_steps: Optional[int] = dataclasses.field(default=None, metadata=dict(
         help="Stop after this many global steps (cap for smoke runs); below the workdir's latest checkpoint the "
              "run is refused (training cannot go back)."))
@@ -130,7 +144,7 @@ class TrainConfig:
         choices=PRECISIONS,
         help="float32 (default) | mixed_bfloat16 (CPUs with AVX512-BF16/AMX, Ampere+ GPUs) | mixed_float16 (GPUs; "
              "dynamic loss scaling). 16-bit convolutions, float32 weights, logits, energies, SGLD images and replay "
-             "buffer. Fixed for the life of a run."))
+             "buffer. Fixed for the life of a run (README: Mixed precision)."))
     # Bookkeeping.
     checkpoint_every_steps: int = dataclasses.field(default=1000, metadata=dict(
         help="Save a checkpoint every N steps (and at the end)."))

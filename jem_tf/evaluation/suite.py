@@ -51,12 +51,13 @@ class EvalOptions:
     seed: int = dataclasses.field(default=0, metadata=dict(help="Seed of every random draw of the evaluation."))
     progress: bool = dataclasses.field(default=True, metadata=dict(help="Show progress bars."))
     refine_steps: tuple = dataclasses.field(default=(1, 10), metadata=dict(
-        help="Accuracy after K SGLD refinement steps, for each K (JEM-K); 0 steps is always reported."))
+        help="Accuracy after K SGLD refinement steps (the run's step size and noise), for each K (JEM-K); 0 "
+             "steps is always reported."))
     calibration_bins: int = dataclasses.field(default=20, metadata=dict(
-        help="Confidence bins of the ECE and reliability diagram."))
+        help="Confidence bins of the ECE (tensorflow-probability) and reliability diagram."))
     ood_sets: tuple = dataclasses.field(default=ood.DEFAULT_OOD_SETS, metadata=dict(
         help="OOD sets: svhn, cifar10, cifar100, celeb_a (tfds: prepared or --download), digits, folder:PATH, "
-             "uniform, constant, interp."))
+             "uniform, constant, interp; resized and gray<->RGB converted to the run's images."))
     sample_steps: int = dataclasses.field(default=100, metadata=dict(
         help="SGLD steps of fresh chains from U(-1, 1)."))
     num_samples: int = dataclasses.field(default=100, metadata=dict(
@@ -77,7 +78,8 @@ class EvalOptions:
              "paper's appendix B: 0.1)."))
     attack_examples: int = dataclasses.field(default=100, metadata=dict(help="Test images attacked with PGD."))
     attack_refine_steps: tuple = dataclasses.field(default=(0, 1, 10), metadata=dict(
-        help="Refinement steps of the attacked defenses (paper: 0, 1, 10)."))
+        help="Refinement steps of the defenses PGD (ART) attacks white-box through the refinement (paper: 0, "
+             "1, 10)."))
     attack_refine_noise: float = dataclasses.field(default=0.0, metadata=dict(
         help="SGLD noise during attacked refinement (0: deterministic defense, exact gradients)."))
     linf_epsilons: tuple = dataclasses.field(default=DEFAULT_LINF_EPSILONS, metadata=dict(
@@ -87,9 +89,10 @@ class EvalOptions:
     pgd_steps: int = dataclasses.field(default=20, metadata=dict(help="PGD iterations (paper: 100)."))
     pgd_restarts: int = dataclasses.field(default=1, metadata=dict(help="PGD random starts (paper: 20)."))
     boundary_examples: int = dataclasses.field(default=10, metadata=dict(
-        help="Images attacked with the gradient-free boundary attack (0: skip)."))
+        help="Images attacked with the gradient-free boundary attack, a check for masked gradients (0: skip)."))
     boundary_steps: int = dataclasses.field(default=100, metadata=dict(help="Boundary attack iterations."))
-    distal_per_class: int = dataclasses.field(default=4, metadata=dict(help="Distal adversarials per class."))
+    distal_per_class: int = dataclasses.field(default=4, metadata=dict(
+        help="Distal adversarials (the paper's Figure 6) per class."))
     distal_steps: int = dataclasses.field(default=100, metadata=dict(
         help="Signed-gradient steps of distal adversarials."))
     distal_step_size: float = dataclasses.field(default=0.01, metadata=dict(help="Step size of distal adversarials."))
