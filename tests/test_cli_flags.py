@@ -128,6 +128,7 @@ class Knobs:
     radii: tuple = dataclasses.field(default=(0.0, 0.5), metadata=dict(help="Radii."))
     sets: tuple = dataclasses.field(default=("x", "y"), metadata=dict(help="Named sets."))
     typed: tuple[float, ...] = dataclasses.field(default=(), metadata=dict(help="Typed by the annotation."))
+    listed: list = dataclasses.field(default_factory=lambda: [4], metadata=dict(help="A list field."))
     state: int = dataclasses.field(default=0, metadata=dict(flag=False, help="Not a flag."))
 
 
@@ -140,10 +141,10 @@ def knob_flags(*argv, field_defaults=False, config_class=Knobs):
 
 def test_every_field_becomes_a_flag_of_its_type_except_flag_false():
     names, flag_values = knob_flags()
-    assert names == ["count", "rate", "enabled", "name", "cap", "mode", "steps", "radii", "sets", "typed"]
+    assert names == ["count", "rate", "enabled", "name", "cap", "mode", "steps", "radii", "sets", "typed", "listed"]
     assert "state" not in flag_values
     assert [flag_values[name].flag_type() for name in names] == [
-        "int", "float", "bool", "string", "int", "string enum", *["comma separated list of strings"] * 4]
+        "int", "float", "bool", "string", "int", "string enum", *["comma separated list of strings"] * 5]
     assert all(flag_values[name].default is None for name in names)
     assert flag_values["mode"].help == "<a|b>: Which way."
 
@@ -161,10 +162,10 @@ def test_unset_flags_are_left_out_and_set_ones_have_the_fields_types():
     _, flag_values = knob_flags()
     assert cli.values_from_flags(Knobs, flag_values) == {}
     _, flag_values = knob_flags("--count=7", "--rate=1e-3", "--noenabled", "--name=n", "--cap=4", "--mode=b",
-                                "--steps=3,9", "--radii=1,2.5", "--sets=u,v,w", "--typed=2")
+                                "--steps=3,9", "--radii=1,2.5", "--sets=u,v,w", "--typed=2", "--listed=5,6")
     assert cli.values_from_flags(Knobs, flag_values) == dict(
         count=7, rate=1e-3, enabled=False, name="n", cap=4, mode="b", steps=(3, 9), radii=(1.0, 2.5),
-        sets=("u", "v", "w"), typed=(2.0,))
+        sets=("u", "v", "w"), typed=(2.0,), listed=[5, 6])
     values = cli.values_from_flags(Knobs, flag_values)
     assert type(values["radii"][0]) is float and type(values["steps"][0]) is int
 
@@ -172,7 +173,7 @@ def test_unset_flags_are_left_out_and_set_ones_have_the_fields_types():
 def test_field_defaults_make_the_dataclass_defaults_the_flag_defaults():
     _, flag_values = knob_flags(field_defaults=True)
     assert Knobs(**cli.values_from_flags(Knobs, flag_values)) == Knobs()
-    assert flag_values["steps"].default == ["1", "2"]
+    assert flag_values["steps"].default == ["1", "2"] and flag_values["listed"].default == ["4"]
 
 
 @pytest.mark.parametrize("argv,message", [
