@@ -21,12 +21,6 @@ from jem_tf.configs.base import RECOVERY_STATE_FIELDS
 REPO = Path(__file__).resolve().parents[1]
 
 
-def eval_options_class():
-    from jem_tf.evaluation import suite  # noqa: PLC0415 (imports TensorFlow)
-
-    return suite.EvalOptions
-
-
 def without_whitespace(text):
     """absl wraps help at 80 columns (also after hyphens): compare texts without their whitespace."""
     return re.sub(r"\s+", "", text)
@@ -57,7 +51,7 @@ def test_every_trainconfig_field_has_help_and_only_the_recovery_state_and_preset
 
 
 @pytest.mark.parametrize("command,config_class", [("jem_tf.train", lambda: TrainConfig),
-                                                  ("jem_tf.evaluate", eval_options_class)])
+                                                  ("jem_tf.evaluate", evaluate.eval_options_class)])
 def test_every_flag_field_has_a_flag_with_its_help_defined_by_the_command(command, config_class):
     flag_values = train_flags() if command == "jem_tf.train" else evaluate_flags()
     config_class = config_class()
@@ -103,7 +97,7 @@ def test_dataset_alone_on_the_paper_preset_chooses_the_workdir():
 
 
 def test_evaluate_defaults_are_the_eval_options_and_list_flags_parse():
-    eval_options = eval_options_class()
+    eval_options = evaluate.eval_options_class()
     assert evaluate.options_from_flags(evaluate_flags()) == eval_options()
     options = evaluate.options_from_flags(evaluate_flags(
         "--linf_epsilons=0.1,2e-2", "--refine_steps=3", "--ood_sets=uniform,folder:/x", "--noprogress",
@@ -260,7 +254,7 @@ def test_evaluate_main_returns_2_naming_a_bad_list_entry(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module,config_class", [("jem_tf.train", lambda: TrainConfig),
-                                                 ("jem_tf.evaluate", eval_options_class)])
+                                                 ("jem_tf.evaluate", evaluate.eval_options_class)])
 def test_helpfull_lists_every_field_flag_with_its_help(module, config_class):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", module, "--helpfull"], cwd=REPO, env=env, capture_output=True,
