@@ -1,0 +1,109 @@
+"""The batch-norm JEM and SADA-JEM variants (issue #8, variants 5 and 6) as runs: a run stopped by a
+signal and resumed ends bit-identical to the uninterrupted one (SAM's perturbed pass, the
+un-augmented stream and the batch-norm moving averages all resume), and the command line trains,
+exports and evaluates them."""
+
+import dataclasses
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jem_tf import workdir as workdir_lib
+from jem_tf.configs import get_preset
+from trainers import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FINAL_STEP = 6
+# The documented flag sets (README, benchmarks/variants.py), as config fields.
+VARIANTS = {
+    "batch_norm_jem": dict(norm="batch"),
+    "sada_jem": dict(norm="batch", sam_rho=2.0, sam_adaptive=True, generative_augmentation="none",
+                     augmentation="crop_flip"),
+}
+
+
+def tiny_config(workdir, variant):
+    config = dataclasses.replace(
+        get_preset("quick"), workdir=str(workdir), depth=10, width=1, buffer_size=100, sgld_steps=2, batch_size=16,
+        export=False, summary_every_steps=3, sample_every_steps=100, max_steps=FINAL_STEP, checkpoint_every_steps=3,
+        validation_fraction=0.0,
+    )
+    return dataclasses.replace(config, **VARIANTS[variant])
+
+
+def final_state(workdir):
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{FINAL_STEP}"))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
+
+
+def _signal_at_step(monkeypatch, stop_step):
+    """Sends SIGTERM to this process after the loop's step `stop_step`, as a scheduler would."""
+    original = loop.distributed_train_step
+
+    def wrapped(model, strategy):
+        step_fn = original(model, strategy)
+
+        def train_step(batch):
+            logs = step_fn(batch)
+            if int(model.optimizer.iterations) == stop_step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return logs
+
+        train_step.experimental_get_tracing_count = step_fn.experimental_get_tracing_count
+        return train_step
+
+    monkeypatch.setattr(loop, "distributed_train_step", wrapped)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_a_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(variant, tmp_path, monkeypatch):
+    reference = str(tmp_path / "reference")
+    loop.train(tiny_config(reference, variant))
+    workdir = str(tmp_path / "run")
+    _signal_at_step(monkeypatch, 4)
+    with pytest.raises(loop.TrainingPreemptedError):
+        loop.train(tiny_config(workdir, variant))
+    assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints"))[-1] == 4
+    monkeypatch.undo()
+    assert loop.train(tiny_config(workdir, variant))["steps_this_session"] == FINAL_STEP - 4
+    got, want = final_state(workdir), final_state(reference)
+    assert sorted(got) == sorted(want)
+    assert any("moving_mean" in key for key in want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def _run(module, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, f"{module} {args} exited {result.returncode}:\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.mark.slow
+def test_sada_jem_trains_exports_and_evaluates_from_the_command_line(tmp_path):
+    workdir = str(tmp_path / "sada")
+    _run("jem_tf.train", "--preset=quick", "--max_steps=3", "--depth=10", "--width=1", "--batch_size=16",
+         "--buffer_size=64", "--sgld_steps=2", "--norm=batch", "--sam_rho=2", "--sam_adaptive",
+         "--generative_augmentation=none", f"--workdir={workdir}")
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert (config["sam_rho"], config["sam_adaptive"], config["generative_augmentation"]) == (2.0, True, "none")
+    assert glob.glob(os.path.join(workdir, "export", "*", "saved_model.pb"))  # the run exported itself
+    output = str(tmp_path / "eval")
+    _run("jem_tf.evaluate", f"--workdir={workdir}", "--eval=accuracy,ood", "--ood_sets=uniform",
+         "--num_examples=10000", "--batch_size=100", "--eval_input_noise=0", f"--output={output}", "--noprogress")
+    results = json.load(open(os.path.join(output, "results.json")))
+    # The whole test split without input noise, in inference mode with the moving statistics from
+    # the checkpoint: the trainer's own final test accuracy.
+    trained = json.load(open(os.path.join(workdir, "metrics.json")))
+    assert results["accuracy"] == pytest.approx(trained["test_accuracy"], abs=1e-6)
+    assert np.isfinite(results["ood/uniform/log_px/auroc"])
