@@ -118,7 +118,7 @@ def check_replay_buffer_memory(config: TrainConfig, image_shape, available=None)
       image_shape: (H, W, C) of the data.
       available: (bytes, source) to check against; default `available_memory_bytes()`.
     """
-    if config.objective != "jem":
+    if config.objective not in ("jem", "jempp"):
         return
     needed = BUFFER_PEAK_COPIES * replay_buffer_bytes(config.buffer_size, image_shape)
     available_bytes, source = available if available is not None else available_memory_bytes()

@@ -118,7 +118,7 @@ def define_flags(flag_values=flags.FLAGS):
 def config_from_flags(flag_values):
     """The preset's config with every explicitly set flag applied, validated (ValueError naming
     the flag otherwise)."""
-    from jem_tf.configs import get_preset  # noqa: PLC0415
+    from jem_tf.configs import get_preset, objective_defaults  # noqa: PLC0415
 
     config = get_preset(flag_values.preset)
     overrides = {name: flag_values[name].value for name in FLAG_HELP if flag_values[name].value is not None}
@@ -132,6 +132,8 @@ def config_from_flags(flag_values):
                 "pass only one (--validation_size replaces the fraction).")
         # The size replaces the preset's fraction.
         overrides["validation_fraction"] = 0.0
+    # An objective other than the preset's brings its own defaults (e.g. JEM++'s few proximal steps).
+    overrides = {**objective_defaults(config.objective, overrides.get("objective", config.objective)), **overrides}
     if "dataset" in overrides and "workdir" not in overrides and flag_values.preset == "paper":
         overrides["workdir"] = f"runs/{overrides['dataset'].replace(':', '_').replace('/', '_')}"
     return dataclasses.replace(config, **overrides).validate()

@@ -443,7 +443,7 @@ def build_network(config: TrainConfig, run_info: dict, *, with_replay_buffer: bo
                          dtype=jem_precision.dtype_policy(precision or config.precision))
     network.build((None,) + image_shape)
     buffer = None
-    if with_replay_buffer and config.objective == "jem":
+    if with_replay_buffer and config.objective in ("jem", "jempp"):
         buffer = ReplayBuffer(config.buffer_size, image_shape, seed=config.seed)
     return network, buffer
 

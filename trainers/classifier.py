@@ -72,6 +72,12 @@ class Classifier(WideResNet):
         self.xent_tracker.update_state(logs["xent"])
         return {"loss": loss, **logs}
 
+    def prepare_for_data(self, train_images, restored: bool) -> None:
+        """Called once per session with the unbatched training split, after the checkpoint restore
+        (`restored`: whether one was restored) and before the first save and step: state the objective
+        derives from the data (JEM++'s class Gaussians) is made or checked here. None here."""
+        del train_images, restored
+
     def after_update(self, pending_updates):
         """Applies state updates that follow the weight update (the JEM replay buffer)."""
         del pending_updates  # the classifier has none

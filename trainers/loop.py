@@ -39,6 +39,7 @@ from jem_tf.configs.base import RECOVERY_STATE_FIELDS, TrainConfig, incompatible
 from jem_tf.models.wide_resnet import NETWORK_LAYOUT, NETWORK_LAYOUT_KEY
 from trainers.classifier import Classifier
 from trainers.jem import JEM
+from trainers.jempp import JEMPP
 
 # File names live in jem_tf.workdir; these aliases keep the loop's callers working.
 CONFIG_FILE = workdir_lib.CONFIG_FILE
@@ -115,12 +116,18 @@ def build_model(config: TrainConfig, image_shape, num_classes: int) -> Classifie
     if config.objective == "classifier":
         model = Classifier(**network)
     else:
-        model = JEM(
+        jem_args = dict(
             **network, sgld_steps=config.sgld_steps, sgld_step_size=config.sgld_step_size,
             sgld_noise=config.sgld_noise, buffer_size=config.buffer_size,
             reinit_freq=config.reinit_freq, p_x_weight=config.p_x_weight,
             p_xy_weight=config.p_xy_weight, sgld_jit_compile=config.jit_compile,
         )
+        if config.objective == "jempp":
+            model = JEMPP(**jem_args, proximal_max_grad=config.proximal_max_grad,
+                          proximal_inner_steps=config.proximal_inner_steps, chain_init=config.chain_init,
+                          chain_init_jitter=config.chain_init_jitter)
+        else:
+            model = JEM(**jem_args)
     model.build((None,) + tuple(image_shape))
     return model
 
@@ -524,6 +531,8 @@ class _Run:
         self.manager = self._make_manager()
         self.step = _optimizer_step(self.optimizer)
         self._check_workers_agree_on_step()
+        with self.strategy.scope():
+            self.model.prepare_for_data(self.data.train, restored=bool(restored))
         if restored:
             self.saved_step = self.step
             logging.info("Resumed from %s (step %d).", restored, self.step)
