@@ -20,12 +20,14 @@ from absl import logging
 
 from jem_tf.sampling import informative_init
 from jem_tf.sampling.proximal import ProximalBounds
+from trainers import registry
 from trainers.jem import JEM
 
 # Salt of the stateless seed the initial chains are drawn from: (config seed, salt).
 _CHAIN_INIT_SALT = 0x1DEA
 
 
+@registry.register("jempp")
 class JEMPP(JEM):
     """`JEM` with the proximal sampler and (by default) the informative chain initialisation."""
 
@@ -53,12 +55,23 @@ class JEMPP(JEM):
             self.class_gaussians = informative_init.ClassGaussians(self.num_classes, self.input_image_shape)
             self.replay_buffer.initializer = self.class_gaussians
 
+    # -- the loop's hooks (see Classifier) -------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config, **network):
+        # JEM's fields, plus JEM++'s (JEM.from_config passes keyword arguments on to the constructor).
+        return super().from_config(
+            config, **network, proximal_max_grad=config.proximal_max_grad,
+            proximal_inner_steps=config.proximal_inner_steps, chain_init=config.chain_init,
+            chain_init_jitter=config.chain_init_jitter,
+        )
+
     def prepare_for_data(self, train_images: tf.data.Dataset, restored: bool) -> None:
         """Fits the class Gaussians to the training split (unbatched uint8 images and labels).
 
         restored=False (a new run): stores them and draws every chain from them.
         restored=True (a resumed run): raises informative_init.DataChangedError unless they equal
-        the checkpoint's. Call in the strategy scope, after the restore, before the first step.
+        the checkpoint's. Called in the strategy scope, after the restore, before the first step.
         """
         if self.chain_init != "informative":
             return
@@ -74,14 +87,11 @@ class JEMPP(JEM):
                      "%d chains drawn from them.", self.num_classes, fit.means.shape[1], size / 2**20,
                      self.replay_buffer.size)
 
-    def reinitialise_chains(self, mask, seed) -> None:
-        """Replaces the chains where `mask` [size] is True by fresh ones (informative: from the
-        class Gaussians, slot s from class s mod num_classes), a stateless draw from `seed` [2]."""
-        if self.chain_init != "informative":
-            raise ValueError("reinitialise_chains draws from the class Gaussians: chain_init='informative' only.")
-        buffer = self.replay_buffer
-        fresh = self.class_gaussians.sample(buffer.slot_classes(), tf.cast(seed, tf.int64))
-        buffer.images.assign(tf.where(tf.reshape(mask, [-1, 1, 1, 1]), fresh, buffer.images))
+    def checkpoint_items(self) -> dict:
+        items = super().checkpoint_items()
+        if self.class_gaussians is not None:
+            items["class_gaussians"] = self.class_gaussians
+        return items
 
     def get_config(self):
         config = super().get_config()
