@@ -36,6 +36,8 @@ class Variant:
 VARIANTS = (
     Variant("classifier", "baseline: the same WideResNet, cross-entropy only", ("--objective=classifier",)),
     Variant("jem", "JEM (Grathwohl et al., ICLR 2020), Algorithm 1", ("--objective=jem",)),
+    Variant("jempp", "JEM++ (Yang & Ji, ICCV 2021; github.com/sndnyang/JEMPP): proximal sampler, informative "
+            "initialisation", ("--objective=jempp",)),
 )
 
 # What the table shows: (column title, results.json key of the evaluation, format).

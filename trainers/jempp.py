@@ -83,7 +83,7 @@ class JEMPP(JEM):
         self.class_gaussians.assign(fit)
         self.replay_buffer.initialise_chains(tf.constant([self.seed, _CHAIN_INIT_SALT], tf.int64))
         size = fit.means.nbytes + fit.scale_trils.nbytes
-        logging.info("Informative initialisation: %d class Gaussians of %d pixels (%.1f MB in the checkpoint); "
+        logging.info("Informative initialisation: %d class Gaussians of %d pixels (%.1f MiB in the checkpoint); "
                      "%d chains drawn from them.", self.num_classes, fit.means.shape[1], size / 2**20,
                      self.replay_buffer.size)
 
