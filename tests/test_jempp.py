@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -261,3 +262,43 @@ def test_readers_restore_the_replay_buffer_because_the_checkpoint_holds_one(trai
     assert config.objective == "jempp"
     np.testing.assert_array_equal(network.replay_buffer.images.numpy(),
                                   checkpoint_tensors(trained, 4)["replay_buffer/images/.ATTRIBUTES/VARIABLE_VALUE"])
+
+
+def _jempp_steps(strategy, initial_weights, steps=2):
+    """`steps` JEM++ steps on 16 toy images of 4 classes; chains restart from the Gaussians half the time."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(16) % 4
+    uint8 = np.clip(labels[:, None, None, None] * 60 + rng.normal(20, 10, (16, 8, 8, 1)), 0, 255).astype(np.uint8)
+    settings = dict(OBJECTIVE_DEFAULTS["jempp"], sgld_steps=2)
+    config = dataclasses.replace(get_preset("quick"), objective="jempp", depth=10, width=1, buffer_size=64, seed=3,
+                                 reinit_freq=0.5, **settings)
+    with strategy.scope():
+        model = objectives.build_model(config, (8, 8, 1), 4)
+        # SGD: Adam would turn rounding-level gradient differences into full-size steps (see test_jem).
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+        model.optimizer.build(model.trainable_variables)
+        model.prepare_for_data(tf.data.Dataset.from_tensor_slices((uint8, labels)), restored=False)
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
+    images = jem_data.to_model_range(uint8).numpy()
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32))).batch(8).repeat(steps)
+    train_step = loop.distributed_train_step(model, strategy)
+    losses = [float(train_step(batch)["loss"]) for batch in strategy.experimental_distribute_dataset(dataset)]
+    buffers = np.stack([v.numpy() for v in strategy.experimental_local_results(model.replay_buffer.images)])
+    return model, losses, buffers
+
+
+def test_two_replicas_match_one_device():
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "tests/conftest.py makes two logical CPU devices before TensorFlow starts"
+    one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+    initial = _jempp_steps(one_device, None, steps=0)[0].get_weights()
+    one, one_losses, one_buffer = _jempp_steps(one_device, initial)
+    two, two_losses, two_buffers = _jempp_steps(tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), initial)
+    np.testing.assert_allclose(two_losses, one_losses, rtol=1e-4)
+    for a, b in zip(one.get_weights(), two.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    np.testing.assert_array_equal(two_buffers[0], two_buffers[1])
+    np.testing.assert_allclose(two_buffers[0], one_buffer[0], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(one_buffer[0], _jempp_steps(one_device, initial, steps=0)[2][0], atol=1e-3), \
+        "the steps moved chains"
