@@ -6,5 +6,8 @@
   export.serving_check  builds and runs the C++ loader check (TF Serving's load and predict path)
   export.reference    what each signature must return, computed from the in-memory network
   export.graph_audit  fails on Python-backed or unregistered ops anywhere in an export
+  export.torch_checkpoint      reads the official PyTorch code's checkpoints without torch or unpickling code
+  export.reference_state_dict  its network's state dict <-> our WideResNet, both directions
+                      (`python -m trainers.from_reference` imports such a checkpoint as a training run)
   export/serving/     deployment kit: models.config, docker command, REST and gRPC examples
 """
