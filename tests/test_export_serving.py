@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import client, reference, savedmodel, serving_check
+from export import archive, client, reference, serving_check
 from export import signatures as sig
 from jem_tf.models import WideResNet
 
@@ -49,7 +49,7 @@ def network():
 
 @pytest.fixture(scope="module")
 def export_dir(network, tmp_path_factory):
-    return savedmodel.export_model(network, tmp_path_factory.mktemp("serving"), 1, max_refine_steps=20,
+    return archive.export_model(network, tmp_path_factory.mktemp("serving"), 1, max_refine_steps=20,
                                    ood_threshold=OOD_THRESHOLD)
 
 
@@ -417,7 +417,7 @@ def gray_network():
 def permissive_export(gray_network, tmp_path_factory):
     """A 1-channel export whose step_size and noise_std bounds are float32's largest value, so that
     only the finiteness checks stand between a huge request and a NaN answer."""
-    return savedmodel.export_model(gray_network, tmp_path_factory.mktemp("permissive"), 1, max_refine_steps=20,
+    return archive.export_model(gray_network, tmp_path_factory.mktemp("permissive"), 1, max_refine_steps=20,
                                    max_step_size=FLOAT32_MAX, max_noise_std=FLOAT32_MAX, max_batch_size=4)
 
 
@@ -430,7 +430,7 @@ def broken_export(tmp_path_factory):
     bias = network.weights[-1]
     assert bias.path.endswith("logits/bias")
     bias.assign(np.full(bias.shape, np.nan, np.float32))
-    return savedmodel.export_model(network, tmp_path_factory.mktemp("broken"), 1, max_refine_steps=20)
+    return archive.export_model(network, tmp_path_factory.mktemp("broken"), 1, max_refine_steps=20)
 
 
 def gray_refine(**override):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import savedmodel
+from export import archive, savedmodel
 from export import signatures as sig
 from jem_tf import energy, precision
 from jem_tf import workdir as workdir_lib
@@ -216,7 +216,7 @@ def test_bfloat16_run_exports_a_float32_servable_model(tmp_path):
     workdir = tmp_path / "run"
     loop.train(_tiny_config(workdir, "mixed_bfloat16", 2))
     path = savedmodel.export_run(str(workdir), str(tmp_path / "export"))
-    metadata = savedmodel.read_metadata(path)
+    metadata = archive.read_metadata(path)
     assert metadata["precision"]["policy"] == "mixed_bfloat16"
     assert metadata["precision"]["compute_dtype"] == "bfloat16"
     loaded = tf.saved_model.load(path)
@@ -243,6 +243,6 @@ def test_bfloat16_run_exports_a_float32_servable_model(tmp_path):
                                atol=0.05 * np.abs(reference).max())
     # ...and a float32 export of the same run is recorded as such.
     path32 = savedmodel.export_run(str(workdir), str(tmp_path / "export32"), precision="float32")
-    assert savedmodel.read_metadata(path32)["precision"]["policy"] == "float32"
+    assert archive.read_metadata(path32)["precision"]["policy"] == "float32"
     assert _conv_dtypes(path32) == {tf.float32.as_datatype_enum}
     assert json.loads(open(os.path.join(workdir, "config.json")).read())["precision"] == "mixed_bfloat16"
