@@ -452,6 +452,7 @@ def test_rest_examples_answer_like_the_in_memory_model(network, loaded):
             np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4, err_msg=f"{file}: {key}")
 
 
+@pytest.mark.slow
 def test_rest_examples_are_served_by_the_cpp_loader(export_dir, tmp_path):
     if serving_check.find_compiler() is None:
         pytest.skip("No C++ compiler ($CXX, c++, g++ or clang++) to build export/serving_check.")

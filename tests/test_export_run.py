@@ -100,6 +100,7 @@ def _run(args, timeout=600):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_quick_training_run_exports_and_serves(tmp_path):
     workdir = str(tmp_path / "run")
     # Training exports its final checkpoint itself, through export_run, to WORKDIR/export/<step>.

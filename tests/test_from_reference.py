@@ -143,6 +143,7 @@ def test_a_checkpoint_naming_another_global_is_refused_without_running_it(tmp_pa
         assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_malicious_checkpoint_with_exit_2_and_writes_nothing(tmp_path):
     marker = tmp_path / "payload_ran"
     zipped, _ = _malicious_checkpoints(tmp_path, marker)
@@ -186,6 +187,7 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_the_cli_writes_a_workdir_that_restores_with_network_and_buffer(tmp_path):
     workdir = tmp_path / "imported"
     result = run_cli(f"--checkpoint={os.path.join(DATA, 'wrn10x1_legacy.pt')}", "--dataset=cifar10",

@@ -11,6 +11,8 @@ from export import client, savedmodel, serving_check
 from export import signatures as sig
 from trainers import from_reference
 
+pytestmark = pytest.mark.slow  # builds and runs the C++ serving check
+
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reference")
 RTOL = 1e-5
 

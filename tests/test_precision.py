@@ -156,11 +156,8 @@ def test_skipped_float16_step_still_counts_as_a_step():
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(before, model.trainable_weights))
 
 
-def test_skipped_float16_step_counts_once_under_two_replicas():
-    devices = tf.config.list_logical_devices("CPU")
-    if len(devices) < 2:
-        pytest.skip("needs two logical CPU devices (tests/conftest.py configures them before TF starts)")
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+def test_skipped_float16_step_counts_once_under_two_replicas(two_logical_cpus):
+    strategy = tf.distribute.MirroredStrategy(two_logical_cpus)
     with strategy.scope():
         model = _jem("mixed_float16")
     model.optimizer.dynamic_scale.assign(2.0**120)
