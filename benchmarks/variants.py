@@ -36,6 +36,8 @@ class Variant:
 VARIANTS = (
     Variant("classifier", "baseline: the same WideResNet, cross-entropy only", ("--objective=classifier",)),
     Variant("jem", "JEM (Grathwohl et al., ICLR 2020), Algorithm 1", ("--objective=jem",)),
+    Variant("jempp", "JEM++ (Yang & Ji, ICCV 2021; github.com/sndnyang/JEMPP): proximal sampler, informative "
+            "initialisation", ("--objective=jempp",)),
     Variant("jem_batch_norm", "JEM with batch norm as JEM++ (Yang & Ji, ICCV 2021) and SADA-JEM train it: batch "
             "statistics of the data only, samples in inference mode", ("--objective=jem", "--norm=batch")),
     Variant("sada_jem", "SADA-JEM (Yang, Su & Ji, CVPR 2023): ASAM (rho 2) on the whole loss, log p(x) on "
