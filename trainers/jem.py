@@ -209,16 +209,17 @@ class JEM(Classifier):
         the moving averages already updated with this data (PyTorch momentum 0.9: 90 % of this
         batch's statistics).
         """
+        def forward(batches, training):
+            # Batches may differ in size (e.g. an unlabelled stream's); the split follows them.
+            sizes = [tf.shape(batch)[0] for batch in batches]
+            return tf.split(self(tf.concat(batches, axis=0), training=training), sizes, axis=0)
+
         num_data = len(data_batches)
         if self.norm != "batch":
-            batches = data_batches + sample_batches
-            logits = tf.split(self(tf.concat(batches, axis=0), training=True), len(batches), axis=0)
+            logits = forward(data_batches + sample_batches, training=True)
             return logits[:num_data], logits[num_data:]
-        data_logits = tf.split(self(tf.concat(data_batches, axis=0), training=True), num_data, axis=0)
-        if not sample_batches:
-            return data_logits, []
-        sample_logits = self(tf.concat(sample_batches, axis=0), training=False)
-        return data_logits, tf.split(sample_logits, len(sample_batches), axis=0)
+        data_logits = forward(data_batches, training=True)
+        return data_logits, (forward(sample_batches, training=False) if sample_batches else [])
 
     def after_update(self, pending_updates):
         # Chains go back to their slots after the weight update, as in Algorithm 1 (line 11).
