@@ -28,12 +28,13 @@ def _ints(name):
 def define_flags():
     """Defines the flags; called only when run as a program, so importing defines nothing."""
     from jem_tf import precision
-    from jem_tf.evaluation import suite
+    from jem_tf.evaluation import registry
+    from jem_tf.evaluation.options import EvalOptions
 
-    defaults = suite.EvalOptions()
+    defaults = EvalOptions()
     flags.DEFINE_string("workdir", None, "Training workdir to evaluate (config.json, run_info.json, checkpoints/).")
     flags.DEFINE_string("checkpoint", None, "Checkpoint step or path prefix (default: the latest).")
-    flags.DEFINE_list("eval", ["all"], f"Evaluations: 'all' or any of {', '.join(suite.EVALUATIONS)}.")
+    flags.DEFINE_list("eval", ["all"], f"Evaluations: 'all' or any of {', '.join(registry.names())}.")
     flags.DEFINE_string("output", None, "Output directory (default: WORKDIR/eval).")
     flags.DEFINE_string("compare_workdir", None,
                         "A second run on the same data (e.g. --objective=classifier) shown beside this one in "
@@ -88,9 +89,9 @@ def define_flags():
 
 
 def options_from_flags():
-    from jem_tf.evaluation import suite
+    from jem_tf.evaluation.options import EvalOptions
 
-    return suite.EvalOptions(
+    return EvalOptions(
         num_examples=FLAGS.num_examples, eval_input_noise=FLAGS.eval_input_noise, batch_size=FLAGS.batch_size,
         seed=FLAGS.seed, progress=FLAGS.progress,
         refine_steps=_ints("refine_steps"), calibration_bins=FLAGS.calibration_bins,
