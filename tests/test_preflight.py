@@ -176,9 +176,6 @@ def test_memory_refusal_names_both_numbers_and_a_buffer_size_that_fits():
     with pytest.raises(ValueError):
         preflight.check_replay_buffer_memory(dataclasses.replace(config, buffer_size=fits + 1), (8, 8, 1),
                                              available=(2**30 // 100, "test"))
-    # The classifier baseline has no buffer.
-    preflight.check_replay_buffer_memory(dataclasses.replace(config, objective="classifier"), (8, 8, 1),
-                                         available=(0, "test"))
 
 
 def test_available_memory_is_read_from_this_machine():
@@ -224,8 +221,7 @@ def test_lr_decay_epochs_flag_is_parsed():
     assert train.config_from_flags(parsed_flags("--lr_decay_epochs=3,9")).lr_decay_epochs == (3, 9)
 
 
-_FIELD_TYPES = {field.name: field.type for field in dataclasses.fields(TrainConfig)}
-FLOAT_FLAGS = [name for name in train.FLAG_HELP if _FIELD_TYPES[name] in (float, "float")]
+FLOAT_FLAGS = [field.name for field, kind in cli.flag_fields(TrainConfig) if kind is float]
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
