@@ -169,16 +169,18 @@ def define_dataclass_flags(config_class, flag_values=flags.FLAGS, *, field_defau
 
 def values_from_flags(config_class, flag_values=flags.FLAGS) -> dict:
     """{field: value} of every flag of `config_class` whose value is not None (with field_defaults=False:
-    the flags given), list flags as tuples of their element type; a bad list entry is a UsageError
+    the flags given), list flags as tuples (lists) of their element type; a bad list entry is a UsageError
     naming the flag."""
     values = {}
     for field, kind in flag_fields(config_class):
         value = flag_values[field.name].value
         if value is None:
             continue
-        if (typing.get_origin(kind) or kind) in (tuple, list):
+        container = typing.get_origin(kind) or kind
+        if container in (tuple, list):
             item_type = _item_type(field, kind)
             value = parse_number_list(field.name, value, item_type) if item_type in (int, float) else tuple(value)
+            value = container(value)
             choices = field.metadata.get("choices")
             unknown = [item for item in value if choices is not None and item not in choices]
             if unknown:

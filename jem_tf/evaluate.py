@@ -17,11 +17,17 @@ from jem_tf import cli
 FLAGS = flags.FLAGS
 
 
+def eval_options_class():
+    """The dataclass whose fields are this command's evaluation flags (imports TensorFlow)."""
+    from jem_tf.evaluation import options
+
+    return options.EvalOptions
+
+
 def define_flags(flag_values=FLAGS):
     """Defines the flags; called only when run as a program, so importing defines nothing."""
     from jem_tf import precision
     from jem_tf.evaluation import registry
-    from jem_tf.evaluation.options import EvalOptions
 
     flags.DEFINE_string("workdir", None, "Training workdir to evaluate (config.json, run_info.json, checkpoints/).",
                         flag_values=flag_values)
@@ -43,15 +49,14 @@ def define_flags(flag_values=FLAGS):
                       "Precision the networks compute in (default: each run's training --precision); logits, "
                       "energies and SGLD images are float32 in every precision.", flag_values=flag_values)
     # One flag per EvalOptions field, help text from the field's metadata, default the field's.
-    cli.define_dataclass_flags(EvalOptions, flag_values, field_defaults=True)
+    cli.define_dataclass_flags(eval_options_class(), flag_values, field_defaults=True)
     flags.mark_flag_as_required("workdir", flag_values=flag_values)
 
 
 def options_from_flags(flag_values=FLAGS):
     """EvalOptions from the flags (not yet validated); a bad list entry is a UsageError naming the flag."""
-    from jem_tf.evaluation.options import EvalOptions
-
-    return EvalOptions(**cli.values_from_flags(EvalOptions, flag_values))
+    options_class = eval_options_class()
+    return options_class(**cli.values_from_flags(options_class, flag_values))
 
 
 def exit_code(results: dict, evaluations) -> int:

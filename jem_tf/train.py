@@ -4,6 +4,8 @@
     python -m jem_tf.train --dataset=svhn --workdir=runs/svhn   # the paper's setup (Table 4)
 
 Re-running the same command on the same workdir resumes from the newest checkpoint that verifies.
+Every TrainConfig field is a flag of the same name, made from the field's metadata (jem_tf/cli.py);
+`--helpfull` lists them all.
 
 Everything that can refuse the command is checked before anything is written (flags, data files,
 workdir, replay-buffer memory), so a refused command leaves the workdir as it was. Exit codes

@@ -21,12 +21,6 @@ from jem_tf.configs.base import RECOVERY_STATE_FIELDS
 REPO = Path(__file__).resolve().parents[1]
 
 
-def eval_options_class():
-    from jem_tf.evaluation import options  # noqa: PLC0415 (imports TensorFlow)
-
-    return options.EvalOptions
-
-
 def without_whitespace(text):
     """absl wraps help at 80 columns (also after hyphens): compare texts without their whitespace."""
     return re.sub(r"\s+", "", text)
@@ -57,7 +51,7 @@ def test_every_trainconfig_field_has_help_and_only_the_recovery_state_and_preset
 
 
 @pytest.mark.parametrize("command,config_class", [("jem_tf.train", lambda: TrainConfig),
-                                                  ("jem_tf.evaluate", eval_options_class)])
+                                                  ("jem_tf.evaluate", evaluate.eval_options_class)])
 def test_every_flag_field_has_a_flag_with_its_help_defined_by_the_command(command, config_class):
     flag_values = train_flags() if command == "jem_tf.train" else evaluate_flags()
     config_class = config_class()
@@ -103,7 +97,7 @@ def test_dataset_alone_on_the_paper_preset_chooses_the_workdir():
 
 
 def test_evaluate_defaults_are_the_eval_options_and_list_flags_parse():
-    eval_options = eval_options_class()
+    eval_options = evaluate.eval_options_class()
     assert evaluate.options_from_flags(evaluate_flags()) == eval_options()
     options = evaluate.options_from_flags(evaluate_flags(
         "--linf_epsilons=0.1,2e-2", "--refine_steps=3", "--ood_sets=uniform,folder:/x", "--noprogress",
@@ -128,6 +122,7 @@ class Knobs:
     radii: tuple = dataclasses.field(default=(0.0, 0.5), metadata=dict(help="Radii."))
     sets: tuple = dataclasses.field(default=("x", "y"), metadata=dict(help="Named sets."))
     typed: tuple[float, ...] = dataclasses.field(default=(), metadata=dict(help="Typed by the annotation."))
+    listed: list = dataclasses.field(default_factory=lambda: [4], metadata=dict(help="A list field."))
     state: int = dataclasses.field(default=0, metadata=dict(flag=False, help="Not a flag."))
 
 
@@ -140,10 +135,10 @@ def knob_flags(*argv, field_defaults=False, config_class=Knobs):
 
 def test_every_field_becomes_a_flag_of_its_type_except_flag_false():
     names, flag_values = knob_flags()
-    assert names == ["count", "rate", "enabled", "name", "cap", "mode", "steps", "radii", "sets", "typed"]
+    assert names == ["count", "rate", "enabled", "name", "cap", "mode", "steps", "radii", "sets", "typed", "listed"]
     assert "state" not in flag_values
     assert [flag_values[name].flag_type() for name in names] == [
-        "int", "float", "bool", "string", "int", "string enum", *["comma separated list of strings"] * 4]
+        "int", "float", "bool", "string", "int", "string enum", *["comma separated list of strings"] * 5]
     assert all(flag_values[name].default is None for name in names)
     assert flag_values["mode"].help == "<a|b>: Which way."
 
@@ -161,10 +156,10 @@ def test_unset_flags_are_left_out_and_set_ones_have_the_fields_types():
     _, flag_values = knob_flags()
     assert cli.values_from_flags(Knobs, flag_values) == {}
     _, flag_values = knob_flags("--count=7", "--rate=1e-3", "--noenabled", "--name=n", "--cap=4", "--mode=b",
-                                "--steps=3,9", "--radii=1,2.5", "--sets=u,v,w", "--typed=2")
+                                "--steps=3,9", "--radii=1,2.5", "--sets=u,v,w", "--typed=2", "--listed=5,6")
     assert cli.values_from_flags(Knobs, flag_values) == dict(
         count=7, rate=1e-3, enabled=False, name="n", cap=4, mode="b", steps=(3, 9), radii=(1.0, 2.5),
-        sets=("u", "v", "w"), typed=(2.0,))
+        sets=("u", "v", "w"), typed=(2.0,), listed=[5, 6])
     values = cli.values_from_flags(Knobs, flag_values)
     assert type(values["radii"][0]) is float and type(values["steps"][0]) is int
 
@@ -172,7 +167,7 @@ def test_unset_flags_are_left_out_and_set_ones_have_the_fields_types():
 def test_field_defaults_make_the_dataclass_defaults_the_flag_defaults():
     _, flag_values = knob_flags(field_defaults=True)
     assert Knobs(**cli.values_from_flags(Knobs, flag_values)) == Knobs()
-    assert flag_values["steps"].default == ["1", "2"]
+    assert flag_values["steps"].default == ["1", "2"] and flag_values["listed"].default == ["4"]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -259,7 +254,7 @@ def test_evaluate_main_returns_2_naming_a_bad_list_entry(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module,config_class", [("jem_tf.train", lambda: TrainConfig),
-                                                 ("jem_tf.evaluate", eval_options_class)])
+                                                 ("jem_tf.evaluate", evaluate.eval_options_class)])
 def test_helpfull_lists_every_field_flag_with_its_help(module, config_class):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", module, "--helpfull"], cwd=REPO, env=env, capture_output=True,
