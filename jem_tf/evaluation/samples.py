@@ -175,6 +175,7 @@ class SamplesEvaluation(registry.Evaluation):
 
 
 def _sample_metrics(context, prefix, images, logits=None):
+    """`<prefix>/{mean_log_px,mean_max_prob,num_images}` of a set of samples."""
     logits = context.logits(images) if logits is None else logits
     context.results[f"{prefix}/mean_log_px"] = float(np.mean(energy.log_marginal(logits).numpy()))
     context.results[f"{prefix}/mean_max_prob"] = float(np.mean(energy.class_probabilities(logits).numpy().max(-1)))
