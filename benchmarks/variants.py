@@ -39,7 +39,7 @@ VARIANTS = (
     Variant("jempp", "JEM++ (Yang & Ji, ICCV 2021; github.com/sndnyang/JEMPP): proximal sampler, informative "
             "initialisation", ("--objective=jempp",)),
     Variant("jem_batch_norm", "JEM with batch norm as JEM++ (Yang & Ji, ICCV 2021) and SADA-JEM train it: batch "
-            "statistics of the data only, samples never in the moving averages", ("--objective=jem", "--norm=batch")),
+            "statistics of the data only, samples in inference mode", ("--objective=jem", "--norm=batch")),
     Variant("sada_jem", "SADA-JEM (Yang, Su & Ji, CVPR 2023): ASAM (rho 2) on the whole loss, log p(x) on "
             "un-augmented images, batch norm, its SGLD settings",
             ("--objective=jem", "--norm=batch", "--sam_rho=2", "--sam_adaptive", "--generative_augmentation=none",

@@ -198,14 +198,16 @@ class JEM(Classifier):
         several small ones), and the logits do not depend on what else is in the batch.
 
         With batch norm, a fused pass would normalise the data with statistics of data and samples
-        together and move the moving averages towards the samples'. Instead the data run alone in
-        training mode (the data's batch statistics normalise them and update the moving averages),
-        and the samples in a pass of their own, as JEM++ (Yang & Ji, ICCV 2021, its default
-        `--plc=alltrain1`) and SADA-JEM score them: training mode, normalised with the samples' own
-        batch statistics, but here with that pass's moving-average updates undone, so samples never
-        reach the moving averages (JEM++ and SADA-JEM let them in). Scoring the samples in
-        inference mode instead (JEM++'s `--plc=eval`), i.e. with the data's statistics, trained far
-        worse at the quick preset's scale (README, "Batch norm with JEM").
+        together and move the moving averages towards the samples'. Instead the data alone run in
+        training mode (batch statistics of the data; the moving averages take the data in) and the
+        samples run in inference mode, as SGLD drew them: a sample's energy is the function the
+        chain climbed, independent of the other samples, and the samples never reach the moving
+        averages. JEM++ (Yang & Ji, ICCV 2021) scores the log p(x) term in inference mode with its
+        `--plc=eval`; its default and SADA-JEM instead run the samples in training mode, which
+        normalises each sample with the other samples' statistics and feeds them into the moving
+        averages, the two things this avoids. The sample pass follows the data pass, so it reads
+        the moving averages already updated with this data (PyTorch momentum 0.9: 90 % of this
+        batch's statistics).
         """
         def forward(batches, training):
             # Batches may differ in size (e.g. an unlabelled stream's); the split follows them.
@@ -217,17 +219,7 @@ class JEM(Classifier):
             logits = forward(data_batches + sample_batches, training=True)
             return logits[:num_data], logits[num_data:]
         data_logits = forward(data_batches, training=True)
-        if not sample_batches:
-            return data_logits, []
-        moving = [v for layer in self._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
-                  for v in (layer.moving_mean, layer.moving_variance)]
-        after_data = [tf.identity(v.value) for v in moving]
-        sample_logits = forward(sample_batches, training=True)
-        # Undo the sample pass's moving-average updates (program order: after the pass's own).
-        with tf.control_dependencies([tf.nest.flatten(sample_logits)[0]]):
-            for variable, value in zip(moving, after_data):
-                variable.assign(value)
-        return data_logits, sample_logits
+        return data_logits, (forward(sample_batches, training=False) if sample_batches else [])
 
     def after_update(self, pending_updates):
         # Chains go back to their slots after the weight update, as in Algorithm 1 (line 11).
