@@ -207,7 +207,9 @@ class JEM(Classifier):
         normalises each sample with the other samples' statistics and feeds them into the moving
         averages, the two things this avoids. The sample pass follows the data pass, so it reads
         the moving averages already updated with this data (PyTorch momentum 0.9: 90 % of this
-        batch's statistics).
+        batch's statistics). Scoring the samples in training mode with their own statistics (and
+        undoing that pass's moving-average updates) was tried and left out: SGLD, in inference mode,
+        then climbs a density the loss never corrects (README, "Batch norm with JEM").
         """
         def forward(batches, training):
             # Batches may differ in size (e.g. an unlabelled stream's); the split follows them.
