@@ -26,6 +26,7 @@ def sgld_sample(
     noise_batch_size=None,
     noise_batch_offset=0,
     score_scale: float = 1.0,
+    clamp: bool = False,
 ) -> tf.Tensor:
     """Runs `steps` SGLD updates from `initial_images` and returns the final images.
 
@@ -44,6 +45,9 @@ def sgld_sample(
       score_scale: a Python float; the score is computed as d (score_scale * log p~) / dx divided
         by score_scale (`jem_tf.precision.input_gradient_scale`: >1 only for float16 networks,
         whose backward pass would otherwise underflow).
+      clamp: a Python bool; clip the images to [-1, 1] (the data range) after every step. A
+        stabiliser (`--sgld_clamp`): chains cannot drift into pixel values no data has, where the
+        energy is unconstrained by training.
 
     Returns:
       The images after `steps` updates, same shape and dtype as `initial_images`.
@@ -64,6 +68,8 @@ def sgld_sample(
         noise = tf.random.stateless_normal(noise_shape, seed=tf.random.experimental.stateless_fold_in(seed, step))
         noise = noise[noise_batch_offset : noise_batch_offset + local_batch]
         images = images + step_size * score + noise_std * noise
+        if clamp:
+            images = tf.clip_by_value(images, -1.0, 1.0)
         return step + 1, tf.ensure_shape(images, initial_images.shape)
 
     _, images = tf.while_loop(
