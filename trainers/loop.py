@@ -120,6 +120,8 @@ def build_model(config: TrainConfig, image_shape, num_classes: int) -> Classifie
             sgld_noise=config.sgld_noise, buffer_size=config.buffer_size,
             reinit_freq=config.reinit_freq, p_x_weight=config.p_x_weight,
             p_xy_weight=config.p_xy_weight, sgld_jit_compile=config.jit_compile,
+            p_y_given_x_weight=config.p_y_given_x_weight, class_cond_p_x_sample=config.class_cond_p_x_sample,
+            energy_l2=config.energy_l2, sgld_clamp=config.sgld_clamp,
         )
     model.build((None,) + tuple(image_shape))
     return model

@@ -67,8 +67,15 @@ class TrainConfig:
     sgld_steps: int = 20
     sgld_step_size: float = 1.0
     sgld_noise: float = 0.01
-    buffer_size: int = 10000
+    buffer_size: int = dataclasses.field(default=10000, metadata=dict(help=(
+        "Persistent SGLD chains kept in the replay buffer. 0: short-run training (Nijkamp et al. 2019; the "
+        "reference's --buffer_size 0): every step starts its chains from fresh U(-1, 1) noise and keeps none, "
+        "so use many more --sgld_steps (the reference's help: 100; the paper found 80 the fewest that trained "
+        "stably, appendix G.2).")))
     reinit_freq: float = 0.05
+    sgld_clamp: bool = dataclasses.field(default=False, metadata=dict(help=(
+        "Stabiliser: clip the SGLD chain images to the data range [-1, 1] after every step, so chains cannot "
+        "wander into pixel values the energy was never trained on.")))
     # Data: scale to [-1, 1] and add N(0, 0.03) noise; augmentation None = the dataset's default.
     data_noise: float = 0.03
     augmentation: Optional[str] = None
@@ -83,6 +90,19 @@ class TrainConfig:
     # Loss weights: L = xent + p_x_weight * L_gen(x) + p_xy_weight * L_gen(x, y).
     p_x_weight: float = 1.0
     p_xy_weight: float = 0.0
+    p_y_given_x_weight: float = dataclasses.field(default=1.0, metadata=dict(help=(
+        "Weight of the cross-entropy (log p(y|x)) term of the jem objective (the reference's flag of the same "
+        "name). With --p_y_given_x_weight=0 --p_x_weight=0 --p_xy_weight=1 the model trains on log p(x, y) "
+        "only (the paper's p(x|y) ablation).")))
+    class_cond_p_x_sample: bool = dataclasses.field(default=False, metadata=dict(help=(
+        "Draw the log p(x) term's samples from p(y) p(x|y) instead of p(x): each chain gets a uniformly drawn "
+        "class y and runs SGLD on log p~(x, y) from that class's part of the replay buffer (the reference's "
+        "flag; its help: higher sample quality, lower accuracy). Needs --p_x_weight > 0.")))
+    energy_l2: float = dataclasses.field(default=0.0, metadata=dict(help=(
+        "Stabiliser: adds energy_l2 * (mean E(x)^2 + mean E(x_hat)^2) to the jem loss, E = -log p~ = "
+        "-logsumexp of the logits, over the data batch x and every SGLD sample x_hat of the step; it keeps "
+        "energies near zero. The JEM author's advice for diverging runs: about 0.1 (the penalty of Du & "
+        "Mordatch 2019). 0 = off.")))
     # Execution.
     strategy: str = "auto"
     seed: int = 0
@@ -152,7 +172,8 @@ class TrainConfig:
         check(self.sgld_steps >= 0, "sgld_steps", "a non-negative integer")
         check(self.sgld_step_size >= 0, "sgld_step_size", "a non-negative number")
         check(self.sgld_noise >= 0, "sgld_noise", "a non-negative number")
-        check(self.buffer_size >= 1, "buffer_size", "a positive integer")
+        check(self.buffer_size >= 0, "buffer_size",
+              "a non-negative integer (0: short-run chains from fresh noise, no replay buffer)")
         check(0.0 <= self.reinit_freq <= 1.0, "reinit_freq", "a probability in [0, 1]")
         check(self.data_noise >= 0, "data_noise", "a non-negative number")
         check(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "a value in [0, 1)")
@@ -164,6 +185,12 @@ class TrainConfig:
                 "choose the validation split; pass only one (--validation_size replaces the fraction).")
         check(self.p_x_weight >= 0, "p_x_weight", "a non-negative number")
         check(self.p_xy_weight >= 0, "p_xy_weight", "a non-negative number")
+        check(self.p_y_given_x_weight >= 0, "p_y_given_x_weight", "a non-negative number")
+        check(self.energy_l2 >= 0, "energy_l2", "a non-negative number (0: no energy penalty; advice: about 0.1)")
+        if self.class_cond_p_x_sample and self.p_x_weight == 0:
+            raise ValueError(
+                "--class_cond_p_x_sample chooses how the log p(x) term's samples are drawn, but --p_x_weight=0 "
+                "turns that term off. Set --p_x_weight above 0, or drop --class_cond_p_x_sample.")
         check(isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]")
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", "a positive integer or unset")
         check(self.checkpoint_every_steps >= 1, "checkpoint_every_steps", "a positive integer")
@@ -190,11 +217,11 @@ class TrainConfig:
                 f"{self.dataset!r} (after the --validation_fraction={self.validation_fraction:g} hold-out): not one "
                 f"batch fits in an epoch. Use --batch_size={num_train} or less."
             )
-        if self.objective == "jem" and self.batch_size > self.buffer_size:
+        if self.objective == "jem" and 0 < self.buffer_size < self.batch_size:
             raise ValueError(
                 f"--buffer_size={self.buffer_size} is smaller than --batch_size={self.batch_size}: each step draws a "
-                f"batch of distinct chains from the buffer. Use --buffer_size={self.batch_size} or more, or a smaller "
-                "--batch_size."
+                f"batch of distinct chains from the buffer. Use --buffer_size={self.batch_size} or more, a smaller "
+                "--batch_size, or --buffer_size=0 for short-run chains without a buffer."
             )
         return self
 

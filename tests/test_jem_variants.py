@@ -1,0 +1,241 @@
+"""The jem objective's variant flags (issue #8 variants 1, 3, 7), at the train-step level:
+class-conditional p(x) sampling, the p(y|x) weight (the log p(x, y)-only ablation), short-run
+chains without a buffer (buffer_size=0), and the stabilisers energy_l2 and sgld_clamp.
+
+Each test records what the sampler was given and returned (a wrapper around trainers.jem's
+`compiled_sgld`) and recomputes the expected values independently from a copy of the weights.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jem_tf import energy
+from jem_tf.configs import get_preset
+from jem_tf.sampling import sgld_sample
+from trainers import jem as jem_module
+from trainers.jem import JEM
+
+SHAPE = (8, 8, 1)
+NUM_CLASSES = 4
+RNG = np.random.default_rng(0)
+IMAGES = RNG.uniform(-1, 1, (8,) + SHAPE).astype(np.float32)
+LABELS = (np.arange(8) % NUM_CLASSES).astype(np.int32)
+
+
+def _jem(**kwargs):
+    settings = dict(buffer_size=32, sgld_steps=3, seed=7)
+    settings.update(kwargs)
+    model = JEM(10, 1, NUM_CLASSES, **settings)
+    model.build((None,) + SHAPE)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _copy_before_step(model, **kwargs):
+    """A model with `model`'s current weights (the step's loss is computed on these)."""
+    copy = _jem(**kwargs)
+    for variable, value in zip(copy.trainable_weights, model.trainable_weights):
+        variable.assign(value.numpy())
+    return copy
+
+
+@pytest.fixture
+def chains(monkeypatch):
+    """Records every sampler call of the train step: dict(initial, samples, kwargs)."""
+    calls = []
+    original = jem_module.compiled_sgld
+
+    def recording(jit_compile=False):
+        sampler = original(jit_compile)
+
+        def run(log_density, initial, *args, **kwargs):
+            samples = sampler(log_density, initial, *args, **kwargs)
+            calls.append(dict(initial=np.array(initial), samples=np.array(samples), kwargs=kwargs))
+            return samples
+
+        return run
+
+    monkeypatch.setattr(jem_module, "compiled_sgld", recording)
+    return calls
+
+
+# -- 1. class-conditional p(x) sampling and the p(y|x) weight ------------------------------------
+
+def test_class_conditional_chains_come_from_their_drawn_class_and_run_on_log_p_x_y(chains, monkeypatch):
+    model = _jem(class_cond_p_x_sample=True, sgld_steps=2, sgld_step_size=0.1, sgld_noise=0.0, reinit_freq=0.0)
+    drawn = []
+    original_sample = model.replay_buffer.sample
+
+    def recording_sample(local_batch, seed, reinit_freq, labels=None, num_classes=None):
+        initial, slots = original_sample(local_batch, seed, reinit_freq, labels=labels, num_classes=num_classes)
+        drawn.append((None if labels is None else np.array(labels), np.array(slots)))
+        return initial, slots
+
+    monkeypatch.setattr(model.replay_buffer, "sample", recording_sample)
+    reference = _copy_before_step(model)
+    buffer_before = model.replay_buffer.images.numpy().copy()
+    logs = model.train_step((IMAGES, LABELS))
+
+    (chain_labels, slots), = drawn
+    assert chain_labels is not None, "class-conditional p(x) chains must be drawn with labels"
+    # The class-partitioned buffer: slot s holds class s mod num_classes.
+    np.testing.assert_array_equal(slots % NUM_CLASSES, chain_labels)
+    np.testing.assert_array_equal(chains[0]["initial"], buffer_before[slots])
+    # The chains ran on log p~(x, y') for their drawn y' (noise-free here, so recomputable).
+    expected = sgld_sample(energy.joint_log_density(lambda x: reference(x, training=False), chain_labels),
+                           buffer_before[slots], 2, 0.1, 0.0, tf.constant([0, 0], tf.int64))
+    np.testing.assert_allclose(chains[0]["samples"], expected, rtol=1e-5, atol=1e-6)
+    # The p(x) term is log p~(x) of exactly those samples (the reference: f(x_q) = logsumexp).
+    log_px_samples = np.mean(energy.log_marginal(reference(chains[0]["samples"], training=True)))
+    np.testing.assert_allclose(logs["log_px_samples"], log_px_samples, rtol=1e-5)
+    # ... and they went back to their slots.
+    np.testing.assert_allclose(model.replay_buffer.images.numpy()[slots], chains[0]["samples"])
+
+
+def test_class_conditional_draws_classes_uniformly_not_the_batch_labels(monkeypatch):
+    model = _jem(class_cond_p_x_sample=True, sgld_steps=0, buffer_size=400)
+    seen = []
+    original_sample = model.replay_buffer.sample
+
+    def recording_sample(local_batch, seed, reinit_freq, labels=None, num_classes=None):
+        seen.append(np.array(labels))
+        return original_sample(local_batch, seed, reinit_freq, labels=labels, num_classes=num_classes)
+
+    monkeypatch.setattr(model.replay_buffer, "sample", recording_sample)
+    step = model.train_step
+    for _ in range(3):
+        step((np.repeat(IMAGES[:1], 200, axis=0), np.zeros(200, np.int32)))  # every data label is 0
+    fractions = np.bincount(np.concatenate(seen), minlength=NUM_CLASSES) / 600
+    assert np.all(np.abs(fractions - 1 / NUM_CLASSES) < 0.06), fractions
+    assert not np.array_equal(seen[0], seen[1]), "classes are drawn anew every step"
+
+
+def test_without_the_flag_p_x_chains_are_unconditional(monkeypatch):
+    model = _jem(sgld_steps=0)
+    seen = []
+    original_sample = model.replay_buffer.sample
+
+    def recording_sample(local_batch, seed, reinit_freq, labels=None, num_classes=None):
+        seen.append(labels)
+        return original_sample(local_batch, seed, reinit_freq, labels=labels, num_classes=num_classes)
+
+    monkeypatch.setattr(model.replay_buffer, "sample", recording_sample)
+    model.train_step((IMAGES, LABELS))
+    assert seen == [None]
+
+
+def test_p_y_given_x_weight_scales_the_cross_entropy():
+    half = _jem(p_y_given_x_weight=0.5)
+    logs = tf.function(half.train_step)((IMAGES, LABELS))
+    np.testing.assert_allclose(logs["loss"], 0.5 * logs["xent"] + logs["generative_loss"], rtol=1e-5)
+
+
+def test_the_log_p_x_y_only_ablation_trains_on_the_joint_term_alone(chains):
+    model = _jem(p_y_given_x_weight=0.0, p_x_weight=0.0, p_xy_weight=1.0, sgld_steps=0, reinit_freq=0.0)
+    reference = _copy_before_step(model)
+    logs = model.train_step((IMAGES, LABELS))
+    assert len(chains) == 1  # only the log p(x, y) chains
+    data_logits = reference(IMAGES, training=True)
+    sample_logits = reference(chains[0]["samples"], training=True)
+    expected = np.mean(energy.log_joint(sample_logits, LABELS)) - np.mean(energy.log_joint(data_logits, LABELS))
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5, atol=1e-6)
+    assert float(logs["xent"]) > 0.1  # still measured, just not trained on
+
+
+# -- 3. short-run chains: buffer_size=0 ----------------------------------------------------------
+
+def test_short_run_has_no_buffer_and_fresh_noise_starts_every_step(chains):
+    model = _jem(buffer_size=0, sgld_steps=2)
+    assert model.replay_buffer is None
+    assert not [v.path for v in model.variables if "replay_buffer" in v.path or "images" in v.path]
+    assert model.checkpoint_items() == {}
+    step = model.train_step
+    step((IMAGES, LABELS))
+    step((IMAGES, LABELS))
+    first, second = chains[0]["initial"], chains[1]["initial"]
+    for initial in (first, second):
+        assert initial.min() >= -1 and initial.max() <= 1
+        assert abs(initial.mean()) < 0.15 and abs(initial.std() - 1 / np.sqrt(3)) < 0.05  # U(-1, 1)
+    assert not np.allclose(first, second), "each step must start from new noise"
+    # Not the previous step's samples either (that would be a one-batch persistent chain).
+    assert not np.allclose(second, chains[0]["samples"])
+    # The starts are a function of (seed, step): the same step of another model draws the same.
+    other = _jem(buffer_size=0, sgld_steps=2)
+    other.train_step((IMAGES, LABELS))
+    np.testing.assert_array_equal(chains[2]["initial"], first)
+
+
+def test_short_run_sample_images_are_fresh_short_chains(chains):
+    model = _jem(buffer_size=0, sgld_steps=2)
+    images = np.asarray(model.sample_images(6))
+    assert images.shape == (6,) + SHAPE and np.all(np.isfinite(images))
+    assert chains and chains[-1]["initial"].shape == (6,) + SHAPE
+
+
+def test_short_run_config_checks():
+    quick = get_preset("quick")
+    dataclasses.replace(quick, buffer_size=0, batch_size=64).validate().validate_for_data(1000)
+    with pytest.raises(ValueError, match=r"--buffer_size=-1 is invalid"):
+        dataclasses.replace(quick, buffer_size=-1).validate()
+    with pytest.raises(ValueError, match=r"--buffer_size=10 is smaller than --batch_size=64.*--buffer_size=0"):
+        dataclasses.replace(quick, buffer_size=10).validate().validate_for_data(1000)
+
+
+# -- 7. stabilisers -------------------------------------------------------------------------------
+
+def test_energy_l2_adds_the_squared_energies_of_data_and_samples(chains):
+    weight = 0.1
+    model = _jem(energy_l2=weight, p_xy_weight=1.0, sgld_steps=0, reinit_freq=0.0)
+    reference = _copy_before_step(model)
+    logs = model.train_step((IMAGES, LABELS))
+    unconditional, conditional = chains[0]["samples"], chains[1]["samples"]
+    data = reference(IMAGES, training=True).numpy()
+    samples = reference(np.concatenate([unconditional, conditional]), training=True).numpy()
+
+    def energies(logits):  # E(x) = -log sum_y exp f(x)[y], in numpy
+        top = logits.max(-1, keepdims=True)
+        return -(top[:, 0] + np.log(np.exp(logits - top).sum(-1)))
+
+    def xent(logits, labels):
+        return np.mean(-energies(logits) - logits[np.arange(len(labels)), labels])
+
+    penalty = weight * (np.mean(energies(data) ** 2) + np.mean(energies(samples) ** 2))
+    generative = (np.mean(-energies(samples[:8])) - np.mean(-energies(data))
+                  + np.mean(samples[8:][np.arange(8), LABELS]) - np.mean(data[np.arange(8), LABELS]))
+    np.testing.assert_allclose(logs["energy_penalty"], penalty, rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], xent(data, LABELS) + generative + penalty, rtol=1e-4)
+
+
+def test_energy_l2_zero_adds_nothing():
+    logs = tf.function(_jem().train_step)((IMAGES, LABELS))
+    assert "energy_penalty" not in logs
+    np.testing.assert_allclose(logs["loss"], logs["xent"] + logs["generative_loss"], rtol=1e-5)
+
+
+def test_sgld_clamp_keeps_training_chains_in_minus_one_one(chains):
+    # A large step makes unclamped chains leave [-1, 1] after one step of an untrained network.
+    loose = _jem(sgld_step_size=50.0, reinit_freq=0.0)
+    loose.train_step((IMAGES, LABELS))
+    assert np.abs(chains[-1]["samples"]).max() > 1.0
+    assert np.abs(loose.replay_buffer.images.numpy()).max() > 1.0
+    clamped = _jem(sgld_step_size=50.0, reinit_freq=0.0, sgld_clamp=True)
+    clamped.train_step((IMAGES, LABELS))
+    assert chains[-1]["kwargs"]["clamp"] is True
+    assert np.abs(chains[-1]["samples"]).max() <= 1.0
+    assert np.abs(clamped.replay_buffer.images.numpy()).max() <= 1.0
+
+
+def test_variant_settings_are_checked():
+    quick = get_preset("quick")
+    for field, value in (("p_y_given_x_weight", -1.0), ("energy_l2", -0.1)):
+        with pytest.raises(ValueError, match=rf"--{field}={value!r} is invalid"):
+            dataclasses.replace(quick, **{field: value}).validate()
+    with pytest.raises(ValueError, match=r"--class_cond_p_x_sample .* --p_x_weight=0"):
+        dataclasses.replace(quick, class_cond_p_x_sample=True, p_x_weight=0.0, p_xy_weight=1.0).validate()
+    with pytest.raises(ValueError, match=r"--buffer_size=2 is smaller than the 4 classes"):
+        JEM(10, 1, NUM_CLASSES, buffer_size=2, class_cond_p_x_sample=True)
