@@ -15,11 +15,15 @@ from fresh U(-1, 1) noise and nothing is kept.
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from jem_tf import energy, precision
 from jem_tf.sampling import ReplayBuffer, compiled_sgld
 from jem_tf.sampling.replay_buffer import replica_slice
 from trainers.classifier import Classifier
+
+# Short-run chains (buffer_size=0): the fewest SGLD steps the paper trained stably (appendix G.2).
+SHORT_RUN_STABLE_STEPS = 80
 
 
 class JEM(Classifier):
@@ -53,6 +57,11 @@ class JEM(Classifier):
                 f"--buffer_size={buffer_size} is smaller than the {self.num_classes} classes: class-conditional "
                 "chains (--class_cond_p_x_sample or --p_xy_weight > 0) need at least one buffer slot per class. Use "
                 f"--buffer_size={self.num_classes} or more, or --buffer_size=0 for short-run chains.")
+        if buffer_size == 0 and sgld_steps < SHORT_RUN_STABLE_STEPS:
+            logging.warning(
+                "Short-run training (buffer_size=0) with %d SGLD steps from fresh noise: the paper found %d the "
+                "fewest that trained stably (appendix G.2) and the reference code suggests 100 (--sgld_steps).",
+                sgld_steps, SHORT_RUN_STABLE_STEPS)
         self.sgld_steps = sgld_steps
         self.sgld_step_size = sgld_step_size
         self.sgld_noise = sgld_noise
