@@ -179,11 +179,21 @@ def test_short_run_sample_images_are_fresh_short_chains(chains):
 
 def test_short_run_config_checks():
     quick = get_preset("quick")
-    dataclasses.replace(quick, buffer_size=0, batch_size=64).validate().validate_for_data(1000)
+    short_run = dataclasses.replace(quick, buffer_size=0, batch_size=64).validate()
+    JEM.check_config(short_run, 1000)  # no buffer: no batch-vs-buffer check
+    assert not JEM.uses_replay_buffer(short_run) and JEM.uses_replay_buffer(quick)
     with pytest.raises(ValueError, match=r"--buffer_size=-1 is invalid"):
         dataclasses.replace(quick, buffer_size=-1).validate()
     with pytest.raises(ValueError, match=r"--buffer_size=10 is smaller than --batch_size=64.*--buffer_size=0"):
-        dataclasses.replace(quick, buffer_size=10).validate().validate_for_data(1000)
+        JEM.check_config(dataclasses.replace(quick, buffer_size=10).validate(), 1000)
+
+
+def test_from_config_passes_every_variant_field():
+    config = dataclasses.replace(get_preset("quick"), buffer_size=0, class_cond_p_x_sample=True, p_y_given_x_weight=0.5,
+                                 energy_l2=0.1, sgld_clamp=True).validate()
+    model = JEM.from_config(config, depth=10, width=1, num_classes=NUM_CLASSES)
+    assert (model.buffer_size, model.class_cond_p_x_sample, model.p_y_given_x_weight, model.energy_l2,
+            model.sgld_clamp) == (0, True, 0.5, 0.1, True)
 
 
 # -- 7. stabilisers -------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ x_hat are persistent SGLD chains on log p~(x) drawn from and written back to the
 buffer's part of class y', as the reference's --class_cond_p_x_sample); x_hat_y are
 class-conditional chains on log p~(x, y) for the batch's labels. E = -log p~(x) = -logsumexp f(x);
 x_all_hat are all samples of the step. With buffer_size=0 (short-run training) every chain starts
-from fresh U(-1, 1) noise and nothing is kept.
+from fresh U(-1, 1) noise and nothing is kept. When the batch carries generative images (see
+`Classifier.objective_terms`), log p~(x) of the data (and E(x)) is taken on them.
 """
 
 import keras
@@ -20,12 +21,14 @@ from absl import logging
 from jem_tf import energy, precision
 from jem_tf.sampling import ReplayBuffer, compiled_sgld
 from jem_tf.sampling.replay_buffer import replica_slice
+from trainers import registry
 from trainers.classifier import Classifier
 
 # Short-run chains (buffer_size=0): the fewest SGLD steps the paper trained stably (appendix G.2).
 SHORT_RUN_STABLE_STEPS = 80
 
 
+@registry.register("jem")
 class JEM(Classifier):
     """WideResNet whose `train_step` adds the SGLD-estimated generative loss."""
 
@@ -90,6 +93,66 @@ class JEM(Classifier):
     def metrics(self):
         return super().metrics + [self.generative_loss_tracker, self.log_px_data_tracker, self.log_px_samples_tracker]
 
+    # -- the loop's hooks (see Classifier) -------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config, **network):
+        return cls(
+            **network, sgld_steps=config.sgld_steps + config.extra_sgld_steps, sgld_step_size=config.sgld_step_size,
+            sgld_noise=config.sgld_noise, buffer_size=config.buffer_size, reinit_freq=config.reinit_freq,
+            p_x_weight=config.p_x_weight, p_xy_weight=config.p_xy_weight, sgld_jit_compile=config.jit_compile,
+            p_y_given_x_weight=config.p_y_given_x_weight, class_cond_p_x_sample=config.class_cond_p_x_sample,
+            energy_l2=config.energy_l2, sgld_clamp=config.sgld_clamp,
+        )
+
+    @classmethod
+    def check_config(cls, config, num_train: int) -> None:
+        del num_train
+        if 0 < config.buffer_size < config.batch_size:
+            raise ValueError(
+                f"--buffer_size={config.buffer_size} is smaller than --batch_size={config.batch_size}: each step draws "
+                f"a batch of distinct chains from the buffer. Use --buffer_size={config.batch_size} or more, a "
+                "smaller --batch_size, or --buffer_size=0 for short-run chains without a buffer."
+            )
+
+    @classmethod
+    def uses_replay_buffer(cls, config) -> bool:
+        return config.buffer_size > 0
+
+    def checkpoint_items(self) -> dict:
+        """The replay buffer, when there is one (short-run training keeps no chains)."""
+        return {} if self.replay_buffer is None else {"replay_buffer": self.replay_buffer}
+
+    def sample_images(self, count: int):
+        """The first `count` persistent chains, or with no buffer `count` fresh short-run chains
+        (seeded by the step, so a resumed run draws the same; per class in turn with
+        class_cond_p_x_sample, like the chains the p(x) term trains on)."""
+        if self.replay_buffer is not None:
+            return self.replay_buffer.images[: min(count, self.replay_buffer.size)].numpy()
+        step = tf.cast(self.optimizer.iterations, tf.int64) if self.optimizer is not None else tf.constant(0, tf.int64)
+        # Its own stream: the grid never reuses a training step's draws.
+        seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(self.seed, tf.int64), step]), 0x6121D)
+        labels = tf.range(count) % self.num_classes if self.class_cond_p_x_sample else None
+        return self.sample_chains(count, seed, labels)[0].numpy()
+
+    def apply_recovery(self, config, seed) -> dict:
+        """More SGLD steps per iteration, and chains that ran away (non-finite, or beyond
+        +-recovery_chain_limit) re-initialised."""
+        before = self.sgld_steps
+        config.extra_sgld_steps += config.recovery_extra_sgld_steps
+        self.sgld_steps = config.sgld_steps + config.extra_sgld_steps
+        change = dict(sgld_steps=[before, self.sgld_steps])
+        if self.replay_buffer is not None:  # short-run chains start fresh every step: nothing to reset
+            change.update(chain_seed=list(seed), chain_limit=config.recovery_chain_limit)
+            change["chains_reinitialised"] = self.replay_buffer.reinitialise_wild(config.recovery_chain_limit, seed)
+        return change
+
+    def reapply_recovery(self, change: dict) -> None:
+        if "chain_seed" in change and self.replay_buffer is not None:
+            count = self.replay_buffer.reinitialise_wild(change["chain_limit"], change["chain_seed"])
+            logging.info("Re-applied recovery %d's re-initialisation of %d chains to the restored buffer.",
+                         change.get("recovery", 0), count)
+
     def sample_chains(self, local_batch, seed, labels=None):
         """Draws chain starts and runs SGLD; returns (samples, buffer slots or None).
 
@@ -138,28 +201,14 @@ class JEM(Classifier):
             [global_batch], seed=seed, minval=0, maxval=self.num_classes, dtype=tf.int32
         )[offset : offset + local_batch]
 
-    def checkpoint_items(self) -> dict:
-        """The replay buffer, when there is one (short-run training keeps no chains)."""
-        return {} if self.replay_buffer is None else {"replay_buffer": self.replay_buffer}
-
-    def sample_images(self, count: int):
-        """Images for the sample grid: the first `count` persistent chains, or with no buffer
-        `count` fresh short-run chains (seeded by the step, so a resumed run draws the same); per
-        class in turn with class_cond_p_x_sample, like the chains the p(x) term trains on."""
-        if self.replay_buffer is not None:
-            return self.replay_buffer.images[: min(count, self.replay_buffer.size)]
-        step = tf.cast(self.optimizer.iterations, tf.int64) if self.optimizer is not None else tf.constant(0, tf.int64)
-        # Its own stream: the grid never reuses a training step's draws.
-        seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(self.seed, tf.int64), step]), 0x6121D)
-        labels = tf.range(count) % self.num_classes if self.class_cond_p_x_sample else None
-        return self.sample_chains(count, seed, labels)[0]
-
-    def objective_terms(self, images, labels):
+    def objective_terms(self, images, labels, generative_images=None):
         local_batch = tf.shape(images)[0]
         unconditional_seed, conditional_seed = tf.unstack(
             tf.random.experimental.stateless_split(self.step_seed(), 2)
         )
         batches = [images]
+        if generative_images is not None:  # log p(x) of the data is taken on these (same batch size)
+            batches.append(generative_images)
         pending_writes = []
         if self.p_x_weight > 0:
             chain_labels = None
@@ -182,11 +231,13 @@ class JEM(Classifier):
         logits = all_logits[0]
         xent, logs = self.classification_terms(logits, labels)
         # The reference: log p(x) of the samples however they were drawn (also from p(x|y')).
-        log_px_data = tf.reduce_mean(energy.log_marginal(logits))
+        # The data batches come first: images, then generative_images if given; samples after them.
+        num_data_batches = 1 if generative_images is None else 2
+        log_px_data = tf.reduce_mean(energy.log_marginal(all_logits[num_data_batches - 1]))
         logs["log_px_data"] = log_px_data
         generative_loss = tf.constant(0.0)
         if self.p_x_weight > 0:
-            log_px_samples = tf.reduce_mean(energy.log_marginal(all_logits[1]))
+            log_px_samples = tf.reduce_mean(energy.log_marginal(all_logits[num_data_batches]))
             generative_loss += self.p_x_weight * (log_px_samples - log_px_data)
             logs["log_px_samples"] = log_px_samples
         if self.p_xy_weight > 0:
@@ -198,8 +249,9 @@ class JEM(Classifier):
         loss = self.p_y_given_x_weight * xent + generative_loss
         if self.energy_l2 > 0:
             # E = -log p~(x); squared, so the sign does not matter.
-            data_energy_sq = tf.reduce_mean(tf.square(energy.log_marginal(logits)))
-            sample_energy_sq = tf.reduce_mean(tf.square(energy.log_marginal(tf.concat(all_logits[1:], axis=0))))
+            data_energy_sq = tf.reduce_mean(tf.square(energy.log_marginal(all_logits[num_data_batches - 1])))
+            sample_energy_sq = tf.reduce_mean(
+                tf.square(energy.log_marginal(tf.concat(all_logits[num_data_batches:], axis=0))))
             energy_penalty = self.energy_l2 * (data_energy_sq + sample_energy_sq)
             logs["energy_penalty"] = energy_penalty
             loss += energy_penalty
