@@ -36,6 +36,14 @@ class Variant:
 VARIANTS = (
     Variant("classifier", "baseline: the same WideResNet, cross-entropy only", ("--objective=classifier",)),
     Variant("jem", "JEM (Grathwohl et al., ICLR 2020), Algorithm 1", ("--objective=jem",)),
+    Variant("jem_class_cond", "class-conditional JEM: the official code's --class_cond_p_x_sample; paper appendix A",
+            ("--objective=jem", "--class_cond_p_x_sample")),
+    Variant("jem_log_pxy_only", "the p(x|y) ablation, log p(x, y) only: paper section 4, Table 1 row 4",
+            ("--objective=jem", "--p_y_given_x_weight=0", "--p_x_weight=0", "--p_xy_weight=1")),
+    Variant("short_run", "short-run EBM (Nijkamp et al. 2019): paper appendix G.2; the official code's --buffer_size 0",
+            ("--objective=jem", "--buffer_size=0", "--sgld_steps=100")),
+    Variant("jem_stabilised", "JEM + energy L2 0.1 (wgrathwohl/JEM issue #4) + chains clamped to [-1, 1] (JEM++)",
+            ("--objective=jem", "--energy_l2=0.1", "--sgld_clamp")),
 )
 
 # What the table shows: (column title, results.json key of the evaluation, format).
