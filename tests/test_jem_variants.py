@@ -18,6 +18,7 @@ from jem_tf.configs import get_preset
 from jem_tf.sampling import sgld_sample
 from trainers import jem as jem_module
 from trainers.jem import JEM
+from trainers.loop import distributed_train_step
 
 SHAPE = (8, 8, 1)
 NUM_CLASSES = 4
@@ -249,3 +250,64 @@ def test_variant_settings_are_checked():
         dataclasses.replace(quick, class_cond_p_x_sample=True, p_x_weight=0.0, p_xy_weight=1.0).validate()
     with pytest.raises(ValueError, match=r"--buffer_size=2 is smaller than the 4 classes"):
         JEM(10, 1, NUM_CLASSES, buffer_size=2, class_cond_p_x_sample=True)
+
+
+# -- distribution: the new draws are made for the global batch --------------------------------------
+
+def _replica_run(strategy, initial_weights, steps=2):
+    config = dataclasses.replace(
+        get_preset("quick"), depth=10, width=1, buffer_size=0, sgld_steps=2, sgld_step_size=0.1, seed=3,
+        class_cond_p_x_sample=True, energy_l2=0.1, sgld_clamp=True).validate()
+    with strategy.scope():
+        model = JEM.from_config(config, depth=10, width=1, num_classes=NUM_CLASSES, seed=3)
+        model.build((None,) + SHAPE)
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+        model.optimizer.build(model.trainable_variables)
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
+    dataset = tf.data.Dataset.from_tensor_slices((IMAGES, LABELS)).batch(8).repeat(steps)
+    step = distributed_train_step(model, strategy)
+    losses = [float(step(batch)["loss"]) for batch in strategy.experimental_distribute_dataset(dataset)]
+    return model, losses
+
+
+def test_two_replicas_draw_what_one_device_draws_for_short_run_class_conditional_chains():
+    """Short-run, class-conditional, penalised, clamped: two replicas train to the single
+    device's losses and weights (the draws themselves are compared in the next test)."""
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "tests/conftest.py configures two logical CPU devices before TF starts"
+    initial = _replica_run(tf.distribute.OneDeviceStrategy("/cpu:0"), None, steps=0)[0].get_weights()
+    one, one_losses = _replica_run(tf.distribute.OneDeviceStrategy("/cpu:0"), initial)
+    two, two_losses = _replica_run(tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), initial)
+    np.testing.assert_allclose(two_losses, one_losses, rtol=1e-4)
+    for a, b in zip(one.get_weights(), two.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_each_replica_gets_its_slice_of_the_global_draws():
+    """The drawn classes and the fresh short-run starts of a 2-replica step are the single device's,
+    split in two (not each replica drawing its own, which would repeat the same rows)."""
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "tests/conftest.py configures two logical CPU devices before TF starts"
+    seed = tf.constant([5, 9], tf.int64)
+
+    def draws(strategy, local_batch):
+        with strategy.scope():
+            model = JEM(10, 1, NUM_CLASSES, buffer_size=0, sgld_steps=0, class_cond_p_x_sample=True)
+            model.build((None,) + SHAPE)
+
+        @tf.function
+        def replica_fn():
+            labels = model.draw_chain_labels(local_batch, seed)
+            starts, _ = model.sample_chains(local_batch, seed, labels)
+            return labels, starts
+
+        labels, starts = strategy.run(replica_fn)
+        return (np.concatenate([np.asarray(v) for v in strategy.experimental_local_results(labels)]),
+                np.concatenate([np.asarray(v) for v in strategy.experimental_local_results(starts)]))
+
+    one_labels, one_starts = draws(tf.distribute.OneDeviceStrategy("/cpu:0"), 8)
+    two_labels, two_starts = draws(tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), 4)
+    np.testing.assert_array_equal(two_labels, one_labels)
+    np.testing.assert_array_equal(two_starts, one_starts)
+    assert not np.array_equal(one_starts[:4], one_starts[4:])
