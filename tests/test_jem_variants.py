@@ -178,6 +178,14 @@ def test_short_run_sample_images_are_fresh_short_chains(chains):
     assert chains and chains[-1]["initial"].shape == (6,) + SHAPE
 
 
+def test_short_run_recovery_adds_sgld_steps_and_resets_no_chains():
+    model = _jem(buffer_size=0, sgld_steps=3)
+    config = dataclasses.replace(get_preset("quick"), buffer_size=0, sgld_steps=3, recovery_extra_sgld_steps=5)
+    change = model.apply_recovery(config, seed=(0, 7, 0))
+    assert change == {"sgld_steps": [3, 8]} and model.sgld_steps == 8 and config.extra_sgld_steps == 5
+    model.reapply_recovery(dict(chain_seed=[0, 7, 0], chain_limit=3.0))  # a record of a buffered run: no-op
+
+
 def test_short_run_config_checks():
     quick = get_preset("quick")
     short_run = dataclasses.replace(quick, buffer_size=0, batch_size=64).validate()
