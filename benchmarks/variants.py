@@ -44,6 +44,8 @@ VARIANTS = (
             ("--objective=jem", "--buffer_size=0", "--sgld_steps=100")),
     Variant("jem_stabilised", "JEM + energy L2 0.1 (wgrathwohl/JEM issue #4) + chains clamped to [-1, 1] (JEM++)",
             ("--objective=jem", "--energy_l2=0.1", "--sgld_clamp")),
+    Variant("jempp", "JEM++ (Yang & Ji, ICCV 2021; github.com/sndnyang/JEMPP): proximal sampler, informative "
+            "initialisation", ("--objective=jempp",)),
 )
 
 # What the table shows: (column title, results.json key of the evaluation, format).

@@ -428,11 +428,24 @@ def restore_step(checkpoint: tf.train.Checkpoint, directory: str, step_or_path, 
 # -- readers: the network and buffer of a run -------------------------------------------------
 
 
+def checkpoints_hold_replay_buffer(directory: str) -> bool:
+    """Whether the run's checkpoints hold a replay buffer (any objective with persistent chains),
+    read from the variable list of the newest checkpoint whose index reads: the run's files, not
+    its objective's name, say what it has."""
+    for step in reversed(checkpoint_steps(directory)):
+        try:
+            names = tf.train.list_variables(checkpoint_path(directory, step))
+        except Exception:  # noqa: BLE001 (a damaged index: the next older one says the same)
+            continue
+        return any(name.startswith("replay_buffer/") for name, _ in names)
+    return False
+
+
 def build_network(config: TrainConfig, run_info: dict, *, with_replay_buffer: bool = True, precision=None):
-    """The run's WideResNet, built in `precision` (default: the run's own), with (for a JEM run,
-    when asked) its replay buffer as `network.replay_buffer`. Its checkpoint object graph is the
-    trainer's minus the training state (optimizer, metrics), so `restore_run` restores every object
-    of it."""
+    """The run's WideResNet, built in `precision` (default: the run's own), with (when asked: the
+    run's checkpoints hold one) its replay buffer as `network.replay_buffer`. Its checkpoint object
+    graph is the trainer's minus the training state (optimizer, metrics), so `restore_run` restores
+    every object of it."""
     from jem_tf import precision as jem_precision  # noqa: PLC0415 (Keras; keep importing this module light)
     from jem_tf.models import WideResNet  # noqa: PLC0415
     from jem_tf.sampling import ReplayBuffer  # noqa: PLC0415
@@ -443,7 +456,7 @@ def build_network(config: TrainConfig, run_info: dict, *, with_replay_buffer: bo
                          dtype=jem_precision.dtype_policy(precision or config.precision))
     network.build((None,) + image_shape)
     buffer = None
-    if with_replay_buffer and config.objective == "jem":
+    if with_replay_buffer:
         buffer = ReplayBuffer(config.buffer_size, image_shape, seed=config.seed)
     return network, buffer
 
@@ -454,7 +467,8 @@ def restore_run(workdir: str, checkpoint=None, *, with_replay_buffer: bool = Tru
     Args:
       workdir: a training workdir (config.json, run_info.json, checkpoints/).
       checkpoint: None for the newest that verifies, a step number, or a checkpoint path prefix.
-      with_replay_buffer: also restore a JEM run's replay buffer (as `network.replay_buffer`).
+      with_replay_buffer: also restore the run's replay buffer (as `network.replay_buffer`) when its
+        checkpoints hold one (JEM and its variants).
       precision: the precision the network computes in (`jem_tf.precision`); None: the run's own.
 
     Returns:
@@ -463,12 +477,13 @@ def restore_run(workdir: str, checkpoint=None, *, with_replay_buffer: bool = Tru
     """
     config = load_config(workdir)
     run_info = load_run_info(workdir)
+    directory = checkpoint_dir(workdir)
+    with_replay_buffer = with_replay_buffer and checkpoints_hold_replay_buffer(directory)
     network, buffer = build_network(config, run_info, with_replay_buffer=with_replay_buffer, precision=precision)
     parts = dict(model=network)
     if buffer is not None:
         parts["replay_buffer"] = buffer
     objects = tf.train.Checkpoint(**parts)
-    directory = checkpoint_dir(workdir)
     if checkpoint is None:
         path = restore_newest(objects, directory, writer=False, partial=True)
         if path is None:

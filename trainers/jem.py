@@ -32,6 +32,9 @@ SHORT_RUN_STABLE_STEPS = 80
 class JEM(Classifier):
     """WideResNet whose `train_step` adds the SGLD-estimated generative loss."""
 
+    # None: the SGLD update; a `jem_tf.sampling.proximal.ProximalBounds` for JEM++ (trainers.jempp).
+    proximal_bounds = None
+
     def __init__(
         self,
         *args,
@@ -189,6 +192,7 @@ class JEM(Classifier):
             noise_batch_size=global_batch,
             noise_batch_offset=offset,
             score_scale=precision.input_gradient_scale(self),
+            proximal=self.proximal_bounds,
             clamp=self.sgld_clamp,
         )
         return tf.stop_gradient(samples), slots
