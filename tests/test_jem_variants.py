@@ -195,6 +195,10 @@ def test_short_run_config_checks():
         dataclasses.replace(quick, buffer_size=-1).validate()
     with pytest.raises(ValueError, match=r"--buffer_size=10 is smaller than --batch_size=64.*--buffer_size=0"):
         JEM.check_config(dataclasses.replace(quick, buffer_size=10).validate(), 1000)
+    # JEM++'s informative initialisation fills a buffer: with none it is refused, uniform starts are not.
+    with pytest.raises(ValueError, match=r"--chain_init=informative .* --buffer_size=0"):
+        dataclasses.replace(quick, objective="jempp", buffer_size=0, chain_init="informative").validate()
+    dataclasses.replace(quick, objective="jempp", buffer_size=0, chain_init="uniform").validate()
 
 
 def test_from_config_passes_every_variant_field():
@@ -319,3 +323,15 @@ def test_each_replica_gets_its_slice_of_the_global_draws():
     np.testing.assert_array_equal(two_labels, one_labels)
     np.testing.assert_array_equal(two_starts, one_starts)
     assert not np.array_equal(one_starts[:4], one_starts[4:])
+
+
+def test_short_run_works_with_the_jempp_proximal_sampler():
+    from trainers.jempp import JEMPP  # noqa: PLC0415
+
+    model = JEMPP(10, 1, NUM_CLASSES, buffer_size=0, sgld_steps=2, chain_init="uniform", seed=7)
+    model.build((None,) + SHAPE)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.optimizer.build(model.trainable_variables)
+    assert model.replay_buffer is None and model.checkpoint_items() == {}
+    logs = model.train_step((IMAGES, LABELS))
+    assert np.isfinite(float(logs["loss"]))

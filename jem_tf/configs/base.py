@@ -283,6 +283,11 @@ class TrainConfig:
         check(self.p_xy_weight >= 0, "p_xy_weight", "a non-negative number")
         check(self.p_y_given_x_weight >= 0, "p_y_given_x_weight", "a non-negative number")
         check(self.energy_l2 >= 0, "energy_l2", "a non-negative number (0: no energy penalty; advice: about 0.1)")
+        if self.buffer_size == 0 and self.chain_init == "informative":
+            raise ValueError(
+                "--chain_init=informative draws the replay buffer's chains from class Gaussians, but --buffer_size=0 "
+                "keeps no buffer (short-run chains start from U(-1, 1) noise). Use --chain_init=uniform with "
+                "--buffer_size=0, or a replay buffer.")
         if self.class_cond_p_x_sample and self.p_x_weight == 0:
             raise ValueError(
                 "--class_cond_p_x_sample chooses how the log p(x) term's samples are drawn, but --p_x_weight=0 "
