@@ -107,14 +107,8 @@ def test_the_run_exports_and_the_export_classifies(uninterrupted, tmp_path):
     np.testing.assert_allclose(tf.reduce_sum(outputs["probabilities"], -1), 1.0, rtol=1e-5)
 
 
-def test_the_run_evaluates_with_the_command_line(uninterrupted, tmp_path, request):
+def test_the_run_evaluates_with_the_command_line(uninterrupted, tmp_path):
     variant, workdir = uninterrupted
-    if tiny_config(workdir, variant).buffer_size == 0:
-        # Strict: this must start passing (and the marker go) once evaluation reads from the
-        # checkpoint whether a run has a replay buffer (issue #8, the eval-split work); today
-        # jem_tf.workdir.build_network builds a buffer for every jem run and refuses buffer_size=0.
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="jem_tf.workdir.build_network assumes every jem run has a replay buffer"))
     output = tmp_path / "eval"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     result = subprocess.run(
@@ -127,3 +121,8 @@ def test_the_run_evaluates_with_the_command_line(uninterrupted, tmp_path, reques
     assert not [key for key in results if key.startswith("errors/")], results
     assert results["meta/global_step"] == FINAL_STEP
     assert "ood/uniform/log_px/auroc" in results and "samples/fresh_conditional/class_agreement" in results
+    # The buffer's samples exactly when the run kept one (read from the checkpoint, not the objective).
+    buffered = tiny_config(workdir, variant).buffer_size > 0
+    assert isinstance(results.get("samples/buffer/mean_log_px"), float) == buffered, results.get("samples/buffer")
+    if not buffered:
+        assert results["samples/buffer"].startswith("unavailable: ")
