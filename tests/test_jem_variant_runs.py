@@ -107,6 +107,7 @@ def test_the_run_exports_and_the_export_classifies(uninterrupted, tmp_path):
     np.testing.assert_allclose(tf.reduce_sum(outputs["probabilities"], -1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_run_evaluates_with_the_command_line(uninterrupted, tmp_path):
     variant, workdir = uninterrupted
     output = tmp_path / "eval"
