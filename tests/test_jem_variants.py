@@ -294,6 +294,8 @@ def test_two_replicas_draw_what_one_device_draws_for_short_run_class_conditional
     np.testing.assert_allclose(two_losses, one_losses, rtol=1e-4)
     for a, b in zip(one.get_weights(), two.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    # The loop draws the sample grid outside the replicas: fresh chains there too.
+    np.testing.assert_allclose(two.sample_images(4), one.sample_images(4), rtol=1e-3, atol=1e-4)
 
 
 def test_each_replica_gets_its_slice_of_the_global_draws():
