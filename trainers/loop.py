@@ -430,7 +430,6 @@ def train(config: TrainConfig, exporter=None) -> dict:
     with workdir_lib.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
         if chief:
             workdir_lib.clean_leftovers(config.workdir)
-            _prepare_workdir(config, data)
         # Installed before the first checkpoint is read or written: a signal from here on ends with
         # a checkpoint.
         stop_requests = _StopRequests().install()
@@ -505,6 +504,10 @@ class _Run:
         self._check_workers_agree_on_step()
         with self.strategy.scope():
             self.model.prepare_for_data(self.data.train, restored=bool(restored))
+        # After the objective checked its state against the data: a resume it refuses leaves
+        # config.json and run_info.json as they were.
+        if self.chief:
+            _prepare_workdir(self.config, self.data)
         if restored:
             self.saved_step = self.step
             logging.info("Resumed from %s (step %d).", restored, self.step)
