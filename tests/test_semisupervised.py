@@ -1,0 +1,141 @@
+"""Semi-supervised data (`--labels_per_class`): the labelled subset and its endless, resumable stream."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jem_tf import data
+from jem_tf.data import semisupervised
+
+NUM_CLASSES = 4
+PER_CLASS = 30  # training images per class of the synthetic dataset
+
+
+def _image_key(image) -> str:
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def synthetic_data(per_class=PER_CLASS, num_classes=NUM_CLASSES, short_class_size=None) -> data.ImageData:
+    """Distinct random 8x8x1 images, classes interleaved (label = index % classes); the last class
+    can be made short. Distinct images let a test tell which training image a batch holds."""
+    labels = np.arange(per_class * num_classes, dtype=np.int64) % num_classes
+    if short_class_size is not None:
+        last = np.flatnonzero(labels == num_classes - 1)
+        labels = np.delete(labels, last[short_class_size:])
+    images = np.random.default_rng(7).integers(0, 256, size=(len(labels), 8, 8, 1), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(len(labels)) % 256  # with the rest random: no two alike
+    images[:, 0, 1, 0] = np.arange(len(labels)) // 256
+    train = tf.data.Dataset.from_tensor_slices((images, labels))
+    empty = train.take(0)
+    return data.ImageData(
+        name="synthetic", train=train, validation=empty, test=empty, num_classes=num_classes,
+        image_shape=(8, 8, 1), class_names=tuple(f"class{c}" for c in range(num_classes)),
+        num_train=len(labels), num_validation=0, num_test=0, augmentation="crop")
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return synthetic_data()
+
+
+def test_subset_is_class_balanced_and_its_images_are_the_training_images_at_its_indices(synthetic):
+    subset = semisupervised.labelled_subset(synthetic, 5, seed=3)
+    all_images = np.stack([image for image, _ in synthetic.train.as_numpy_iterator()])
+    all_labels = np.array([label for _, label in synthetic.train.as_numpy_iterator()])
+    assert len(subset.indices) == 5 * NUM_CLASSES
+    assert np.all(np.diff(subset.indices) > 0)  # ascending, no repeats
+    np.testing.assert_array_equal(np.bincount(subset.labels, minlength=NUM_CLASSES), [5] * NUM_CLASSES)
+    np.testing.assert_array_equal(subset.images, all_images[subset.indices])
+    np.testing.assert_array_equal(subset.labels, all_labels[subset.indices])
+
+
+def test_subset_is_fixed_by_the_seed():
+    labels = np.arange(400) % 10
+    first = semisupervised.select_labelled_indices(labels, 4, seed=1)
+    np.testing.assert_array_equal(first, semisupervised.select_labelled_indices(labels, 4, seed=1))
+    other = semisupervised.select_labelled_indices(labels, 4, seed=2)
+    assert set(other.tolist()) != set(first.tolist())
+    # Not simply the first N of each class.
+    assert set(first.tolist()) != set(range(40))
+
+
+def test_subset_records_its_indices_and_their_hash(synthetic):
+    subset = semisupervised.labelled_subset(synthetic, 2, seed=0)
+    record = subset.describe()
+    assert record["indices"] == subset.indices.tolist()
+    assert record["num_labelled"] == 2 * NUM_CLASSES and record["labels_per_class"] == 2 and record["seed"] == 0
+    assert record["indices_sha256"] == hashlib.sha256(np.asarray(record["indices"], "<i8").tobytes()).hexdigest()
+    assert semisupervised.labelled_subset(synthetic, 2, seed=1).indices_sha256 != record["indices_sha256"]
+
+
+def test_a_class_with_fewer_than_n_images_is_refused_naming_the_flag_and_the_largest_n():
+    short = synthetic_data(short_class_size=3)
+    with pytest.raises(ValueError, match=r"--labels_per_class=4 .* 3 training images of class 'class3'.*"
+                                         r"--labels_per_class=3 or less"):
+        semisupervised.labelled_subset(short, 4, seed=0)
+    assert len(semisupervised.labelled_subset(short, 3, seed=0).indices) == 3 * NUM_CLASSES
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_a_non_positive_or_non_integer_n_is_refused(bad):
+    with pytest.raises(ValueError, match="--labels_per_class"):
+        semisupervised.select_labelled_indices(np.arange(40) % 4, bad, seed=0)
+
+
+def test_fewer_labelled_images_than_one_batch_is_refused_naming_both_flags(synthetic):
+    subset = semisupervised.labelled_subset(synthetic, 2, seed=0)  # 8 images
+    with pytest.raises(ValueError, match=r"--labels_per_class=2 gives 8 labelled images.*--batch_size=9"):
+        semisupervised.labelled_batches(subset, 9)
+
+
+def _take(dataset, count):
+    return [(images.numpy(), labels.numpy()) for images, labels in dataset.take(count)]
+
+
+def test_labelled_batches_hold_only_subset_images_and_each_pass_is_a_fresh_permutation(synthetic):
+    subset = semisupervised.labelled_subset(synthetic, 5, seed=3)  # 20 images: 3 batches of 6 a pass
+    by_key = {_image_key(image): label for image, label in zip(subset.images, subset.labels)}
+    batches = _take(semisupervised.labelled_batches(subset, 6, seed=3), 9)
+    passes = []
+    for pass_batches in (batches[0:3], batches[3:6], batches[6:9]):
+        keys = []
+        for images, labels in pass_batches:
+            assert images.dtype == np.float32 and images.shape == (6, 8, 8, 1) and labels.dtype == np.int32
+            uint8 = np.round((images + 1.0) * 127.5).astype(np.uint8)  # no augmentation: exact
+            for image, label in zip(uint8, labels):
+                key = _image_key(image)
+                assert key in by_key, "a labelled batch holds an image outside the labelled subset"
+                assert by_key[key] == label
+                keys.append(key)
+        assert len(set(keys)) == 18, "a pass repeats an image"
+        passes.append(keys)
+    assert passes[0] != passes[1] != passes[2], "the labelled stream is not reshuffled per pass"
+    assert set().union(*passes) == set(by_key), "three passes of 18 of 20 never met some labelled image"
+
+
+def test_labelled_stream_is_positioned_by_the_global_step_alone(synthetic):
+    subset = semisupervised.labelled_subset(synthetic, 5, seed=3)
+    kwargs = dict(augmentation="crop", data_noise=0.03, seed=3)
+    from_zero = _take(semisupervised.labelled_batches(subset, 6, **kwargs), 8)
+    from_five = _take(semisupervised.labelled_batches(subset, 6, start_step=5, **kwargs), 3)
+    for (images, labels), (want_images, want_labels) in zip(from_five, from_zero[5:]):
+        np.testing.assert_array_equal(labels, want_labels)
+        np.testing.assert_array_equal(images, want_images)  # augmentation and noise too
+    other_seed = _take(semisupervised.labelled_batches(subset, 6, augmentation="crop", data_noise=0.03, seed=4), 1)
+    assert not np.array_equal(other_seed[0][0], from_zero[0][0])
+
+
+def test_labelled_noise_is_not_the_unlabelled_streams():
+    """The streams draw from unrelated keys: position k of both does not get the same noise (of
+    identical blank images, so the batches differ by their noise alone)."""
+    blank = np.zeros([12, 8, 8, 1], np.uint8)
+    labels = np.arange(12, dtype=np.int64) % 3
+    subset = semisupervised.LabelledSubset(indices=np.arange(12), images=blank, labels=labels,
+                                           labels_per_class=4, seed=0)
+    labelled, _ = _take(semisupervised.labelled_batches(subset, 6, data_noise=0.1, seed=0), 1)[0]
+    source = tf.data.Dataset.from_tensor_slices((blank, labels))
+    unlabelled, _ = _take(data.make_batches(source, 6, training=True, data_noise=0.1, seed=0), 1)[0]
+    assert np.std(labelled) > 0.05 and np.std(unlabelled) > 0.05
+    assert abs(np.corrcoef(labelled.ravel(), unlabelled.ravel())[0, 1]) < 0.2
