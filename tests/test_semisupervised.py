@@ -1,5 +1,6 @@
 """Semi-supervised data (`--labels_per_class`): the labelled subset and its endless, resumable stream."""
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 import tensorflow as tf
 
 from jem_tf import data
+from jem_tf.configs import TrainConfig, get_preset
+from jem_tf.configs.base import incompatible_fields
 from jem_tf.data import semisupervised
 
 NUM_CLASSES = 4
@@ -88,6 +91,23 @@ def test_fewer_labelled_images_than_one_batch_is_refused_naming_both_flags(synth
     subset = semisupervised.labelled_subset(synthetic, 2, seed=0)  # 8 images
     with pytest.raises(ValueError, match=r"--labels_per_class=2 gives 8 labelled images.*--batch_size=9"):
         semisupervised.labelled_batches(subset, 9)
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_config_refuses_a_non_positive_labels_per_class(bad):
+    config = dataclasses.replace(get_preset("quick"), labels_per_class=bad)
+    with pytest.raises(ValueError, match=f"--labels_per_class={bad} is invalid"):
+        config.validate()
+    dataclasses.replace(config, labels_per_class=None).validate()
+    dataclasses.replace(config, labels_per_class=10).validate()
+
+
+def test_a_workdir_is_not_resumed_with_other_labels():
+    """The labelled subset defines the run: resuming with another N would mix two runs."""
+    saved = get_preset("quick")
+    assert incompatible_fields(saved, dataclasses.replace(saved, labels_per_class=10)) == [
+        "labels_per_class: None -> 10"]
+    assert TrainConfig.from_dict({}).labels_per_class is None  # config.json written before the flag existed
 
 
 def _take(dataset, count):

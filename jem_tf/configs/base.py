@@ -28,6 +28,8 @@ RESUME_INVARIANT_FIELDS = (
     "buffer_size",
     "batch_size",
     "seed",
+    # Which images are labelled (with the seed, it fixes the subset).
+    "labels_per_class",
     # A resumed run must compute what the uninterrupted run would have (bit-identical resume), and
     # a mixed_float16 checkpoint holds the loss-scale state the others lack. Evaluation and export
     # may still choose another precision: the weights are float32 in every precision.
@@ -80,6 +82,10 @@ class TrainConfig:
     # Instead of the fraction (which must then be 0): a random hold-out of this many training
     # images drawn as the reference code draws its 5000 (numpy seed 1234).
     validation_size: Optional[int] = None
+    labels_per_class: Optional[int] = dataclasses.field(default=None, metadata=dict(help=(
+        "Semi-supervised training (the JEM paper's semi-supervised experiments; the reference code's "
+        "--labels_per_class): cross-entropy only on a fixed, class-balanced subset of N training images per "
+        "class chosen by --seed, the log p(x) term on every training image. Unset: every image is labelled.")))
     # Loss weights: L = xent + p_x_weight * L_gen(x) + p_xy_weight * L_gen(x, y).
     p_x_weight: float = 1.0
     p_xy_weight: float = 0.0
@@ -162,6 +168,10 @@ class TrainConfig:
             raise ValueError(
                 f"--validation_size={self.validation_size} and --validation_fraction={self.validation_fraction} both "
                 "choose the validation split; pass only one (--validation_size replaces the fraction).")
+        check(self.labels_per_class is None or (isinstance(self.labels_per_class, int)
+                                                and not isinstance(self.labels_per_class, bool)
+                                                and self.labels_per_class >= 1),
+              "labels_per_class", "a positive integer (labelled images per class) or unset (all labelled)")
         check(self.p_x_weight >= 0, "p_x_weight", "a non-negative number")
         check(self.p_xy_weight >= 0, "p_xy_weight", "a non-negative number")
         check(isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]")

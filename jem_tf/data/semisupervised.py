@@ -234,3 +234,31 @@ def labelled_batches(
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)
+
+
+def with_labelled_stream(
+    unlabelled_batches: tf.data.Dataset,
+    subset: LabelledSubset,
+    batch_size: int,
+    *,
+    augmentation: str,
+    data_noise: float,
+    seed: int,
+    start_step: int,
+) -> tf.data.Dataset:
+    """Pairs each batch of the unlabelled stream with the labelled batch of the same global step.
+
+    Args:
+      unlabelled_batches: `(images, labels)` batches of every training image (`make_batches`) whose
+        first batch is global step `start_step`; their labels are dropped.
+      subset, batch_size, augmentation, data_noise, seed, start_step: as in `labelled_batches`.
+
+    Returns:
+      Dataset of `(labelled images [B, ...], labels [B], unlabelled images [B, ...])`, as long as
+      `unlabelled_batches`: the training batch of an objective whose log p(x) term uses the third
+      element (the classifier ignores it).
+    """
+    labelled = labelled_batches(subset, batch_size, augmentation=augmentation, data_noise=data_noise, seed=seed,
+                                start_step=start_step)
+    paired = tf.data.Dataset.zip(labelled, unlabelled_batches)
+    return paired.map(lambda labelled_batch, unlabelled_batch: (*labelled_batch, unlabelled_batch[0]))
