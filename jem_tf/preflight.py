@@ -111,15 +111,14 @@ def _gib(num_bytes: int) -> str:
 
 
 def check_replay_buffer_memory(config: TrainConfig, image_shape, available=None) -> None:
-    """Refuses a JEM run whose replay buffer cannot fit in the memory available now.
+    """Refuses a run whose replay buffer cannot fit in the memory available now. Call it for
+    objectives that keep one (`uses_replay_buffer`).
 
     Args:
-      config: the run's settings (only `objective` and `buffer_size` matter).
+      config: the run's settings (only `buffer_size` and `batch_size` matter).
       image_shape: (H, W, C) of the data.
       available: (bytes, source) to check against; default `available_memory_bytes()`.
     """
-    if config.objective != "jem":
-        return
     needed = BUFFER_PEAK_COPIES * replay_buffer_bytes(config.buffer_size, image_shape)
     available_bytes, source = available if available is not None else available_memory_bytes()
     if available_bytes is None:

@@ -91,9 +91,3 @@ def test_a_batch_larger_than_the_training_set_blames_batch_size_not_buffer_size(
     with pytest.raises(ValueError, match=r"--batch_size=2000 is larger than the 1293 training examples.*1293 or less"):
         config.validate_for_data(1293)
 
-
-def test_a_buffer_smaller_than_the_batch_is_refused_naming_both():
-    config = dataclasses.replace(get_preset("quick"), buffer_size=10)
-    with pytest.raises(ValueError, match=r"--buffer_size=10 is smaller than --batch_size=64"):
-        config.validate_for_data(1293)
-    dataclasses.replace(config, objective="classifier").validate_for_data(1293)  # no buffer: fine

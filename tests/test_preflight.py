@@ -176,9 +176,6 @@ def test_memory_refusal_names_both_numbers_and_a_buffer_size_that_fits():
     with pytest.raises(ValueError):
         preflight.check_replay_buffer_memory(dataclasses.replace(config, buffer_size=fits + 1), (8, 8, 1),
                                              available=(2**30 // 100, "test"))
-    # The classifier baseline has no buffer.
-    preflight.check_replay_buffer_memory(dataclasses.replace(config, objective="classifier"), (8, 8, 1),
-                                         available=(0, "test"))
 
 
 def test_available_memory_is_read_from_this_machine():

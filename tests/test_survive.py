@@ -335,7 +335,7 @@ def test_recovery_reinitialises_only_wild_chains():
     images[4, 1, 1, 0] = -7.0
     images[5, 1, 0, 0] = 2.5  # outside [-1, 1] but within the limit: kept
     buffer.images.assign(images)
-    assert loop._reinitialise_wild_chains(buffer, 3.0, seed=(0, 7, 0)) == 2
+    assert buffer.reinitialise_wild(3.0, seed=(0, 7, 0)) == 2
     after = buffer.images.numpy()
     for kept in (0, 2, 3, 5):
         np.testing.assert_array_equal(after[kept], images[kept])

@@ -1,7 +1,8 @@
 """The plain classifier baseline: the same WideResNet trained on cross-entropy only.
 
 `Classifier` holds what every objective shares (cross-entropy, accuracy, replica-scaled
-gradients, `test_step`); `trainers.jem.JEM` adds the generative term.
+gradients, `test_step`) and the hooks through which the training loop talks to any objective
+(`from_config` ... `reapply_recovery`, all no-ops here); `trainers.jem.JEM` adds the generative term.
 """
 
 import keras
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 from jem_tf import energy
 from jem_tf.models import WideResNet
+from trainers import registry
 
 
 def num_replicas() -> int:
@@ -16,6 +18,7 @@ def num_replicas() -> int:
     return context.num_replicas_in_sync if context is not None else 1
 
 
+@registry.register("classifier")
 class Classifier(WideResNet):
     """WideResNet with a cross-entropy `train_step`.
 
@@ -34,17 +37,60 @@ class Classifier(WideResNet):
     def metrics(self):
         return [self.loss_tracker, self.xent_tracker, self.accuracy_tracker]
 
+    # -- the hooks the training loop calls (trainers/registry.py) -----------------------------
+
+    @classmethod
+    def from_config(cls, config, **network):
+        """The objective's model from its TrainConfig fields; `network` holds the WideResNet's."""
+        del config  # the classifier reads no fields beyond the network's
+        return cls(**network)
+
+    @classmethod
+    def check_config(cls, config, num_train: int) -> None:
+        """Checks that need the training set's size; ValueError naming the flag to change."""
+        del config, num_train
+
+    @classmethod
+    def uses_replay_buffer(cls, config) -> bool:
+        """Whether the run keeps persistent chains (the loop checks they fit in memory)."""
+        del config
+        return False
+
+    def checkpoint_items(self) -> dict:
+        """Trackable state saved beside the model and optimizer (name -> object)."""
+        return {}
+
+    def sample_images(self, count: int):
+        """Up to `count` current model samples for the loop's sample grid, or None."""
+        del count
+        return None
+
+    def apply_recovery(self, config, seed) -> dict:
+        """After a divergence restored the last good checkpoint: change what this objective's
+        recovery policy changes (in `config` too, which the loop saves) and return the changes
+        for recoveries.json. `seed` makes any random draw repeatable by `reapply_recovery`."""
+        del config, seed
+        return {}
+
+    def reapply_recovery(self, change: dict) -> None:
+        """Repeats the state change of the recovery recorded as `change` that no checkpoint holds
+        (a run killed after a recovery, before its next checkpoint)."""
+        del change
+
     def step_seed(self) -> tf.Tensor:
         """Stateless seed [2] for this optimizer step: (config seed, step). Resuming from a
         checkpoint restores the step, so a resumed run draws the same numbers."""
         return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
 
-    def objective_terms(self, images, labels):
+    def objective_terms(self, images, labels, generative_images=None):
         """Returns (loss, this step's logged values, pending state updates for `after_update`).
 
-        Called under the gradient tape. Nothing is stashed on `self`: under MirroredStrategy every
+        `generative_images`, when the batch has them, are the images a generative term models
+        instead of `images` (the unlabelled stream, or an un-augmented view); the classifier
+        ignores them. Called under the gradient tape. Nothing is stashed on `self`: under MirroredStrategy every
         replica runs this concurrently on the same Python object.
         """
+        del generative_images
         xent, logs = self.classification_terms(self(images, training=True), labels)
         return xent, logs, ()
 
@@ -55,9 +101,11 @@ class Classifier(WideResNet):
         return xent, {"xent": xent, "accuracy": self._batch_accuracy(logits, labels)}
 
     def train_step(self, data):
-        images, labels = data
+        # (images, labels) or (images, labels, generative_images): see `objective_terms`.
+        images, labels, *generative_images = data
         with tf.GradientTape() as tape:
-            loss, logs, pending_updates = self.objective_terms(images, labels)
+            loss, logs, pending_updates = self.objective_terms(
+                images, labels, generative_images[0] if generative_images else None)
             if self.losses:
                 loss = loss + tf.add_n(self.losses)
             # The optimizer sums gradients over replicas; scale like Keras scales its own losses.

@@ -5,18 +5,22 @@
       + p_xy_weight * (mean log p~(x_hat_y, y) - mean log p~(x, y))     (log p(x, y), optional)
 
 x_hat are persistent SGLD chains on log p~(x) drawn from and written back to the replay buffer;
-x_hat_y are class-conditional chains on log p~(x, y) for the batch's labels.
+x_hat_y are class-conditional chains on log p~(x, y) for the batch's labels. When the batch carries
+generative images (see `Classifier.objective_terms`), log p~(x) of the data is taken on them.
 """
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from jem_tf import energy, precision
 from jem_tf.sampling import ReplayBuffer, compiled_sgld
 from jem_tf.sampling.replay_buffer import replica_slice
+from trainers import registry
 from trainers.classifier import Classifier
 
 
+@registry.register("jem")
 class JEM(Classifier):
     """WideResNet whose `train_step` adds the SGLD-estimated generative loss."""
 
@@ -60,6 +64,54 @@ class JEM(Classifier):
     def metrics(self):
         return super().metrics + [self.generative_loss_tracker, self.log_px_data_tracker, self.log_px_samples_tracker]
 
+    # -- the loop's hooks (see Classifier) -------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config, **network):
+        return cls(
+            **network, sgld_steps=config.sgld_steps + config.extra_sgld_steps, sgld_step_size=config.sgld_step_size,
+            sgld_noise=config.sgld_noise, buffer_size=config.buffer_size, reinit_freq=config.reinit_freq,
+            p_x_weight=config.p_x_weight, p_xy_weight=config.p_xy_weight, sgld_jit_compile=config.jit_compile,
+        )
+
+    @classmethod
+    def check_config(cls, config, num_train: int) -> None:
+        del num_train
+        if config.batch_size > config.buffer_size:
+            raise ValueError(
+                f"--buffer_size={config.buffer_size} is smaller than --batch_size={config.batch_size}: each step draws "
+                f"a batch of distinct chains from the buffer. Use --buffer_size={config.batch_size} or more, or a "
+                "smaller --batch_size."
+            )
+
+    @classmethod
+    def uses_replay_buffer(cls, config) -> bool:
+        del config
+        return True
+
+    def checkpoint_items(self) -> dict:
+        return {"replay_buffer": self.replay_buffer}
+
+    def sample_images(self, count: int):
+        return self.replay_buffer.images[: min(count, self.replay_buffer.size)].numpy()
+
+    def apply_recovery(self, config, seed) -> dict:
+        """More SGLD steps per iteration, and chains that ran away (non-finite, or beyond
+        +-recovery_chain_limit) re-initialised."""
+        before = self.sgld_steps
+        config.extra_sgld_steps += config.recovery_extra_sgld_steps
+        self.sgld_steps = config.sgld_steps + config.extra_sgld_steps
+        change = dict(sgld_steps=[before, self.sgld_steps], chain_seed=list(seed),
+                      chain_limit=config.recovery_chain_limit)
+        change["chains_reinitialised"] = self.replay_buffer.reinitialise_wild(config.recovery_chain_limit, seed)
+        return change
+
+    def reapply_recovery(self, change: dict) -> None:
+        if "chain_seed" in change:
+            count = self.replay_buffer.reinitialise_wild(change["chain_limit"], change["chain_seed"])
+            logging.info("Re-applied recovery %d's re-initialisation of %d chains to the restored buffer.",
+                         change.get("recovery", 0), count)
+
     def sample_chains(self, local_batch, seed, labels=None):
         """Draws chain starts from the buffer and runs SGLD; returns (samples, buffer slots)."""
         sample_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -89,12 +141,14 @@ class JEM(Classifier):
         )
         return tf.stop_gradient(samples), slots
 
-    def objective_terms(self, images, labels):
+    def objective_terms(self, images, labels, generative_images=None):
         local_batch = tf.shape(images)[0]
         unconditional_seed, conditional_seed = tf.unstack(
             tf.random.experimental.stateless_split(self.step_seed(), 2)
         )
         batches = [images]
+        if generative_images is not None:  # log p(x) of the data is taken on these (same batch size)
+            batches.append(generative_images)
         pending_writes = []
         if self.p_x_weight > 0:
             samples, slots = self.sample_chains(local_batch, unconditional_seed)
@@ -109,11 +163,13 @@ class JEM(Classifier):
         all_logits = tf.split(self(tf.concat(batches, axis=0), training=True), len(batches), axis=0)
         logits = all_logits[0]
         xent, logs = self.classification_terms(logits, labels)
-        log_px_data = tf.reduce_mean(energy.log_marginal(logits))
+        # The data batches come first: images, then generative_images if given; samples after them.
+        num_data_batches = 1 if generative_images is None else 2
+        log_px_data = tf.reduce_mean(energy.log_marginal(all_logits[num_data_batches - 1]))
         logs["log_px_data"] = log_px_data
         generative_loss = tf.constant(0.0)
         if self.p_x_weight > 0:
-            log_px_samples = tf.reduce_mean(energy.log_marginal(all_logits[1]))
+            log_px_samples = tf.reduce_mean(energy.log_marginal(all_logits[num_data_batches]))
             generative_loss += self.p_x_weight * (log_px_samples - log_px_data)
             logs["log_px_samples"] = log_px_samples
         if self.p_xy_weight > 0:

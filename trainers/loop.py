@@ -37,8 +37,7 @@ from jem_tf import preflight
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import RECOVERY_STATE_FIELDS, TrainConfig, incompatible_fields, write_json_atomically
 from jem_tf.models.wide_resnet import NETWORK_LAYOUT, NETWORK_LAYOUT_KEY
-from trainers.classifier import Classifier
-from trainers.jem import JEM
+from trainers import objectives
 
 # File names live in jem_tf.workdir; these aliases keep the loop's callers working.
 CONFIG_FILE = workdir_lib.CONFIG_FILE
@@ -101,28 +100,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def build_model(config: TrainConfig, image_shape, num_classes: int) -> Classifier:
-    """The model for `config.objective`, built (weights and, for JEM, the buffer created), in
-    `config.precision`.
-
-    Call inside the strategy scope so variables are mirrored.
-    """
-    network = dict(
-        depth=config.depth, width=config.width, num_classes=num_classes, norm=config.norm,
-        activation=config.activation, dropout_rate=config.dropout_rate, seed=config.seed,
-        dtype=jem_precision.dtype_policy(config.precision),
-    )
-    if config.objective == "classifier":
-        model = Classifier(**network)
-    else:
-        model = JEM(
-            **network, sgld_steps=config.sgld_steps, sgld_step_size=config.sgld_step_size,
-            sgld_noise=config.sgld_noise, buffer_size=config.buffer_size,
-            reinit_freq=config.reinit_freq, p_x_weight=config.p_x_weight,
-            p_xy_weight=config.p_xy_weight, sgld_jit_compile=config.jit_compile,
-        )
-    model.build((None,) + tuple(image_shape))
-    return model
+# The objective's model: one registered class per --objective (trainers/objectives.py).
+build_model = objectives.build_model
 
 
 # The reference's Adam epsilon (PyTorch's default); Keras' default is 1e-7.
@@ -181,8 +160,7 @@ def _make_checkpoint(model, optimizer=None):
     parts = dict(model=model, **{NETWORK_LAYOUT_KEY: tf.Variable(NETWORK_LAYOUT, dtype=tf.int64, trainable=False)})
     if optimizer is not None:
         parts["optimizer"] = optimizer
-    if isinstance(model, JEM):
-        parts["replay_buffer"] = model.replay_buffer
+    parts.update(model.checkpoint_items())
     return tf.train.Checkpoint(**parts)
 
 
@@ -433,12 +411,15 @@ def train(config: TrainConfig, exporter=None) -> dict:
             f"--batch_size={config.batch_size} (global) must be divisible by the {replicas} replicas."
         )
     config.validate_for_data(data.num_train)
+    objective = objectives.get(config.objective)
+    objective.check_config(config, data.num_train)
     steps_per_epoch = data.num_train // config.batch_size
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     preflight.check_not_past_end(config, total_steps, steps_per_epoch)
-    preflight.check_replay_buffer_memory(config, data.image_shape)
+    if objective.uses_replay_buffer(config):
+        preflight.check_replay_buffer_memory(config, data.image_shape)
     # Built before anything is written: a build that fails (e.g. out of accelerator memory, which
     # the host-memory check cannot see) leaves the workdir as it was.
     run = _Run(config, data, strategy, steps_per_epoch)
@@ -514,8 +495,6 @@ class _Run:
             self.model.compile(optimizer=self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
             self.checkpoint = _make_checkpoint(self.model, self.optimizer)
-            if isinstance(self.model, JEM):
-                self.model.sgld_steps = config.sgld_steps + config.extra_sgld_steps
 
     def start(self, resuming: bool):
         """Restores the newest checkpoint that verifies, or saves step 0. Call with the workdir lock held."""
@@ -543,10 +522,8 @@ class _Run:
         scale and SGLD steps come back from config.json."""
         history = workdir_lib.read_json(os.path.join(self.config.workdir, workdir_lib.RECOVERIES_FILE), [])
         last = history[-1] if history else None
-        if last and last.get("restored_step") == self.step and "chain_seed" in last and isinstance(self.model, JEM):
-            count = _reinitialise_wild_chains(self.model.replay_buffer, last["chain_limit"], seed=last["chain_seed"])
-            logging.info("Re-applied recovery %d's re-initialisation of %d chains to the restored buffer.",
-                         last["recovery"], count)
+        if last and last.get("restored_step") == self.step:
+            self.model.reapply_recovery(last)
 
     def _check_workers_agree_on_step(self):
         """Multi-worker: every worker must have restored the same step (the workdir must be on a
@@ -590,7 +567,6 @@ class _Run:
     def train(self, stop_requests, exporter) -> dict:
         config, data, model, optimizer = self.config, self.data, self.model, self.optimizer
         steps_per_epoch, total_steps = self.steps_per_epoch, self.total_steps
-        augmentation = config.augmentation or data.augmentation
         train_step = distributed_train_step(model, self.strategy)
         evaluate = classifier_evaluator(model, self.strategy)
         if self.chief:
@@ -609,10 +585,8 @@ class _Run:
         first_step = self.step
         while self.step < total_steps and not stop_requests.requested:
             epoch, done_in_epoch = divmod(self.step, steps_per_epoch)
-            batches = jem_data.make_batches(
-                data.train, config.batch_size, training=True, augmentation=augmentation,
-                data_noise=config.data_noise, seed=config.seed, epoch=epoch, skip_batches=done_in_epoch,
-            ).take(min(steps_per_epoch - done_in_epoch, total_steps - self.step))
+            batches = jem_data.make_training_batches(data, config, epoch=epoch, skip_batches=done_in_epoch).take(
+                min(steps_per_epoch - done_in_epoch, total_steps - self.step))
             recovered = False
             for batch in distribute_dataset(self.strategy, batches):
                 logs = train_step(batch)
@@ -630,8 +604,7 @@ class _Run:
                         for name, value in logs.items():
                             tf.summary.scalar(f"train/{name}", value)
                         tf.summary.scalar("train/learning_rate", optimizer.learning_rate)
-                    if self.chief and isinstance(model, JEM) and (self.step % config.sample_every_steps == 0
-                                                   or self.step == total_steps):
+                    if self.chief and (self.step % config.sample_every_steps == 0 or self.step == total_steps):
                         _write_sample_grid(model, config.workdir, self.step)
                 checkpoint_due = time.monotonic() - self.last_save_time >= config.checkpoint_every_secs
                 if isinstance(stop_requests, _AgreedStopRequests):
@@ -714,22 +687,13 @@ class _Run:
         self.step = _optimizer_step(self.optimizer)
         self._check_workers_agree_on_step()
         self.saved_step = self.step
-        model = self.model
         change = dict(
             step=diverged_at, reason=reason, restored_checkpoint=os.path.basename(restored), restored_step=self.step,
             learning_rate_scale=[config.learning_rate_scale, config.learning_rate_scale * config.recovery_lr_factor],
         )
         config.learning_rate_scale *= config.recovery_lr_factor
         self.schedule.scale.assign(config.learning_rate_scale)
-        if isinstance(model, JEM):
-            before = model.sgld_steps
-            config.extra_sgld_steps += config.recovery_extra_sgld_steps
-            model.sgld_steps = config.sgld_steps + config.extra_sgld_steps
-            change["sgld_steps"] = [before, model.sgld_steps]
-            change["chain_seed"] = [config.seed, diverged_at, config.recoveries]
-            change["chain_limit"] = config.recovery_chain_limit
-            change["chains_reinitialised"] = _reinitialise_wild_chains(
-                model.replay_buffer, config.recovery_chain_limit, seed=change["chain_seed"])
+        change.update(self.model.apply_recovery(config, seed=(config.seed, diverged_at, config.recoveries)))
         config.recoveries += 1
         change["recovery"] = config.recoveries
         change["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -757,25 +721,13 @@ def _optimizer_step(optimizer) -> int:
     return int(tf.convert_to_tensor(optimizer.iterations.value))
 
 
-def _reinitialise_wild_chains(buffer, limit: float, seed) -> int:
-    """Replaces replay-buffer chains holding a non-finite pixel or one beyond +-limit by fresh
-    U(-1, 1) noise (a stateless draw from `seed`); returns how many were replaced."""
-    images = buffer.images.read_value()
-    finite = tf.reduce_all(tf.math.is_finite(images), axis=[1, 2, 3])
-    bounded = tf.reduce_all(tf.abs(tf.where(tf.math.is_finite(images), images, 0.0)) <= limit, axis=[1, 2, 3])
-    wild = tf.logical_not(tf.logical_and(finite, bounded))
-    count = int(tf.reduce_sum(tf.cast(wild, tf.int32)))
-    if count:
-        fresh = tf.random.stateless_uniform(tf.shape(images), seed=tf.constant(
-            [seed[0], seed[1] * 1000 + seed[2]], tf.int64), minval=-1.0, maxval=1.0)
-        buffer.images.assign(tf.where(wild[:, None, None, None], fresh, images))
-    return count
-
-
 def _write_sample_grid(model, workdir, step, count=64):
-    """Current persistent chains to TensorBoard and to WORKDIR/samples/step_N.png."""
-    count = min(count, model.replay_buffer.size)
-    grid = image_grid(model.replay_buffer.images[:count].numpy())
+    """The model's current samples (JEM: its persistent chains) to TensorBoard and to
+    WORKDIR/samples/step_N.png; nothing for an objective without samples."""
+    images = model.sample_images(count)
+    if images is None:
+        return
+    grid = image_grid(images)
     tf.summary.image("train/sgld_samples", grid[None])
     os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
     tf.io.write_file(os.path.join(workdir, SAMPLES_DIR, f"step_{step:07d}.png"), tf.io.encode_png(grid))

@@ -6,7 +6,9 @@ import math
 import os
 from typing import Optional
 
-OBJECTIVES = ("jem", "classifier")
+# The registered objectives' names (trainers/registry.py; a test keeps them equal), here so that a
+# bad --objective is refused before TensorFlow is imported.
+OBJECTIVES = ("classifier", "jem")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # The same names as jem_tf.precision.PRECISIONS (not imported: configs stay free of Keras).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -191,20 +193,15 @@ class TrainConfig:
     def validate_for_data(self, num_train: int) -> "TrainConfig":
         """The checks that need the training set's size; raises ValueError naming the flag to change.
 
-        The batch is checked against the data before the buffer, so a batch larger than the
-        training set blames --batch_size, not --buffer_size.
+        The objective's own checks (e.g. JEM's buffer against the batch) run after this one
+        (trainers.registry), so a batch larger than the training set blames --batch_size, not
+        --buffer_size.
         """
         if self.batch_size > num_train:
             raise ValueError(
                 f"--batch_size={self.batch_size} is larger than the {num_train} training examples of "
                 f"{self.dataset!r} (after the --validation_fraction={self.validation_fraction:g} hold-out): not one "
                 f"batch fits in an epoch. Use --batch_size={num_train} or less."
-            )
-        if self.objective == "jem" and self.batch_size > self.buffer_size:
-            raise ValueError(
-                f"--buffer_size={self.buffer_size} is smaller than --batch_size={self.batch_size}: each step draws a "
-                f"batch of distinct chains from the buffer. Use --buffer_size={self.batch_size} or more, or a smaller "
-                "--batch_size."
             )
         return self
 

@@ -8,7 +8,7 @@
 """
 
 from jem_tf.data.download import DatasetDownloadError, is_downloadable, prepare
-from jem_tf.data.pipeline import AUGMENTATIONS, crop_padding, make_batches, to_model_range
+from jem_tf.data.pipeline import AUGMENTATIONS, crop_padding, make_batches, make_training_batches, to_model_range
 from jem_tf.data.sources import DATASETS, DatasetUnavailableError, ImageData, InvalidDatasetError, load
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "is_downloadable",
     "load",
     "make_batches",
+    "make_training_batches",
     "prepare",
     "to_model_range",
 ]

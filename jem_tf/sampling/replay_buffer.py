@@ -96,3 +96,18 @@ class ReplayBuffer(tf.Module):
         all_slots = _all_gather(tf.cast(slots, tf.int32))
         all_images = _all_gather(tf.convert_to_tensor(images, tf.float32))
         return self.images.scatter_update(tf.IndexedSlices(all_images, all_slots))
+
+    def reinitialise_wild(self, limit: float, seed) -> int:
+        """Replaces chains holding a non-finite pixel or one beyond +-limit by fresh U(-1, 1) noise
+        (a stateless draw from `seed`, three integers); returns how many were replaced. Eager, outside
+        any replica context (divergence recovery)."""
+        images = self.images.read_value()
+        finite = tf.reduce_all(tf.math.is_finite(images), axis=[1, 2, 3])
+        bounded = tf.reduce_all(tf.abs(tf.where(tf.math.is_finite(images), images, 0.0)) <= limit, axis=[1, 2, 3])
+        wild = tf.logical_not(tf.logical_and(finite, bounded))
+        count = int(tf.reduce_sum(tf.cast(wild, tf.int32)))
+        if count:
+            fresh = tf.random.stateless_uniform(tf.shape(images), seed=tf.constant(
+                [seed[0], seed[1] * 1000 + seed[2]], tf.int64), minval=-1.0, maxval=1.0)
+            self.images.assign(tf.where(wild[:, None, None, None], fresh, images))
+        return count

@@ -1,0 +1,152 @@
+"""Trains every JEM-family variant at CPU scale and evaluates each the same way, for one table.
+
+    python -m benchmarks.variants --output_dir=/tmp/variants              # every variant
+    python -m benchmarks.variants --output_dir=/tmp/variants --only=jem,classifier
+
+Each variant is `python -m jem_tf.train` with the base flags (`--base_flags`, default the quick
+preset: WRN-10-2 on scikit-learn digits, 240 steps) plus the variant's documented flag set, then
+`python -m jem_tf.evaluate` on that run (accuracy, calibration, OOD by log p(x) against uniform,
+constant and interp images, samples). It prints a markdown table and writes OUTPUT_DIR/variants.md,
+OUTPUT_DIR/variants.json and each run's log under OUTPUT_DIR/logs/; the runs stay under
+OUTPUT_DIR/runs/ (samples: OUTPUT_DIR/runs/NAME/eval/samples_*.png). A run that finished before is
+reused unless --rerun (so an interrupted table continues).
+
+A variant that diverges (exit code 3) is a result and shown as such. Exit codes: 0 done; 1 a run or
+an evaluation failed otherwise (its log is named); 2 bad flags.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    source: str  # the paper or code the variant comes from
+    flags: tuple  # the documented flag set, added to --base_flags
+
+
+# One row each, in the README's order. The flag sets are the ones the README documents.
+VARIANTS = (
+    Variant("classifier", "baseline: the same WideResNet, cross-entropy only", ("--objective=classifier",)),
+    Variant("jem", "JEM (Grathwohl et al., ICLR 2020), Algorithm 1", ("--objective=jem",)),
+)
+
+# What the table shows: (column title, results.json key of the evaluation, format).
+COLUMNS = (
+    ("accuracy", "accuracy", "{:.3f}"),
+    ("ECE", "calibration/ece", "{:.3f}"),
+    ("AUROC uniform", "ood/uniform/log_px/auroc", "{:.3f}"),
+    ("AUROC constant", "ood/constant/log_px/auroc", "{:.3f}"),
+    ("AUROC interp", "ood/interp/log_px/auroc", "{:.3f}"),
+    ("log p(x) test", "ood/in_distribution/log_px/mean", "{:.2f}"),
+    ("log p(x) fresh samples", "samples/fresh/mean_log_px", "{:.2f}"),
+)
+
+EVAL_FLAGS = ("--eval=accuracy,calibration,ood,samples", "--ood_sets=uniform,constant,interp", "--progress=false")
+DIVERGED_EXIT = 3
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", None, "Directory for the runs, logs and the table.")
+flags.DEFINE_list("only", None, "Variants to run (default: all): " + ", ".join(v.name for v in VARIANTS) + ".")
+flags.DEFINE_list("base_flags", ["--preset=quick"], "Training flags every variant starts from.")
+flags.DEFINE_list("eval_flags", list(EVAL_FLAGS), "Flags of python -m jem_tf.evaluate for every run.")
+flags.DEFINE_bool("rerun", False, "Train and evaluate again even where OUTPUT_DIR holds a finished run.")
+
+
+def _run(command, log_path) -> tuple:
+    """Runs `command` with its output in `log_path`; returns (exit code, seconds)."""
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    return code, time.monotonic() - started
+
+
+def run_variant(variant: Variant, output_dir: str, base_flags, eval_flags, rerun: bool) -> dict:
+    """Trains and evaluates one variant; returns its row (results, times, status)."""
+    workdir = os.path.join(output_dir, "runs", variant.name)
+    logs = os.path.join(output_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    row = dict(name=variant.name, source=variant.source, flags=list(variant.flags), workdir=workdir)
+    finished = os.path.exists(os.path.join(workdir, "metrics.json"))
+    if rerun or not finished:
+        train_log = os.path.join(logs, f"{variant.name}_train.log")
+        logging.info("Training %s: %s", variant.name, " ".join(variant.flags))
+        command = [sys.executable, "-m", "jem_tf.train", *base_flags, *variant.flags, f"--workdir={workdir}"]
+        code, seconds = _run(command, train_log)
+        row["train_seconds"] = round(seconds, 1)
+        if code == DIVERGED_EXIT:
+            row["status"] = "diverged"
+            return row
+        if code != 0:
+            row["status"] = f"training failed (exit {code}, {train_log})"
+            return row
+    results_path = os.path.join(workdir, "eval", "results.json")
+    if rerun or not finished or not os.path.exists(results_path):
+        eval_log = os.path.join(logs, f"{variant.name}_eval.log")
+        logging.info("Evaluating %s.", variant.name)
+        code, seconds = _run([sys.executable, "-m", "jem_tf.evaluate", f"--workdir={workdir}", *eval_flags], eval_log)
+        row["eval_seconds"] = round(seconds, 1)
+        if code != 0 or not os.path.exists(results_path):
+            row["status"] = f"evaluation failed (exit {code}, {eval_log})"
+            return row
+    with open(results_path) as f:
+        results = json.load(f)
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        row["global_step"] = json.load(f)["global_step"]
+    row["results"] = {key: results.get(key) for _, key, _ in COLUMNS}
+    row["status"] = "ok"
+    return row
+
+
+def _cell(value, fmt) -> str:
+    return fmt.format(value) if isinstance(value, (int, float)) else "n/a"
+
+
+def markdown_table(rows) -> str:
+    header = ["variant", *(title for title, _, _ in COLUMNS), "status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        results = row.get("results", {})
+        cells = [row["name"], *(_cell(results.get(key), fmt) for _, key, fmt in COLUMNS), row["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if not FLAGS.output_dir:
+        logging.error("--output_dir is required: the directory for the runs, logs and the table.")
+        return 2
+    known = {v.name: v for v in VARIANTS}
+    chosen = FLAGS.only or list(known)
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        logging.error("--only=%s names unknown variants %s; known: %s.", ",".join(chosen), unknown, ", ".join(known))
+        return 2
+    rows = []
+    for index, name in enumerate(chosen, 1):
+        logging.info("Variant %d of %d: %s", index, len(chosen), name)
+        rows.append(run_variant(known[name], FLAGS.output_dir, FLAGS.base_flags, FLAGS.eval_flags, FLAGS.rerun))
+        logging.info("%s: %s", name, rows[-1]["status"])
+    table = markdown_table(rows)
+    with open(os.path.join(FLAGS.output_dir, "variants.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(FLAGS.output_dir, "variants.json"), "w") as f:
+        json.dump(dict(base_flags=FLAGS.base_flags, eval_flags=FLAGS.eval_flags, rows=rows), f, indent=2)
+    sys.stdout.write(table + "\n")
+    failed = [row["name"] for row in rows if row["status"] not in ("ok", "diverged")]
+    if failed:
+        logging.error("Failed: %s (see their logs).", ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

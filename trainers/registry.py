@@ -1,0 +1,59 @@
+"""Objectives by name: `--objective=NAME` picks the registered Keras model class that trains it.
+
+    @registry.register("jem")
+    class JEM(Classifier): ...
+
+    model = objectives.build_model(config, image_shape, num_classes)
+
+Objective modules register when imported; `trainers/objectives.py` imports all of them (add a new
+objective's module there).
+
+Every objective is a WideResNet subclass with its own `train_step` (trainers.classifier.Classifier
+holds what they share and documents the hooks the loop calls: `from_config`, `check_config`,
+`uses_replay_buffer`, `checkpoint_items`, `sample_images`, `apply_recovery`, `reapply_recovery`).
+The loop asks the model through these hooks and never checks which objective it runs.
+
+`jem_tf.configs.base.OBJECTIVES` lists the same names so a bad --objective is refused before
+TensorFlow is imported; a test keeps the two equal.
+"""
+
+_OBJECTIVES = {}
+
+
+def register(name: str):
+    """Class decorator: makes the class the objective `name`."""
+
+    def add(cls):
+        if name in _OBJECTIVES and _OBJECTIVES[name] is not cls:
+            raise ValueError(f"Objective {name!r} is registered twice ({_OBJECTIVES[name].__name__}, {cls.__name__}).")
+        cls.objective_name = name
+        _OBJECTIVES[name] = cls
+        return cls
+
+    return add
+
+
+def names() -> tuple:
+    return tuple(sorted(_OBJECTIVES))
+
+
+def get(name: str):
+    """The objective class registered as `name` (ValueError naming the registered ones otherwise)."""
+    if name not in _OBJECTIVES:
+        raise ValueError(f"--objective={name!r} is not a registered objective; registered: {', '.join(names())}.")
+    return _OBJECTIVES[name]
+
+
+def build_model(config, image_shape, num_classes: int):
+    """The model for `config.objective`, built (weights, and state such as a replay buffer, created)
+    in `config.precision`. Call inside the strategy scope so variables are mirrored."""
+    from jem_tf import precision  # noqa: PLC0415
+
+    network = dict(
+        depth=config.depth, width=config.width, num_classes=num_classes, norm=config.norm,
+        activation=config.activation, dropout_rate=config.dropout_rate, seed=config.seed,
+        dtype=precision.dtype_policy(config.precision),
+    )
+    model = get(config.objective).from_config(config, **network)
+    model.build((None,) + tuple(image_shape))
+    return model
