@@ -159,3 +159,66 @@ def test_labelled_noise_is_not_the_unlabelled_streams():
     unlabelled, _ = _take(data.make_batches(source, 6, training=True, data_noise=0.1, seed=0), 1)[0]
     assert np.std(labelled) > 0.05 and np.std(unlabelled) > 0.05
     assert abs(np.corrcoef(labelled.ravel(), unlabelled.ravel())[0, 1]) < 0.2
+
+
+# ---------------------------------------------------------------------------------------------
+# the run's training stream (jem_tf.data.make_training_batches)
+
+
+def _config(**overrides):
+    settings = dict(batch_size=6, seed=3, data_noise=0.0, augmentation="none")
+    return dataclasses.replace(get_preset("quick"), **{**settings, **overrides})
+
+
+def test_without_the_flag_the_training_stream_is_the_plain_one(synthetic):
+    config = _config()
+    assert data.training_data_record(synthetic, config) == {}
+    got = _take(data.make_training_batches(synthetic, config, epoch=1, skip_batches=2), 3)
+    want = _take(data.make_batches(synthetic.train, 6, training=True, augmentation="none", seed=3, epoch=1,
+                                   skip_batches=2), 3)
+    for (images, labels), (want_images, want_labels) in zip(got, want):
+        np.testing.assert_array_equal(images, want_images)
+        np.testing.assert_array_equal(labels, want_labels)
+
+
+def test_the_third_element_covers_every_training_image_once_per_epoch(synthetic):
+    config = _config(labels_per_class=5)
+    by_key = {_image_key(image): index for index, (image, _) in enumerate(synthetic.train.as_numpy_iterator())}
+    subset_keys = {_image_key(image) for image in semisupervised.labelled_subset(synthetic, 5, seed=3).images}
+    steps_per_epoch = synthetic.num_train // 6  # 120 images: 20 whole batches
+    for epoch in (0, 1):
+        seen = []
+        for batch in data.make_training_batches(synthetic, config, epoch=epoch):
+            assert len(batch) == 3
+            labelled, labels, unlabelled = (np.asarray(part) for part in batch)
+            assert labelled.shape == unlabelled.shape == (6, 8, 8, 1) and labels.shape == (6,)
+            assert {_image_key(np.round((image + 1) * 127.5).astype(np.uint8)) for image in labelled} <= subset_keys
+            seen += [by_key[_image_key(np.round((image + 1) * 127.5).astype(np.uint8))] for image in unlabelled]
+        assert len(seen) == steps_per_epoch * 6
+        assert sorted(seen) == list(range(synthetic.num_train)), "an epoch must show every training image once"
+
+
+def test_the_labelled_part_of_the_training_stream_follows_the_global_step(synthetic):
+    config = _config(labels_per_class=5, augmentation="crop", data_noise=0.03)
+    steps_per_epoch = synthetic.num_train // 6
+    subset = semisupervised.labelled_subset(synthetic, 5, seed=3)
+    endless = _take(semisupervised.labelled_batches(subset, 6, augmentation="crop", data_noise=0.03, seed=3),
+                    steps_per_epoch + 4)
+    resumed = list(data.make_training_batches(synthetic, config, epoch=1, skip_batches=2).take(2))
+    unlabelled = _take(data.make_batches(synthetic.train, 6, training=True, augmentation="crop", data_noise=0.03,
+                                         seed=3, epoch=1, skip_batches=2), 2)
+    for offset, (labelled_images, labels, unlabelled_images) in enumerate(resumed):
+        want_images, want_labels = endless[steps_per_epoch + 2 + offset]
+        np.testing.assert_array_equal(labelled_images, want_images)
+        np.testing.assert_array_equal(labels, want_labels)
+        np.testing.assert_array_equal(unlabelled_images, unlabelled[offset][0])
+
+
+def test_the_record_names_the_subset_and_bad_settings_are_refused_before_training(synthetic):
+    record = data.training_data_record(synthetic, _config(labels_per_class=5))
+    subset = semisupervised.labelled_subset(synthetic, 5, seed=3)
+    assert record == {"labelled_subset": subset.describe()}
+    with pytest.raises(ValueError, match="--labels_per_class=31 is more than the 30 training images"):
+        data.training_data_record(synthetic, _config(labels_per_class=31))
+    with pytest.raises(ValueError, match="--labels_per_class=1 gives 4 labelled images, fewer than one --batch_size=6"):
+        data.training_data_record(synthetic, _config(labels_per_class=1))

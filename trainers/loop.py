@@ -279,13 +279,14 @@ def _check_resumable(config: TrainConfig):
     return True, dataclasses.replace(config, **{name: getattr(saved, name) for name in RECOVERY_STATE_FIELDS})
 
 
-def _prepare_workdir(config: TrainConfig, data) -> None:
-    """Writes config and run info. Call with the workdir lock held."""
+def _prepare_workdir(config: TrainConfig, data, training_data: dict) -> None:
+    """Writes config and run info (with `training_data`, e.g. the labelled subset). Call with the
+    workdir lock held."""
     workdir_lib.write_config(config.workdir, config)
     run_info = dict(
         dataset=data.name, image_shape=list(data.image_shape), num_classes=data.num_classes,
         class_names=list(data.class_names), num_train=data.num_train,
-        num_validation=data.num_validation, num_test=data.num_test,
+        num_validation=data.num_validation, num_test=data.num_test, **training_data,
     )
     workdir_lib.write_run_info(config.workdir, run_info)
 
@@ -411,6 +412,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
             f"--batch_size={config.batch_size} (global) must be divisible by the {replicas} replicas."
         )
     config.validate_for_data(data.num_train)
+    training_data = jem_data.training_data_record(data, config)
     objective = objectives.get(config.objective)
     objective.check_config(config, data.num_train)
     steps_per_epoch = data.num_train // config.batch_size
@@ -430,7 +432,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
     with workdir_lib.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
         if chief:
             workdir_lib.clean_leftovers(config.workdir)
-            _prepare_workdir(config, data)
+            _prepare_workdir(config, data, training_data)
         # Installed before the first checkpoint is read or written: a signal from here on ends with
         # a checkpoint.
         stop_requests = _StopRequests().install()

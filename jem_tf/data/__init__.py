@@ -8,8 +8,9 @@
 """
 
 from jem_tf.data.download import DatasetDownloadError, is_downloadable, prepare
-from jem_tf.data.pipeline import AUGMENTATIONS, crop_padding, make_batches, make_training_batches, to_model_range
+from jem_tf.data.pipeline import AUGMENTATIONS, crop_padding, make_batches, to_model_range
 from jem_tf.data.sources import DATASETS, DatasetUnavailableError, ImageData, InvalidDatasetError, load
+from jem_tf.data.training import make_training_batches, training_data_record
 
 __all__ = [
     "AUGMENTATIONS",
@@ -25,4 +26,5 @@ __all__ = [
     "make_training_batches",
     "prepare",
     "to_model_range",
+    "training_data_record",
 ]
