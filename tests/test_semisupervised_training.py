@@ -1,0 +1,147 @@
+"""Semi-supervised training end to end (`--labels_per_class`): JEM and the classifier train on it,
+record their labelled subset, resume bit-identically mid-epoch, export and evaluate; the JEM
+objective's log p(x) data term is on the every-image batch and the classifier ignores it."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jem_tf import data, energy
+from jem_tf import workdir as workdir_lib
+from jem_tf.configs import get_preset
+from trainers import loop, registry
+
+REPO = Path(__file__).resolve().parents[1]
+FINAL_STEP = 12
+LABELS_PER_CLASS = 2
+
+
+def semi_supervised_config(workdir, objective, **overrides):
+    """WRN-10-1 on digits with 90 % held out: 144 training images (at least 8 a class), 9 steps an
+    epoch of batch 16, 20 labelled images (one labelled batch a pass); checkpoints 0, 5, 10, 12."""
+    config = dataclasses.replace(
+        get_preset("quick"), workdir=str(workdir), objective=objective, depth=10, width=1, buffer_size=100,
+        sgld_steps=2, batch_size=16, export=False, summary_every_steps=5, sample_every_steps=100,
+        max_steps=FINAL_STEP, checkpoint_every_steps=5, validation_fraction=0.9, labels_per_class=LABELS_PER_CLASS,
+    )
+    return dataclasses.replace(config, **overrides)
+
+
+def checkpoint_tensors(workdir, step=FINAL_STEP):
+    """Every tensor of checkpoint `step` but the object graph and the count of saves."""
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
+
+
+@pytest.fixture(scope="module", params=["jem", "classifier"])
+def uninterrupted(request, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(f"semisup_{request.param}")
+    metrics = loop.train(semi_supervised_config(workdir, request.param))
+    assert metrics["global_step"] == FINAL_STEP and metrics["objective"] == request.param
+    return request.param, str(workdir)
+
+
+def test_run_info_records_the_labelled_subset(uninterrupted):
+    objective, workdir = uninterrupted
+    recorded = workdir_lib.load_run_info(workdir)["labelled_subset"]
+    config = semi_supervised_config(workdir, objective)
+    digits = data.load("digits", validation_fraction=config.validation_fraction)
+    assert recorded == data.training_data_record(digits, config)["labelled_subset"]
+    labels = np.array([label for _, label in digits.train.as_numpy_iterator()])
+    np.testing.assert_array_equal(np.bincount(labels[recorded["indices"]], minlength=10), [LABELS_PER_CLASS] * 10)
+
+
+def test_a_run_that_died_mid_epoch_resumes_bit_identically(uninterrupted, tmp_path):
+    """The workdir of a run killed after its step-5 checkpoint (step 5 of a 9-step epoch, in the
+    labelled stream's sixth pass): a re-run resumes there and ends where the uninterrupted run ended."""
+    objective, reference = uninterrupted
+    workdir = str(tmp_path / "died")
+    shutil.copytree(reference, workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    for name in os.listdir(checkpoints):
+        if name.startswith(("ckpt-10.", f"ckpt-{FINAL_STEP}.")):
+            os.remove(os.path.join(checkpoints, name))
+    os.remove(os.path.join(workdir, "metrics.json"))
+    metrics = loop.train(semi_supervised_config(workdir, objective))
+    assert metrics["steps_this_session"] == FINAL_STEP - 5
+    got, want = checkpoint_tensors(workdir), checkpoint_tensors(reference)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_training_on_the_labelled_subset_is_not_training_on_every_label(uninterrupted, tmp_path):
+    """The same run without --labels_per_class ends elsewhere after 5 steps: the flag is live."""
+    objective, reference = uninterrupted
+    fully_labelled = str(tmp_path / "fully_labelled")
+    loop.train(semi_supervised_config(fully_labelled, objective, labels_per_class=None, max_steps=5))
+    got, want = checkpoint_tensors(fully_labelled, 5), checkpoint_tensors(reference, 5)
+    assert any(not np.array_equal(got[key], want[key]) for key in want if key.startswith("model/"))
+
+
+def _tiny_model(objective):
+    config = semi_supervised_config("unused", objective, sgld_steps=1)
+    model = registry.build_model(config, (8, 8, 1), 10)
+    model.compile(optimizer="adam")
+    return model
+
+
+def _batch(seed):
+    generator = np.random.default_rng(seed)
+    images = tf.constant(generator.uniform(-1, 1, size=(4, 8, 8, 1)), tf.float32)
+    return images, tf.constant(generator.integers(0, 10, size=4), tf.int32)
+
+
+def test_jem_takes_log_px_of_the_data_on_the_third_element():
+    model = _tiny_model("jem")
+    labelled, labels = _batch(0)
+    every_image, _ = _batch(1)
+    want = float(tf.reduce_mean(energy.log_marginal(model(every_image, training=False))))
+    not_this = float(tf.reduce_mean(energy.log_marginal(model(labelled, training=False))))
+    logs = model.train_step((labelled, labels, every_image))
+    assert abs(want - not_this) > 1e-4
+    np.testing.assert_allclose(float(logs["log_px_data"]), want, rtol=1e-5)
+
+
+def test_the_classifier_trains_on_the_labelled_batch_only():
+    labelled, labels = _batch(0)
+    every_image, _ = _batch(1)
+    weights = []
+    for batch in ((labelled, labels), (labelled, labels, every_image)):
+        tf.keras.utils.set_random_seed(0)
+        model = _tiny_model("classifier")
+        model.train_step(batch)
+        weights.append(model.get_weights())
+    for with_third, without in zip(weights[1], weights[0]):
+        np.testing.assert_array_equal(with_third, without)
+
+
+def run_module(module, *flags, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_a_semi_supervised_run_exports_and_evaluates(uninterrupted, tmp_path):
+    objective, workdir = uninterrupted
+    export = run_module("export.savedmodel", f"--workdir={workdir}", f"--output={tmp_path / 'export'}")
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert (tmp_path / "export" / str(FINAL_STEP) / "saved_model.pb").exists()
+    evaluations = "accuracy,calibration,ood" if objective == "jem" else "accuracy,calibration"
+    evaluate = run_module("jem_tf.evaluate", f"--workdir={workdir}", f"--eval={evaluations}", "--num_examples=64",
+                          "--ood_sets=uniform", f"--output={tmp_path / 'eval'}", "--progress=false")
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    wanted = ["accuracy", "calibration/ece"] + (["ood/uniform/log_px/auroc"] if objective == "jem" else [])
+    for key in wanted:
+        assert isinstance(results.get(key), float) and np.isfinite(results[key]), (key, results.get(key))
