@@ -6,11 +6,27 @@ means "fix the command" whatever the flag's kind, and code 1 stays for unexpecte
 
     from jem_tf import cli
     cli.run(main)   # instead of app.run(main)
+
+Flags that set a config dataclass's fields are generated from the fields themselves: each field's
+`metadata` holds its help text (`help`, required), optionally its `choices` (an enum flag), the
+element type of a tuple field (`item_type`; otherwise taken from the annotation or the default) or
+`flag=False` for a field that is not a flag. A field added to the dataclass is a flag, with its
+help in `--helpfull`, without any other edit:
+
+    cli.define_dataclass_flags(TrainConfig, flag_values)           # defaults None: "not given"
+    overrides = cli.values_from_flags(TrainConfig, flag_values)    # {field: value} of the given ones
 """
 
+import dataclasses
 import sys
+import types
+import typing
 
 from absl import app, flags, logging
+
+# The flags cli.define_dataclass_flags defines belong to the module that calls it (its --helpshort
+# lists them), not to this one.
+flags.disclaim_key_flags()
 
 EXIT_OK = 0
 # An unexpected failure (a bug or an environment problem no check foresaw): Python's own code,
@@ -69,5 +85,110 @@ def parse_number_list(flag_name: str, values, kind=int) -> tuple:
     return tuple(numbers)
 
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_OK", "EXIT_UNEXPECTED", "UsageError", "parse_flags",
-           "parse_number_list", "run"]
+def _without_none(annotation):
+    """X for Optional[X] / X | None; the annotation itself otherwise."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [kind for kind in typing.get_args(annotation) if kind is not type(None)]
+        if len(kinds) == 1:
+            return kinds[0]
+    return annotation
+
+
+def _field_default(field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def _item_type(field, annotation):
+    """The element type of a tuple/list field: metadata `item_type`, tuple[T, ...], or the default's."""
+    if "item_type" in field.metadata:
+        return field.metadata["item_type"]
+    element_types = {kind for kind in typing.get_args(annotation) if kind is not Ellipsis}
+    if not element_types:
+        element_types = {type(value) for value in _field_default(field) or ()}
+    if element_types == {int}:
+        return int
+    if element_types and element_types <= {int, float}:
+        return float
+    return str
+
+
+def flag_fields(config_class) -> list:
+    """(field, kind) of every field of `config_class` that is a flag; kind is the annotation without
+    Optional. A flag field without help text, or of a type no flag can hold, is a TypeError naming it."""
+    annotations = typing.get_type_hints(config_class)
+    result = []
+    for field in dataclasses.fields(config_class):
+        if not field.metadata.get("flag", True):
+            continue
+        where = f"{config_class.__name__}.{field.name}"
+        if not field.metadata.get("help"):
+            raise TypeError(f"{where} has no help text: declare it as dataclasses.field(default=..., "
+                            "metadata=dict(help='...')), or metadata=dict(flag=False, ...) if it is not a flag.")
+        kind = _without_none(annotations[field.name])
+        if (typing.get_origin(kind) or kind) not in (bool, int, float, str, tuple, list):
+            raise TypeError(f"{where}: no flag type for {annotations[field.name]!r}; use bool, int, float, str, "
+                            "a tuple, Optional of one of them, or metadata=dict(flag=False, ...).")
+        result.append((field, kind))
+    return result
+
+
+def define_dataclass_flags(config_class, flag_values=flags.FLAGS, *, field_defaults: bool = False) -> list:
+    """Defines one flag per field of `config_class` (see `flag_fields`) in `flag_values`; returns their names.
+
+    field_defaults=False: every flag's default is None, i.e. "not given" (TrainConfig: the preset's
+    value stays); True: the field's own default (a dataclass whose defaults are the defaults).
+    """
+    names = []
+    for field, kind in flag_fields(config_class):
+        default = _field_default(field) if field_defaults else None
+        help_text = field.metadata["help"]
+        choices = field.metadata.get("choices")
+        base_kind = typing.get_origin(kind) or kind
+        if base_kind in (tuple, list):
+            if choices is not None:
+                help_text = f"{help_text} Any of: {', '.join(map(str, choices))}."
+            flags.DEFINE_list(field.name, None if default is None else [str(value) for value in default], help_text,
+                              flag_values=flag_values)
+        elif choices is not None:
+            flags.DEFINE_enum(field.name, default, list(choices), help_text, flag_values=flag_values)
+        elif base_kind is bool:
+            flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
+        elif base_kind is int:
+            flags.DEFINE_integer(field.name, default, help_text, flag_values=flag_values)
+        elif base_kind is float:
+            flags.DEFINE_float(field.name, default, help_text, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
+        names.append(field.name)
+    return names
+
+
+def values_from_flags(config_class, flag_values=flags.FLAGS) -> dict:
+    """{field: value} of every flag of `config_class` whose value is not None (with field_defaults=False:
+    the flags given), list flags as tuples (lists) of their element type; a bad list entry is a UsageError
+    naming the flag."""
+    values = {}
+    for field, kind in flag_fields(config_class):
+        value = flag_values[field.name].value
+        if value is None:
+            continue
+        container = typing.get_origin(kind) or kind
+        if container in (tuple, list):
+            item_type = _item_type(field, kind)
+            value = parse_number_list(field.name, value, item_type) if item_type in (int, float) else tuple(value)
+            value = container(value)
+            choices = field.metadata.get("choices")
+            unknown = [item for item in value if choices is not None and item not in choices]
+            if unknown:
+                raise UsageError(f"--{field.name}={','.join(map(str, value))} is invalid: {unknown[0]!r} is not one "
+                                 f"of {', '.join(map(str, choices))}.")
+        values[field.name] = value
+    return values
+
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_OK", "EXIT_UNEXPECTED", "UsageError", "define_dataclass_flags",
+           "flag_fields", "parse_flags", "parse_number_list", "run", "values_from_flags"]

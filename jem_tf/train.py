@@ -4,6 +4,8 @@
     python -m jem_tf.train --dataset=svhn --workdir=runs/svhn   # the paper's setup (Table 4)
 
 Re-running the same command on the same workdir resumes from the newest checkpoint that verifies.
+Every TrainConfig field is a flag of the same name, made from the field's metadata (jem_tf/cli.py);
+`--helpfull` lists them all.
 
 Everything that can refuse the command is checked before anything is written (flags, data files,
 workdir, replay-buffer memory), so a refused command leaves the workdir as it was. Exit codes
@@ -31,65 +33,6 @@ from absl import flags, logging
 
 from jem_tf import cli
 
-# Flags that map one-to-one onto TrainConfig fields, with their help text. Every default is None:
-# unset flags keep the preset's value, and the default preset is the paper's setup.
-FLAG_HELP = {
-    "dataset": "digits | svhn | cifar10 | cifar100 | folder:PATH (paper preset: cifar10).",
-    "data_dir": "tensorflow-datasets data directory holding the prepared dataset (downloaded only with --download).",
-    "workdir": "Run directory: config, checkpoints, TensorBoard logs, samples, metrics.json, export.",
-    "objective": "jem (classifier + log p(x) via SGLD) | classifier (cross-entropy baseline).",
-    "depth": "WideResNet depth 6n+4 (paper: 28).",
-    "width": "WideResNet widening factor (paper: 10).",
-    "norm": "none (paper) | batch | group.",
-    "activation": "leaky_relu (slope 0.2, the reference code) | swish.",
-    "dropout_rate": "Dropout inside each residual block (paper: 0).",
-    "batch_size": "Global batch size, split over replicas (paper: 64).",
-    "epochs": "Training epochs (paper: 150).",
-    "learning_rate": "Adam learning rate (paper: 1e-4), decayed x lr_decay_rate at lr_decay_epochs.",
-    "lr_decay_rate": "Staircase decay factor (paper: 0.3).",
-    "warmup_steps": "Linear learning-rate warm-up steps (reference command: 1000).",
-    "sgld_steps": "SGLD steps per training iteration (paper: 20).",
-    "sgld_step_size": "SGLD step size alpha on d log p(x)/dx (paper: 1).",
-    "sgld_noise": "SGLD noise standard deviation sigma (paper: 0.01).",
-    "buffer_size": "Replay buffer size: persistent chains (paper: 10000).",
-    "reinit_freq": "Probability of restarting a chain from U(-1, 1) (paper: 0.05).",
-    "data_noise": "Std of Gaussian noise added to training images in [-1, 1] (paper: 0.03).",
-    "augmentation": "none | crop | crop_flip (default: the dataset's own; svhn: crop, cifar: crop_flip).",
-    "validation_fraction": "Fraction of the training split held out for validation (a fixed, deterministic "
-                           "hold-out). Not with --validation_size.",
-    "validation_size": "Hold out a seeded random set of this many training images for validation instead of "
-                       "--validation_fraction (the reference code: 5000, numpy seed 1234).",
-    "skip_bad_files": "folder:PATH datasets: leave out image files that do not decode (or are smaller than 8x8), "
-                      "with a warning and their count, instead of refusing the dataset (default: refuse).",
-    "drop_empty_classes": "folder:PATH datasets: leave out class folders without training images (and their test "
-                          "images), with a warning, instead of refusing the dataset (default: refuse).",
-    "p_x_weight": "Weight of the log p(x) term (paper: 1).",
-    "p_xy_weight": "Weight of the optional log p(x, y) term with class-conditional chains (paper: 0).",
-    "strategy": "auto (MirroredStrategy when >1 GPU) | default | mirrored | multi_worker "
-                "(MultiWorkerMirroredStrategy over the cluster in the TF_CONFIG environment variable; README).",
-    "seed": "Seed of data order, augmentation, buffer initialisation and SGLD noise: 0 .. 2**31-1.",
-    "max_steps": "Stop after this many global steps (cap for smoke runs); below the workdir's latest checkpoint "
-                 "the run is refused (training cannot go back).",
-    "jit_compile": "XLA-compile the SGLD sampler (for GPUs; measured 7-8x slower on CPU, see benchmarks).",
-    "precision": "float32 (default) | mixed_bfloat16 (CPUs with AVX512-BF16/AMX, Ampere+ GPUs) | mixed_float16 "
-                 "(GPUs; dynamic loss scaling). 16-bit convolutions, float32 weights, logits, energies, SGLD "
-                 "images and replay buffer. Fixed for the life of a run.",
-    "checkpoint_every_steps": "Save a checkpoint every N steps (and at the end).",
-    "checkpoint_every_secs": "Also save a checkpoint when this many seconds passed since the last one.",
-    "keep_checkpoints": "Keep the last K checkpoints.",
-    "summary_every_steps": "TensorBoard scalars every N steps.",
-    "sample_every_steps": "Grid of current SGLD chains (TensorBoard + WORKDIR/samples) every N steps.",
-    "max_abs_generative_loss": "Divergence guard: a step whose |generative loss| exceeds this diverged "
-                               "(reference: 1e8).",
-    "max_recoveries": "Automatic divergence recoveries (restore the last good checkpoint, apply the recovery "
-                      "policy, continue) before giving up with exit code 3; 0 stops at the first divergence.",
-    "recovery_lr_factor": "Recovery policy: multiply the learning rate by this at each recovery.",
-    "recovery_extra_sgld_steps": "Recovery policy: add this many SGLD steps per iteration at each recovery.",
-    "recovery_chain_limit": "Recovery policy: re-initialise replay-buffer chains with a non-finite pixel or one "
-                            "beyond +-this from U(-1, 1).",
-    "export": "Export a SavedModel to WORKDIR/export at the end.",
-}
-
 
 def define_flags(flag_values=flags.FLAGS):
     """Defines the command's flags in `flag_values` (absl's global FLAGS when run as a program)."""
@@ -97,19 +40,9 @@ def define_flags(flag_values=flags.FLAGS):
 
     flags.DEFINE_enum("preset", "paper", sorted(PRESETS), "Experiment preset; other flags override its fields.",
                       flag_values=flag_values)
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for name, help_text in FLAG_HELP.items():
-        field_type = fields[name].type
-        if field_type in (int, "int") or name in ("max_steps", "validation_size"):
-            flags.DEFINE_integer(name, None, help_text, flag_values=flag_values)
-        elif field_type in (float, "float"):
-            flags.DEFINE_float(name, None, help_text, flag_values=flag_values)
-        elif field_type in (bool, "bool"):
-            flags.DEFINE_bool(name, None, help_text, flag_values=flag_values)
-        else:
-            flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
-    flags.DEFINE_list("lr_decay_epochs", None, "Epochs at which the learning rate decays, strictly increasing "
-                      "positive whole numbers (paper: 50,100).", flag_values=flag_values)
+    # One flag per TrainConfig field, help text from the field's metadata; every default is None:
+    # an unset flag keeps the preset's value.
+    cli.define_dataclass_flags(TrainConfig, flag_values)
     flags.DEFINE_bool("download", False, "If the tfds dataset (svhn, cifar10, cifar100) is not prepared in --data_dir, "
                       "download and prepare it there first (needs internet access; off by default).",
                       flag_values=flag_values)
@@ -118,12 +51,10 @@ def define_flags(flag_values=flags.FLAGS):
 def config_from_flags(flag_values):
     """The preset's config with every explicitly set flag applied, validated (ValueError naming
     the flag otherwise)."""
-    from jem_tf.configs import get_preset  # noqa: PLC0415
+    from jem_tf.configs import TrainConfig, get_preset  # noqa: PLC0415
 
     config = get_preset(flag_values.preset)
-    overrides = {name: flag_values[name].value for name in FLAG_HELP if flag_values[name].value is not None}
-    if flag_values.lr_decay_epochs is not None:
-        overrides["lr_decay_epochs"] = cli.parse_number_list("lr_decay_epochs", flag_values.lr_decay_epochs)
+    overrides = cli.values_from_flags(TrainConfig, flag_values)
     if "validation_size" in overrides:
         if "validation_fraction" in overrides:
             raise ValueError(

@@ -221,8 +221,7 @@ def test_lr_decay_epochs_flag_is_parsed():
     assert train.config_from_flags(parsed_flags("--lr_decay_epochs=3,9")).lr_decay_epochs == (3, 9)
 
 
-_FIELD_TYPES = {field.name: field.type for field in dataclasses.fields(TrainConfig)}
-FLOAT_FLAGS = [name for name in train.FLAG_HELP if _FIELD_TYPES[name] in (float, "float")]
+FLOAT_FLAGS = [field.name for field, kind in cli.flag_fields(TrainConfig) if kind is float]
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf"])

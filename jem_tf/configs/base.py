@@ -1,4 +1,11 @@
-"""The training configuration: one dataclass whose defaults are the paper's Table 4."""
+"""The training configuration: one dataclass whose defaults are the paper's Table 4.
+
+Each field carries its help text in `metadata=dict(help=...)`; `jem_tf/cli.py` makes every field a
+`python -m jem_tf.train` flag of the same name from it (`choices` makes an enum flag; `flag=False`
+marks a field that is not a flag), so a new field is written once, here:
+
+    some_weight: float = dataclasses.field(default=0.0, metadata=dict(help="What it weighs (paper: 0)."))
+"""
 
 import dataclasses
 import json
@@ -13,6 +20,8 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # The same names as jem_tf.precision.PRECISIONS (not imported: configs stay free of Keras).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("none", "crop", "crop_flip")
+NORMS = ("none", "batch", "group")
+ACTIVATIONS = ("leaky_relu", "swish")
 # numpy's legacy seeding (keras.utils.set_random_seed) takes 0..2**32-1; TF and SeedSequence
 # take more. One documented range that every consumer accepts.
 MAX_SEED = 2**31 - 1
@@ -48,78 +57,133 @@ RECOVERY_STATE_FIELDS = ("learning_rate_scale", "extra_sgld_steps", "recoveries"
 class TrainConfig:
     """Every setting of a training run. Defaults reproduce Grathwohl et al. (2020), Table 4."""
 
-    preset: str = "paper"
-    dataset: str = "cifar10"
-    data_dir: Optional[str] = None
-    workdir: str = "runs/jem"
-    objective: str = "jem"
+    preset: str = dataclasses.field(default="paper", metadata=dict(
+        flag=False,  # its own --preset flag (jem_tf/train.py) chooses the config the other flags override
+        help="The preset this config started from (jem_tf/configs)."))
+    dataset: str = dataclasses.field(default="cifar10", metadata=dict(
+        help="digits | svhn | cifar10 | cifar100 | folder:PATH (paper preset: cifar10)."))
+    data_dir: Optional[str] = dataclasses.field(default=None, metadata=dict(
+        help="tensorflow-datasets data directory holding the prepared dataset (downloaded only with --download)."))
+    workdir: str = dataclasses.field(default="runs/jem", metadata=dict(
+        help="Run directory (re-running on it resumes): config, checkpoints, TensorBoard logs, samples, "
+             "metrics.json, export. Paper preset: runs/<dataset>."))
+    objective: str = dataclasses.field(default="jem", metadata=dict(
+        choices=OBJECTIVES,
+        help="jem (classifier + log p(x) via SGLD) | classifier (cross-entropy baseline: the same network, data "
+             "and flags, cross-entropy only)."))
     # WRN-28-10 without normalisation (the paper removes batch norm).
-    depth: int = 28
-    width: int = 10
-    norm: str = "none"
-    activation: str = "leaky_relu"
-    dropout_rate: float = 0.0
+    depth: int = dataclasses.field(default=28, metadata=dict(help="WideResNet depth 6n+4 (paper: 28)."))
+    width: int = dataclasses.field(default=10, metadata=dict(help="WideResNet widening factor (paper: 10)."))
+    norm: str = dataclasses.field(default="none", metadata=dict(
+        choices=NORMS, help="none (paper) | batch | group."))
+    activation: str = dataclasses.field(default="leaky_relu", metadata=dict(
+        choices=ACTIVATIONS, help="leaky_relu (slope 0.2, the reference code) | swish."))
+    dropout_rate: float = dataclasses.field(default=0.0, metadata=dict(
+        help="Dropout inside each residual block (paper: 0)."))
     # Optimisation: Adam 1e-4, 150 epochs, x0.3 at epochs 50 and 100, batch 64.
-    batch_size: int = 64
-    epochs: int = 150
-    learning_rate: float = 1e-4
-    lr_decay_epochs: tuple = (50, 100)
-    lr_decay_rate: float = 0.3
+    batch_size: int = dataclasses.field(default=64, metadata=dict(
+        help="Global batch size, split over replicas (paper: 64)."))
+    epochs: int = dataclasses.field(default=150, metadata=dict(help="Training epochs (paper: 150)."))
+    learning_rate: float = dataclasses.field(default=1e-4, metadata=dict(
+        help="Adam learning rate (paper: 1e-4; epsilon 1e-8 as the reference code), decayed x lr_decay_rate at "
+             "lr_decay_epochs."))
+    lr_decay_epochs: tuple = dataclasses.field(default=(50, 100), metadata=dict(
+        item_type=int,
+        help="Epochs at which the learning rate decays (staircase, from the first step of each listed epoch): "
+             "strictly increasing positive whole numbers (paper: 50,100)."))
+    lr_decay_rate: float = dataclasses.field(default=0.3, metadata=dict(help="Staircase decay factor (paper: 0.3)."))
     # Linear warm-up used by the reference code's published command (--warmup_iters 1000).
-    warmup_steps: int = 1000
+    warmup_steps: int = dataclasses.field(default=1000, metadata=dict(
+        help="Linear learning-rate warm-up from 0, learning_rate * step / warmup_steps (the reference code's; its "
+             "published command: 1000)."))
     # SGLD and persistent chains.
-    sgld_steps: int = 20
-    sgld_step_size: float = 1.0
-    sgld_noise: float = 0.01
-    buffer_size: int = 10000
-    reinit_freq: float = 0.05
-    # Data: scale to [-1, 1] and add N(0, 0.03) noise; augmentation None = the dataset's default.
-    data_noise: float = 0.03
-    augmentation: Optional[str] = None
-    validation_fraction: float = 0.1
-    # folder:PATH datasets: leave out files that do not decode / class folders without training
-    # images (with a warning) instead of refusing the dataset.
-    skip_bad_files: bool = False
-    drop_empty_classes: bool = False
-    # Instead of the fraction (which must then be 0): a random hold-out of this many training
-    # images drawn as the reference code draws its 5000 (numpy seed 1234).
-    validation_size: Optional[int] = None
+    sgld_steps: int = dataclasses.field(default=20, metadata=dict(
+        help="SGLD steps per training iteration (paper: 20)."))
+    sgld_step_size: float = dataclasses.field(default=1.0, metadata=dict(
+        help="SGLD step size alpha on d log p(x)/dx (paper: 1)."))
+    sgld_noise: float = dataclasses.field(default=0.01, metadata=dict(
+        help="SGLD noise standard deviation sigma (paper: 0.01)."))
+    buffer_size: int = dataclasses.field(default=10000, metadata=dict(
+        help="Replay buffer size: persistent chains (paper: 10000)."))
+    reinit_freq: float = dataclasses.field(default=0.05, metadata=dict(
+        help="Probability of restarting a chain from U(-1, 1) (paper: 0.05)."))
+    # Data: scale to [-1, 1] and add N(0, 0.03) noise.
+    data_noise: float = dataclasses.field(default=0.03, metadata=dict(
+        help="Std of Gaussian noise added to training images in [-1, 1] (paper: 0.03)."))
+    augmentation: Optional[str] = dataclasses.field(default=None, metadata=dict(
+        choices=AUGMENTATIONS,
+        help="none | crop | crop_flip (default: the dataset's own; svhn and digits: crop, cifar and folders: "
+             "crop_flip)."))
+    validation_fraction: float = dataclasses.field(default=0.1, metadata=dict(
+        help="Fraction of the training split held out for validation (a fixed, deterministic hold-out). Not with "
+             "--validation_size."))
+    skip_bad_files: bool = dataclasses.field(default=False, metadata=dict(
+        help="folder:PATH datasets: leave out image files that do not decode (or are smaller than 8x8), with a "
+             "warning and their count, instead of refusing the dataset (default: refuse)."))
+    drop_empty_classes: bool = dataclasses.field(default=False, metadata=dict(
+        help="folder:PATH datasets: leave out class folders without training images (and their test images), with "
+             "a warning, instead of refusing the dataset (default: refuse)."))
+    # Instead of the fraction (which must then be 0).
+    validation_size: Optional[int] = dataclasses.field(default=None, metadata=dict(
+        help="Hold out a seeded random set of this many training images for validation instead of "
+             "--validation_fraction (the reference code: 5000, numpy seed 1234). Not with --validation_fraction."))
     labels_per_class: Optional[int] = dataclasses.field(default=None, metadata=dict(help=(
         "Semi-supervised training (the JEM paper's semi-supervised experiments; the reference code's "
         "--labels_per_class): cross-entropy only on a fixed, class-balanced subset of N training images per "
         "class chosen by --seed, the log p(x) term on every training image. Unset: every image is labelled.")))
     # Loss weights: L = xent + p_x_weight * L_gen(x) + p_xy_weight * L_gen(x, y).
-    p_x_weight: float = 1.0
-    p_xy_weight: float = 0.0
+    p_x_weight: float = dataclasses.field(default=1.0, metadata=dict(help="Weight of the log p(x) term (paper: 1)."))
+    p_xy_weight: float = dataclasses.field(default=0.0, metadata=dict(
+        help="Weight of the optional log p(x, y) term with class-conditional chains (paper: 0)."))
     # Execution.
-    strategy: str = "auto"
-    seed: int = 0
-    max_steps: Optional[int] = None
-    jit_compile: bool = False
-    # float32 | mixed_bfloat16 | mixed_float16 (jem_tf.precision); logits and SGLD stay float32.
-    precision: str = "float32"
+    strategy: str = dataclasses.field(default="auto", metadata=dict(
+        choices=STRATEGIES,
+        help="auto (MirroredStrategy when >1 GPU) | default | mirrored | multi_worker (MultiWorkerMirroredStrategy "
+             "over the cluster in the TF_CONFIG environment variable; README)."))
+    seed: int = dataclasses.field(default=0, metadata=dict(
+        help="Seed of data order, augmentation, initial weights, buffer initialisation and SGLD noise: 0 .. "
+             "2**31-1."))
+    max_steps: Optional[int] = dataclasses.field(default=None, metadata=dict(
+        help="Stop after this many global steps (cap for smoke runs); below the workdir's latest checkpoint the "
+             "run is refused (training cannot go back)."))
+    jit_compile: bool = dataclasses.field(default=False, metadata=dict(
+        help="XLA-compile the SGLD sampler (for GPUs; measured 7-8x slower on CPU, see benchmarks)."))
+    precision: str = dataclasses.field(default="float32", metadata=dict(
+        choices=PRECISIONS,
+        help="float32 (default) | mixed_bfloat16 (CPUs with AVX512-BF16/AMX, Ampere+ GPUs) | mixed_float16 (GPUs; "
+             "dynamic loss scaling). 16-bit convolutions, float32 weights, logits, energies, SGLD images and replay "
+             "buffer. Fixed for the life of a run (README: Mixed precision)."))
     # Bookkeeping.
-    checkpoint_every_steps: int = 1000
-    # Also a checkpoint when this much time passed since the last one (preemption loses less).
-    checkpoint_every_secs: float = 300.0
-    keep_checkpoints: int = 3
-    summary_every_steps: int = 100
-    sample_every_steps: int = 1000
-    # The reference aborts when |L_gen| exceeds 1e8.
-    max_abs_generative_loss: float = 1e8
-    # Automatic divergence recovery: restore the last good checkpoint, multiply the learning rate
-    # by recovery_lr_factor, add recovery_extra_sgld_steps SGLD steps, re-initialise replay-buffer
-    # chains that are non-finite or beyond +-recovery_chain_limit; give up after max_recoveries.
-    max_recoveries: int = 3
-    recovery_lr_factor: float = 0.5
-    recovery_extra_sgld_steps: int = 5
-    recovery_chain_limit: float = 3.0
-    # Recovery state in effect (see RECOVERY_STATE_FIELDS): the schedule's multiplier, SGLD steps
-    # added to sgld_steps, and recoveries made so far.
-    learning_rate_scale: float = 1.0
-    extra_sgld_steps: int = 0
-    recoveries: int = 0
-    export: bool = True
+    checkpoint_every_steps: int = dataclasses.field(default=1000, metadata=dict(
+        help="Save a checkpoint every N steps (and at the end)."))
+    checkpoint_every_secs: float = dataclasses.field(default=300.0, metadata=dict(
+        help="Also save a checkpoint when this many seconds passed since the last one (preemption loses less)."))
+    keep_checkpoints: int = dataclasses.field(default=3, metadata=dict(help="Keep the last K checkpoints."))
+    summary_every_steps: int = dataclasses.field(default=100, metadata=dict(help="TensorBoard scalars every N steps."))
+    sample_every_steps: int = dataclasses.field(default=1000, metadata=dict(
+        help="Grid of current SGLD chains (TensorBoard + WORKDIR/samples) every N steps."))
+    max_abs_generative_loss: float = dataclasses.field(default=1e8, metadata=dict(
+        help="Divergence guard: a step whose |generative loss| exceeds this diverged (reference: 1e8)."))
+    # Automatic divergence recovery (trainers/loop.py).
+    max_recoveries: int = dataclasses.field(default=3, metadata=dict(
+        help="Automatic divergence recoveries (restore the last good checkpoint, apply the recovery policy, "
+             "continue) before giving up with exit code 3; 0 stops at the first divergence."))
+    recovery_lr_factor: float = dataclasses.field(default=0.5, metadata=dict(
+        help="Recovery policy: multiply the learning rate by this at each recovery."))
+    recovery_extra_sgld_steps: int = dataclasses.field(default=5, metadata=dict(
+        help="Recovery policy: add this many SGLD steps per iteration at each recovery."))
+    recovery_chain_limit: float = dataclasses.field(default=3.0, metadata=dict(
+        help="Recovery policy: re-initialise replay-buffer chains with a non-finite pixel or one beyond +-this "
+             "from U(-1, 1)."))
+    # Recovery state in effect (RECOVERY_STATE_FIELDS): written by the loop, not flags.
+    learning_rate_scale: float = dataclasses.field(default=1.0, metadata=dict(
+        flag=False, help="Recovery state: the multiplier on the learning-rate schedule."))
+    extra_sgld_steps: int = dataclasses.field(default=0, metadata=dict(
+        flag=False, help="Recovery state: SGLD steps added to sgld_steps."))
+    recoveries: int = dataclasses.field(default=0, metadata=dict(
+        flag=False, help="Recovery state: automatic recoveries made so far."))
+    export: bool = dataclasses.field(default=True, metadata=dict(
+        help="Export a SavedModel to WORKDIR/export at the end."))
 
     def validate(self) -> "TrainConfig":
         """Raises ValueError naming the first bad setting and what would be accepted."""
@@ -144,8 +208,8 @@ class TrainConfig:
               f"one of {AUGMENTATIONS}")
         check(self.depth >= 10 and (self.depth - 4) % 6 == 0, "depth", "6n+4 with n >= 1 (10, 16, 22, 28, ...)")
         check(self.width >= 1, "width", "a positive integer")
-        check(self.norm in ("none", "batch", "group"), "norm", "one of ('none', 'batch', 'group')")
-        check(self.activation in ("leaky_relu", "swish"), "activation", "one of ('leaky_relu', 'swish')")
+        check(self.norm in NORMS, "norm", f"one of {NORMS}")
+        check(self.activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}")
         check(0.0 <= self.dropout_rate < 1.0, "dropout_rate", "a value in [0, 1)")
         check(self.batch_size >= 1, "batch_size", "a positive integer (the global batch)")
         check(self.epochs >= 1, "epochs", "a positive integer")

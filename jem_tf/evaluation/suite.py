@@ -41,36 +41,61 @@ DISTAL_CONFIDENT = 0.9
 class EvalOptions:
     """Sizes and settings of every evaluation; the command-line flags map onto these fields."""
 
-    num_examples: int = 1000  # cap on in-distribution test images and on each OOD set
-    # N(0, sigma^2) added to test and OOD images (interp: after mixing noisy test images), as the
-    # reference code's evaluation does with the sigma it trains with; None: the run's data_noise.
-    eval_input_noise: float | None = None
-    batch_size: int = 100
-    seed: int = 0
-    progress: bool = True
-    refine_steps: tuple = (1, 10)  # accuracy after K refinement steps (JEM-K); 0 is always reported
-    calibration_bins: int = 20
-    ood_sets: tuple = ood.DEFAULT_OOD_SETS
-    sample_steps: int = 100  # SGLD steps of fresh chains from U(-1, 1)
-    num_samples: int = 100  # fresh unconditional chains (and buffer images shown)
-    samples_per_class: int = 10  # columns of the class-conditional grids
-    max_grid_classes: int = 10  # rows of class-conditional grids and distal adversarials
-    inception_weights: str | None = None  # local InceptionV3 .h5; 'random' tests the plumbing
-    inception_size: int = sample_quality.INCEPTION_SIZE
-    quality_splits: int = 10
-    quality_top_fraction: float = 0.1  # appendix B: top 10 % of the buffer by p(y|x)
-    attack_examples: int = 100
-    attack_refine_steps: tuple = (0, 1, 10)
-    attack_refine_noise: float = 0.0
-    linf_epsilons: tuple = DEFAULT_LINF_EPSILONS
-    l2_epsilons: tuple = DEFAULT_L2_EPSILONS
-    pgd_steps: int = 20
-    pgd_restarts: int = 1
-    boundary_examples: int = 10
-    boundary_steps: int = 100
-    distal_per_class: int = 4
-    distal_steps: int = 100
-    distal_step_size: float = 0.01
+    num_examples: int = dataclasses.field(default=1000, metadata=dict(
+        help="Cap on test images and on each OOD set."))
+    eval_input_noise: float | None = dataclasses.field(default=None, metadata=dict(
+        help="Std of N(0, sigma^2) noise added to test and OOD images (interp: after mixing noisy test images), "
+             "seeded by --seed, as the reference code evaluates (the paper's numbers: 0.03). Default: the run's "
+             "--data_noise; 0: clean images, as a served model sees them."))
+    batch_size: int = dataclasses.field(default=100, metadata=dict(help="Evaluation batch size."))
+    seed: int = dataclasses.field(default=0, metadata=dict(help="Seed of every random draw of the evaluation."))
+    progress: bool = dataclasses.field(default=True, metadata=dict(help="Show progress bars."))
+    refine_steps: tuple = dataclasses.field(default=(1, 10), metadata=dict(
+        help="Accuracy after K SGLD refinement steps (the run's step size and noise), for each K (JEM-K); 0 "
+             "steps is always reported."))
+    calibration_bins: int = dataclasses.field(default=20, metadata=dict(
+        help="Confidence bins of the ECE (tensorflow-probability) and reliability diagram."))
+    ood_sets: tuple = dataclasses.field(default=ood.DEFAULT_OOD_SETS, metadata=dict(
+        help="OOD sets: svhn, cifar10, cifar100, celeb_a (tfds: prepared or --download), digits, folder:PATH, "
+             "uniform, constant, interp; resized and gray<->RGB converted to the run's images."))
+    sample_steps: int = dataclasses.field(default=100, metadata=dict(
+        help="SGLD steps of fresh chains from U(-1, 1)."))
+    num_samples: int = dataclasses.field(default=100, metadata=dict(
+        help="Fresh unconditional chains (and buffer images shown)."))
+    samples_per_class: int = dataclasses.field(default=10, metadata=dict(
+        help="Columns of class-conditional grids."))
+    max_grid_classes: int = dataclasses.field(default=10, metadata=dict(
+        help="Classes (rows) in class-conditional grids and distal adversarials."))
+    inception_weights: str | None = dataclasses.field(default=None, metadata=dict(
+        help="Local InceptionV3 weights (.h5 with top) for IS/FID; nothing is downloaded. 'random' runs the "
+             "plumbing with random weights (meaningless numbers)."))
+    inception_size: int = dataclasses.field(default=sample_quality.INCEPTION_SIZE, metadata=dict(
+        flag=False, help="Side the images are resized to for InceptionV3 (the weights' input size)."))
+    quality_splits: int = dataclasses.field(default=10, metadata=dict(help="Inception Score splits."))
+    # Not a flag: results.json names the set "buffer_top10".
+    quality_top_fraction: float = dataclasses.field(default=0.1, metadata=dict(
+        flag=False, help="Fraction of the replay buffer, most confident by p(y|x) first, whose IS/FID is reported (the "
+             "paper's appendix B: 0.1)."))
+    attack_examples: int = dataclasses.field(default=100, metadata=dict(help="Test images attacked with PGD."))
+    attack_refine_steps: tuple = dataclasses.field(default=(0, 1, 10), metadata=dict(
+        help="Refinement steps of the defenses PGD (ART) attacks white-box through the refinement (paper: 0, "
+             "1, 10)."))
+    attack_refine_noise: float = dataclasses.field(default=0.0, metadata=dict(
+        help="SGLD noise during attacked refinement (0: deterministic defense, exact gradients)."))
+    linf_epsilons: tuple = dataclasses.field(default=DEFAULT_LINF_EPSILONS, metadata=dict(
+        help="L-inf PGD radii in the [-1, 1] pixel scale (2/255 = one grey level)."))
+    l2_epsilons: tuple = dataclasses.field(default=DEFAULT_L2_EPSILONS, metadata=dict(
+        help="L2 PGD radii in the [-1, 1] pixel scale."))
+    pgd_steps: int = dataclasses.field(default=20, metadata=dict(help="PGD iterations (paper: 100)."))
+    pgd_restarts: int = dataclasses.field(default=1, metadata=dict(help="PGD random starts (paper: 20)."))
+    boundary_examples: int = dataclasses.field(default=10, metadata=dict(
+        help="Images attacked with the gradient-free boundary attack, a check for masked gradients (0: skip)."))
+    boundary_steps: int = dataclasses.field(default=100, metadata=dict(help="Boundary attack iterations."))
+    distal_per_class: int = dataclasses.field(default=4, metadata=dict(
+        help="Distal adversarials (the paper's Figure 6) per class."))
+    distal_steps: int = dataclasses.field(default=100, metadata=dict(
+        help="Signed-gradient steps of distal adversarials."))
+    distal_step_size: float = dataclasses.field(default=0.01, metadata=dict(help="Step size of distal adversarials."))
 
     def validate(self) -> "EvalOptions":
         """Raises ValueError naming the first bad setting."""
