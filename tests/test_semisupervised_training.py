@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,55 @@ def test_a_semi_supervised_run_exports_and_evaluates(uninterrupted, tmp_path):
     wanted = ["accuracy", "calibration/ece"] + (["ood/uniform/log_px/auroc"] if objective == "jem" else [])
     for key in wanted:
         assert isinstance(results.get(key), float) and np.isfinite(results[key]), (key, results.get(key))
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+
+CLI_FLAGS = ["--preset=quick", "--depth=10", "--width=1", "--buffer_size=100", "--sgld_steps=2", "--batch_size=16",
+             "--export=false", "--validation_fraction=0.9", f"--labels_per_class={LABELS_PER_CLASS}",
+             f"--max_steps={FINAL_STEP}", "--checkpoint_every_steps=3", "--summary_every_steps=5"]
+
+
+@pytest.mark.slow
+def test_the_cli_trains_with_the_flag_and_a_sigkilled_run_resumes_bit_identically(tmp_path):
+    reference = str(tmp_path / "uninterrupted")
+    result = run_module("jem_tf.train", *CLI_FLAGS, f"--workdir={reference}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(Path(reference, "metrics.json").read_text())["global_step"] == FINAL_STEP
+    assert workdir_lib.load_run_info(reference)["labelled_subset"]["num_labelled"] == 10 * LABELS_PER_CLASS
+
+    workdir = str(tmp_path / "killed")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    process = subprocess.Popen([sys.executable, "-m", "jem_tf.train", *CLI_FLAGS, f"--workdir={workdir}"], cwd=REPO,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + 240
+    # Killed once a checkpoint after step 0 is registered: step 3 or 6 of a 9-step epoch.
+    while time.time() < deadline and process.poll() is None and (
+            tf.train.latest_checkpoint(checkpoints) or "ckpt-0").endswith("ckpt-0"):
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not Path(workdir, "metrics.json").exists(), "killed too late: the run had already finished"
+    result = run_module("jem_tf.train", *CLI_FLAGS, f"--workdir={workdir}")
+    assert result.returncode == 0 and "Resumed from" in result.stderr, result.stderr[-3000:]
+    assert json.loads(Path(workdir, "metrics.json").read_text())["steps_this_session"] < FINAL_STEP
+    got, want = checkpoint_tensors(workdir), checkpoint_tensors(reference)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize("value,message", [
+    ("0", "--labels_per_class=0 is invalid"),
+    ("9", "--labels_per_class=9 is more than the 8 training images of class"),  # digits' smallest class here
+    ("1", "--labels_per_class=1 gives 10 labelled images, fewer than one --batch_size=16 batch"),
+])
+def test_a_bad_labels_per_class_exits_2_naming_it_and_writes_nothing(tmp_path, value, message):
+    workdir = tmp_path / "run"
+    flags = [flag for flag in CLI_FLAGS if not flag.startswith("--labels_per_class")]
+    result = run_module("jem_tf.train", *flags, f"--labels_per_class={value}", f"--workdir={workdir}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert message in result.stderr
+    assert not workdir.exists() or not any(workdir.iterdir())
