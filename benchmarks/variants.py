@@ -36,6 +36,12 @@ class Variant:
 VARIANTS = (
     Variant("classifier", "baseline: the same WideResNet, cross-entropy only", ("--objective=classifier",)),
     Variant("jem", "JEM (Grathwohl et al., ICLR 2020), Algorithm 1", ("--objective=jem",)),
+    # Semi-supervised: both see the same 10 labelled images per class (chosen by the seed); JEM's
+    # log p(x) term also sees every other training image.
+    Variant("classifier_10_labels", "baseline for semi-supervised JEM: cross-entropy on 10 labelled images per class",
+            ("--objective=classifier", "--labels_per_class=10")),
+    Variant("jem_10_labels", "semi-supervised JEM (Grathwohl et al., ICLR 2020, semi-supervised experiments; "
+            "the reference code's --labels_per_class)", ("--objective=jem", "--labels_per_class=10")),
 )
 
 # What the table shows: (column title, results.json key of the evaluation, format).
