@@ -198,3 +198,36 @@ def test_a_bad_labels_per_class_exits_2_naming_it_and_writes_nothing(tmp_path, v
     assert result.returncode == 2, result.stderr[-3000:]
     assert message in result.stderr
     assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def _two_replica_steps(strategy, initial_weights, batches, steps=3):
+    config = semi_supervised_config("unused", "jem", buffer_size=64, seed=3, sgld_step_size=0.1)
+    with strategy.scope():
+        model = registry.build_model(config, (8, 8, 1), 10)
+        # SGD (not Adam, whose first steps turn rounding-level differences into full-size ones).
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.05))
+        model.optimizer.build(model.trainable_variables)
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
+    train_step = loop.distributed_train_step(model, strategy)
+    losses = [float(train_step(batch)["loss"]) for batch in loop.distribute_dataset(strategy, batches.take(steps))]
+    return model, losses
+
+
+def test_semi_supervised_jem_on_two_replicas_matches_one_device():
+    """The three-part batch splits over replicas like the two-part one: each replica gets its rows
+    of the labelled and of the every-image batch, and the replica-scaled loss is the one-device loss."""
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "tests/conftest.py must create two logical CPUs before TensorFlow starts"
+    digits = data.load("digits", validation_fraction=0.9)
+    config = semi_supervised_config("unused", "jem", batch_size=8, augmentation="none", data_noise=0.0)
+    batches = data.make_training_batches(digits, config, epoch=0, skip_batches=0)
+    one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+    initial = _two_replica_steps(one_device, None, batches, steps=0)[0].get_weights()
+    one, one_losses = _two_replica_steps(one_device, initial, batches)
+    two, two_losses = _two_replica_steps(tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), initial,
+                                         batches)
+    np.testing.assert_allclose(two_losses, one_losses, rtol=1e-4)
+    assert max(np.abs(a - b).max() for a, b in zip(one.get_weights(), initial)) > 1e-3
+    for a, b in zip(one.get_weights(), two.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
