@@ -9,17 +9,34 @@ import tensorflow as tf  # noqa: E402
 # Two logical CPU devices let MirroredStrategy run two replicas on this machine. This must happen
 # before any test touches a device.
 _cpus = tf.config.list_physical_devices("CPU")
+_LOGICAL_CPU_PROBLEM = None if _cpus else "TensorFlow lists no physical CPU"
 if _cpus:
     try:
         tf.config.set_logical_device_configuration(
             _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
         )
-    except RuntimeError:
-        pass  # already initialised by an earlier import; distribution tests then skip
+    except RuntimeError as error:  # devices already initialised by something imported earlier
+        _LOGICAL_CPU_PROBLEM = str(error)
 
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def two_logical_cpus():
+    """The names of the two logical CPU devices for the 1-vs-2-replica tests.
+
+    Fails, never skips, when they could not be made: a suite that quietly skipped its only
+    distribution checks would pass without checking the replica arithmetic at all."""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(devices) < 2:
+        pytest.fail(
+            f"needs two logical CPU devices but TensorFlow has {devices}; tests/conftest.py creates them before "
+            f"TensorFlow initialises its devices" + (f", which failed: {_LOGICAL_CPU_PROBLEM}" if _LOGICAL_CPU_PROBLEM
+                                                     else "") + ". Run the tests with pytest from the repository "
+            "root, so that conftest.py is imported before anything touches a device.")
+    return devices[:2]
 
 
 @pytest.fixture(autouse=True)

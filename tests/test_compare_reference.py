@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -83,11 +84,22 @@ def test_other_load_from_proc_stat_readings(tmp_path):
     assert unknown["other_load"] is None and not machine_load.is_quiet(unknown, 1.0)
 
 
-def test_measure_reports_wall_cpu_and_a_load_fraction():
+def test_measure_reports_wall_cpu_and_a_load_fraction(monkeypatch):
     sample = machine_load.measure(lambda: sum(i * i for i in range(200_000)))
-    assert sample["result"] > 0 and sample["wall_seconds"] > 0 and sample["cpu_seconds"] > 0
-    assert sample["other_load"] is None or 0.0 <= sample["other_load"] <= 1.0
+    assert sample["result"] == 199_999 * 200_000 * 399_999 // 6  # the sum of squares below n, in closed form
+    assert sample["wall_seconds"] > 0 and sample["cpu_seconds"] > 0
     assert machine_load.cpu_description()["num_cpus"] == os.cpu_count()
+    # With known clocks and /proc/stat readings: 2 s wall on 2 CPUs, 1 s of it our CPU time, the machine
+    # busy 3 s and 0.4 s stolen, so the others used (3 - 1 + 0.4) / 4 of it.
+    before = dict.fromkeys(("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"), 100.0)
+    after = dict(before, user=102.5, system=100.5, steal=100.4)
+    readings = iter([before, after])
+    monkeypatch.setattr(machine_load, "read_cpu_times", lambda: next(readings))
+    monkeypatch.setattr(machine_load, "time", types.SimpleNamespace(perf_counter=iter([10.0, 12.0]).__next__,
+                                                                    process_time=iter([5.0, 6.0]).__next__))
+    sample = machine_load.measure(lambda: "done", num_cpus=2)
+    assert (sample["result"], sample["wall_seconds"], sample["cpu_seconds"]) == ("done", 2.0, 1.0)
+    assert sample["other_load"] == pytest.approx(0.6) and sample["steal_fraction"] == pytest.approx(0.1)
 
 
 def _cli(*args, timeout=900):
@@ -96,6 +108,7 @@ def _cli(*args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_bad_reference_dir_or_python_exits_2_naming_it(tmp_path):
     result = _cli(f"--reference_dir={tmp_path}", f"--torch_python={sys.executable}")
     assert result.returncode == 2 and f"--reference_dir='{tmp_path}' is not a checkout" in result.stderr
@@ -107,6 +120,7 @@ def test_bad_reference_dir_or_python_exits_2_naming_it(tmp_path):
     assert result.returncode == 2 and "--torch_python=" in result.stderr and "cannot be run" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_crashing_worker_exits_1_naming_its_log(tmp_path):
     # A "Python" that passes the torch probe (-c ...) but dies when started as the timing worker.
     fake_python = tmp_path / "fake_python"
@@ -148,6 +162,7 @@ def test_our_side_gets_the_shared_settings_and_the_precision():
         compare_reference.parse_step_flags(compare_reference.our_step_flags(flag_values))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(torch_and_reference_missing()), reason=torch_and_reference_missing() or "available")
 def test_smoke_against_the_reference_code(tmp_path):
     output = tmp_path / "comparison.json"

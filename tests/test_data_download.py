@@ -294,6 +294,7 @@ def run_cli(tmp_path, module, mode, *flags):
     return result, calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, expected_calls, message", [
     ("offline", 0, "tried to connect to www.cs.toronto.edu:443"),
     ("reachable", 1, "failed: ConnectionError: Max retries exceeded"),
@@ -312,6 +313,7 @@ def test_train_download_failure_exits_2_and_writes_no_workdir(tmp_path, mode, ex
     assert files_under(data_dir) == []
 
 
+@pytest.mark.slow
 def test_train_without_download_never_downloads_and_names_the_flag(tmp_path):
     result, calls = run_cli(tmp_path, "jem_tf.train", "reachable", "--dataset=svhn", f"--data_dir={tmp_path / 'tfds'}",
                             f"--workdir={tmp_path / 'run'}", "--max_steps=1")
@@ -320,6 +322,7 @@ def test_train_without_download_never_downloads_and_names_the_flag(tmp_path):
     assert calls == []
 
 
+@pytest.mark.slow
 def test_evaluate_download_failure_exits_2_and_writes_nothing(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()

@@ -139,7 +139,16 @@ def test_accuracy_plain_and_refined(jem_model, digits):
 def test_calibration_results_and_reliability_figure(tmp_path, jem_model, digits):
     logits = jem_model(digits[0], training=False).numpy()
     results, bins = calibration.evaluate_calibration(logits, digits[1], num_bins=5)
-    assert 0 <= results["calibration/ece"] <= 1 and sum(results["calibration/bins"]["counts"]) == len(logits)
+    assert sum(results["calibration/bins"]["counts"]) == len(logits)
+    # ECE by hand: equal-width confidence bins, |accuracy - confidence| weighted by the bin's share.
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    confidence, correct = probabilities.max(-1), probabilities.argmax(-1) == digits[1]
+    which = np.minimum((confidence * 5).astype(int), 4)
+    expected = sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * np.mean(which == b)
+                   for b in range(5) if np.any(which == b))
+    assert results["calibration/ece"] == pytest.approx(expected, abs=1e-5)
+    assert results["calibration/accuracy"] == pytest.approx(correct.mean())
     path = calibration.reliability_figure(str(tmp_path / "r.png"), [("a", results, bins), ("b", results, bins)])
     assert os.path.getsize(path) > 0
 
@@ -314,6 +323,7 @@ def workdirs(tmp_path_factory):
     return jem_dir, baseline_dir
 
 
+@pytest.mark.slow
 def test_restored_run_reproduces_the_trainers_test_accuracy(workdirs):
     """The evaluation sees the trained weights: its plain accuracy on the whole test split is the
     trainer's own final test accuracy (metrics.json)."""
@@ -333,6 +343,7 @@ def test_restored_run_reproduces_the_trainers_test_accuracy(workdirs):
     assert np.mean(batch_means) == pytest.approx(trained["test_xent"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_command_line_runs_every_evaluation(workdirs, tmp_path):
     jem_dir, baseline_dir = workdirs
     output = tmp_path / "eval"
@@ -365,6 +376,7 @@ def test_command_line_runs_every_evaluation(workdirs, tmp_path):
         assert f"({figure})" in text
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(workdirs, tmp_path):
     missing = _run("jem_tf.evaluate", f"--workdir={tmp_path / 'nothing'}", check=False)
     assert missing.returncode == 2 and "not a jem_tf training workdir" in missing.stderr

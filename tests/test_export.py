@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import client, graph_audit, reference, savedmodel, serving_check
+from export import archive, client, graph_audit, ood_threshold, reference, serving_check
 from export import signatures as sig
 from jem_tf.models import WideResNet
 
@@ -41,7 +41,7 @@ def network():
 
 @pytest.fixture(scope="module")
 def export_dir(network, tmp_path_factory):
-    return savedmodel.export_model(network, tmp_path_factory.mktemp("export"), 1, max_refine_steps=20,
+    return archive.export_model(network, tmp_path_factory.mktemp("export"), 1, max_refine_steps=20,
                                    ood_threshold=OOD_THRESHOLD)
 
 
@@ -90,7 +90,7 @@ def test_signature_defs_are_the_contract(export_dir):
 
 
 def test_metadata_records_contract_rules_and_threshold(export_dir):
-    metadata = savedmodel.read_metadata(export_dir)
+    metadata = archive.read_metadata(export_dir)
     assert metadata["image_shape"] == list(IMAGE_SHAPE)
     assert metadata["num_classes"] == NUM_CLASSES
     assert metadata["contract_version"] == sig.CONTRACT_VERSION
@@ -192,8 +192,8 @@ def test_every_advertised_format_is_decoded_on_a_one_channel_model(network, load
 
 
 def test_limits_are_baked_in_at_export(network, tmp_path):
-    export_dir = savedmodel.export_model(network, tmp_path, 1, max_step_size=2.0, max_noise_std=0.5, max_batch_size=3)
-    rules = savedmodel.read_metadata(export_dir)["input_rules"]
+    export_dir = archive.export_model(network, tmp_path, 1, max_step_size=2.0, max_noise_std=0.5, max_batch_size=3)
+    rules = archive.read_metadata(export_dir)["input_rules"]
     assert (rules["max_step_size"], rules["max_noise_std"], rules["max_batch_size"]) == (2.0, 0.5, 3)
     reloaded = tf.saved_model.load(export_dir)
     inputs = {sig.IMAGES: random_images(3), **REFINE}
@@ -215,7 +215,7 @@ def test_limits_are_baked_in_at_export(network, tmp_path):
 ])
 def test_bad_limits_are_refused_at_export(network, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        savedmodel.export_model(network, tmp_path, 1, **kwargs)
+        archive.export_model(network, tmp_path, 1, **kwargs)
     assert not os.listdir(tmp_path)
 
 
@@ -276,13 +276,13 @@ def test_bad_input_cases_cover_the_issue_list():
 
 
 def test_existing_version_is_refused_unless_overwrite(network, tmp_path):
-    first = savedmodel.export_model(network, tmp_path, 3)
+    first = archive.export_model(network, tmp_path, 3)
     assert first == os.path.join(tmp_path, "3")
     with pytest.raises(FileExistsError, match="overwrite"):
-        savedmodel.export_model(network, tmp_path, 3)
+        archive.export_model(network, tmp_path, 3)
     marker = os.path.join(first, "marker")
     open(marker, "w").close()
-    assert savedmodel.export_model(network, tmp_path, 3, overwrite=True) == first
+    assert archive.export_model(network, tmp_path, 3, overwrite=True) == first
     assert not os.path.exists(marker)
     # No staging or retired directories are left for TF Serving to trip over.
     assert sorted(os.listdir(tmp_path)) == ["3"]
@@ -291,11 +291,11 @@ def test_existing_version_is_refused_unless_overwrite(network, tmp_path):
 @pytest.mark.parametrize("version", [-1, 1.5, "2", True])
 def test_bad_version_is_refused(network, tmp_path, version):
     with pytest.raises(ValueError, match="version"):
-        savedmodel.export_model(network, tmp_path, version)
+        archive.export_model(network, tmp_path, version)
 
 
 def test_export_is_deterministic(network, export_dir, tmp_path):
-    again = savedmodel.export_model(network, tmp_path, 1, max_refine_steps=20, ood_threshold=OOD_THRESHOLD)
+    again = archive.export_model(network, tmp_path, 1, max_refine_steps=20, ood_threshold=OOD_THRESHOLD)
     assert client.signature_defs_from_export(again) == client.signature_defs_from_export(export_dir)
     with open(os.path.join(export_dir, sig.METADATA_DIR, sig.METADATA_FILE)) as a, \
             open(os.path.join(again, sig.METADATA_DIR, sig.METADATA_FILE)) as b:
@@ -330,7 +330,7 @@ def test_trainer_model_is_exported_without_its_training_state(tmp_path):
     model = JEM(depth=10, width=1, num_classes=NUM_CLASSES, buffer_size=64, sgld_steps=1)
     model.build((None, *IMAGE_SHAPE))
     assert model.replay_buffer is not None
-    path = savedmodel.export_model(model, tmp_path, 1)
+    path = archive.export_model(model, tmp_path, 1)
     network_weights = [w.numpy() for w in model.to_wide_resnet().weights]
     assert _multiset(exported_arrays(path)) == _multiset(network_weights)
 
@@ -340,7 +340,7 @@ def test_batch_norm_network_exports_its_moving_statistics(tmp_path):
     # Non-trivial moving statistics, so that inference mode is observable.
     for weight in network.non_trainable_weights:
         weight.assign(tf.random.stateless_uniform(weight.shape, [1, 2], 0.5, 1.5))
-    path = savedmodel.export_model(network, tmp_path, 1)
+    path = archive.export_model(network, tmp_path, 1)
     images = random_images(2, seed=8)
     got = call(tf.saved_model.load(path), sig.CLASSIFY, {sig.IMAGES: images})
     want = reference.expected_outputs(network, sig.CLASSIFY, {sig.IMAGES: images})
@@ -348,11 +348,11 @@ def test_batch_norm_network_exports_its_moving_statistics(tmp_path):
 
 
 def test_export_without_threshold_has_no_ood_output(network, tmp_path):
-    path = savedmodel.export_model(network, tmp_path, 1)
+    path = archive.export_model(network, tmp_path, 1)
     defs = client.signature_defs_from_export(path)
     for name in sig.ALL_SIGNATURE_NAMES:
         assert sig.IS_OUT_OF_DISTRIBUTION not in defs[name].outputs
-    assert savedmodel.read_metadata(path)["ood"]["threshold"] is None
+    assert archive.read_metadata(path)["ood"]["threshold"] is None
 
 
 # -- servability: every op is a registered C++ op ----------------------------------------------
@@ -379,7 +379,7 @@ def test_audit_catches_python_ops(tmp_path):
 
 def test_threshold_keeps_at_least_the_requested_fraction():
     log_px = np.random.default_rng(0).normal(size=1000)
-    info = savedmodel.ood_threshold_from_log_px(log_px, 0.05)
+    info = ood_threshold.ood_threshold_from_log_px(log_px, 0.05)
     flagged = np.mean(log_px < info["threshold"])
     assert 0.04 <= flagged <= 0.05
     assert info["kept_fraction"] == pytest.approx(1 - flagged)
@@ -390,13 +390,13 @@ def test_threshold_keeps_at_least_the_requested_fraction():
 @pytest.mark.parametrize("values", [[], [1.0, np.nan], [[1.0]]])
 def test_threshold_refuses_bad_statistics(values):
     with pytest.raises(ValueError):
-        savedmodel.ood_threshold_from_log_px(np.asarray(values, np.float64))
+        ood_threshold.ood_threshold_from_log_px(np.asarray(values, np.float64))
 
 
 def test_validation_threshold_from_the_digits_data(network):
     from jem_tf.configs.quick import get_config  # noqa: PLC0415
 
-    threshold, info = savedmodel.validation_ood_threshold(network, get_config(), max_images=100)
+    threshold, info = ood_threshold.validation_ood_threshold(network, get_config(), max_images=100)
     assert info["split"] == "validation" and info["num_images"] == 100
     assert threshold == info["threshold"] and np.isfinite(threshold)
 
@@ -406,7 +406,7 @@ def test_unavailable_data_gives_no_threshold_and_says_why(network):
 
     config = get_config()
     config.dataset = "folder:/nonexistent/jem_tf_export_test"
-    threshold, info = savedmodel.validation_ood_threshold(network, config)
+    threshold, info = ood_threshold.validation_ood_threshold(network, config)
     assert threshold is None and info["threshold"] is None and "not available" in info["reason"]
 
 
@@ -452,6 +452,7 @@ def test_rest_examples_answer_like_the_in_memory_model(network, loaded):
             np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4, err_msg=f"{file}: {key}")
 
 
+@pytest.mark.slow
 def test_rest_examples_are_served_by_the_cpp_loader(export_dir, tmp_path):
     if serving_check.find_compiler() is None:
         pytest.skip("No C++ compiler ($CXX, c++, g++ or clang++) to build export/serving_check.")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import client, reference, savedmodel, serving_check
+from export import archive, client, reference, savedmodel, serving_check
 from export import signatures as sig
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs.quick import get_config
@@ -50,7 +50,7 @@ def test_export_run_versions_by_global_step_and_bakes_in_the_ood_threshold(resto
     path = savedmodel.export_run(str(tmp_path / "run"), str(tmp_path / "export"), checkpoint=7, ood_max_images=100)
     assert path == str(tmp_path / "export" / "7")
     assert calls == [(str(tmp_path / "run"), 7, False)]  # the replay buffer is never loaded for export
-    metadata = savedmodel.read_metadata(path)
+    metadata = archive.read_metadata(path)
     assert metadata["run"]["global_step"] == 7
     assert metadata["class_names"] == [str(d) for d in range(10)]
     assert metadata["refine_defaults"] == {
@@ -100,6 +100,7 @@ def _run(args, timeout=600):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_quick_training_run_exports_and_serves(tmp_path):
     workdir = str(tmp_path / "run")
     # Training exports its final checkpoint itself, through export_run, to WORKDIR/export/<step>.
@@ -116,11 +117,11 @@ def test_quick_training_run_exports_and_serves(tmp_path):
     assert exported.returncode == 0, exported.stderr[-4000:]
     path = exported.stdout.strip().splitlines()[-1]
     assert path == os.path.join(output, "2")
-    assert savedmodel.read_metadata(path)["ood"]["threshold"] is not None
+    assert archive.read_metadata(path)["ood"]["threshold"] is not None
     # Deterministic across processes: training's export and this one hold the same thing.
     by_training = os.path.join(workdir, "export", "2")
     assert client.signature_defs_from_export(path) == client.signature_defs_from_export(by_training)
-    assert savedmodel.read_metadata(path) == savedmodel.read_metadata(by_training)
+    assert archive.read_metadata(path) == archive.read_metadata(by_training)
     first, second = (tf.train.load_checkpoint(os.path.join(p, "variables", "variables")) for p in (path, by_training))
     keys = sorted(set(first.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"})
     assert keys == sorted(set(second.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"})
@@ -129,7 +130,7 @@ def test_quick_training_run_exports_and_serves(tmp_path):
     # It serves the trained weights.
     network = workdir_lib.restore_run(workdir, with_replay_buffer=False)[0]
     images = serving_check.valid_inputs(sig.CLASSIFY, (8, 8, 1), batch_size=3)[sig.IMAGES]
-    threshold = savedmodel.read_metadata(path)["ood"]["threshold"]
+    threshold = archive.read_metadata(path)["ood"]["threshold"]
     want = reference.expected_outputs(network, sig.CLASSIFY, {sig.IMAGES: images}, threshold)
     got = tf.saved_model.load(path).signatures[sig.CLASSIFY](images=tf.constant(images))
     for key, value in want.items():

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import client, reference, savedmodel, serving_check
+from export import archive, client, reference, serving_check
 from export import signatures as sig
 from jem_tf.models import WideResNet
 
@@ -49,7 +49,7 @@ def network():
 
 @pytest.fixture(scope="module")
 def export_dir(network, tmp_path_factory):
-    return savedmodel.export_model(network, tmp_path_factory.mktemp("serving"), 1, max_refine_steps=20,
+    return archive.export_model(network, tmp_path_factory.mktemp("serving"), 1, max_refine_steps=20,
                                    ood_threshold=OOD_THRESHOLD)
 
 
@@ -113,6 +113,7 @@ KERAS_FREE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_tensorflow_only_process_serves_every_signature_like_the_in_memory_model(network, export_dir, tmp_path):
     requests, arrays, expected = [], {}, {}
     for batch_size in BATCH_SIZES:
@@ -153,6 +154,7 @@ def test_tensorflow_only_process_serves_every_signature_like_the_in_memory_model
 # -- saved_model_cli ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_saved_model_cli_shows_every_signature(export_dir):
     result = subprocess.run(["saved_model_cli", "show", "--dir", export_dir, "--all"], capture_output=True, text=True,
                             env=subprocess_env(), timeout=300)
@@ -163,6 +165,7 @@ def test_saved_model_cli_shows_every_signature(export_dir):
     assert "Method name is: tensorflow/serving/predict" in result.stdout
 
 
+@pytest.mark.slow
 def test_saved_model_cli_runs_every_signature(network, export_dir, tmp_path):
     runs = {}
     for name in sig.ALL_SIGNATURE_NAMES:
@@ -202,6 +205,7 @@ def checker_binary():
     return serving_check.build()
 
 
+@pytest.mark.slow
 def test_cpp_loader_serves_every_signature_and_refuses_every_bad_input(network, export_dir, checker_binary,
                                                                        tmp_path):
     del checker_binary  # built (and cached) by the fixture; check_export finds it
@@ -230,6 +234,7 @@ def test_cpp_loader_serves_every_signature_and_refuses_every_bad_input(network, 
     assert checked == len(sig.ALL_SIGNATURE_NAMES) * len(BATCH_SIZES) + len(serving_check.format_inputs(IMAGE_SHAPE))
 
 
+@pytest.mark.slow
 def test_cpp_check_fails_when_a_signature_is_not_served(export_dir, checker_binary, tmp_path):
     cases = serving_check.valid_cases({sig.CLASSIFY: None}, IMAGE_SHAPE, batch_sizes=(1,))
     result = serving_check.run(checker_binary, export_dir, serving_check.write_cases(cases, str(tmp_path)))
@@ -237,6 +242,7 @@ def test_cpp_check_fails_when_a_signature_is_not_served(export_dir, checker_bina
     assert f"FAIL signature {sig.ENERGY} answered no request" in result.stdout
 
 
+@pytest.mark.slow
 def test_cpp_check_fails_on_an_unexpected_refusal_and_a_missing_export(export_dir, checker_binary, tmp_path):
     bad = serving_check.bad_input_cases(IMAGE_SHAPE, 20)[0]
     bad.expected_error = None  # now it is expected to succeed, and must be reported as a failure
@@ -351,6 +357,7 @@ def test_grpc_client_round_trip(network, grpc_server):
         jem.close()
 
 
+@pytest.mark.slow
 def test_client_command_line(grpc_server, tmp_path):
     path = tmp_path / "a.png"
     pixels = np.random.default_rng(0).integers(0, 256, IMAGE_SHAPE, dtype=np.uint8)
@@ -417,7 +424,7 @@ def gray_network():
 def permissive_export(gray_network, tmp_path_factory):
     """A 1-channel export whose step_size and noise_std bounds are float32's largest value, so that
     only the finiteness checks stand between a huge request and a NaN answer."""
-    return savedmodel.export_model(gray_network, tmp_path_factory.mktemp("permissive"), 1, max_refine_steps=20,
+    return archive.export_model(gray_network, tmp_path_factory.mktemp("permissive"), 1, max_refine_steps=20,
                                    max_step_size=FLOAT32_MAX, max_noise_std=FLOAT32_MAX, max_batch_size=4)
 
 
@@ -430,7 +437,7 @@ def broken_export(tmp_path_factory):
     bias = network.weights[-1]
     assert bias.path.endswith("logits/bias")
     bias.assign(np.full(bias.shape, np.nan, np.float32))
-    return savedmodel.export_model(network, tmp_path_factory.mktemp("broken"), 1, max_refine_steps=20)
+    return archive.export_model(network, tmp_path_factory.mktemp("broken"), 1, max_refine_steps=20)
 
 
 def gray_refine(**override):
@@ -536,6 +543,7 @@ def _fits_python_signature(case, export_dir):
     return True
 
 
+@pytest.mark.slow
 def test_tensorflow_only_process_enforces_every_limit_and_serves_every_format(
         network, gray_network, export_dir, permissive_export, broken_export, tmp_path):
     jobs, expected_values = [], []
@@ -572,6 +580,7 @@ def test_tensorflow_only_process_enforces_every_limit_and_serves_every_format(
                 np.testing.assert_allclose(outputs[key], value, rtol=RTOL, atol=ATOL, err_msg=f"{where}: {key}")
 
 
+@pytest.mark.slow
 def test_cpp_loader_refuses_out_of_bound_and_non_finite_answers(gray_network, permissive_export, broken_export,
                                                                checker_binary, tmp_path):
     # The permissive export: every signature, every format, its bad inputs and the overflow.
@@ -610,6 +619,7 @@ def test_default_build_cache_is_per_user_not_the_shared_temp_dir(monkeypatch, tm
     assert not default.startswith(tempfile.gettempdir() + os.sep)
 
 
+@pytest.mark.slow
 def test_build_cache_folders_are_private(checker_binary):
     folder = os.path.dirname(checker_binary)
     for path in (folder, os.path.dirname(folder)):
@@ -630,6 +640,7 @@ def _plant(cache_dir):
     return binary, marker
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tamper, reason", [
     (lambda binary: os.chmod(binary, 0o757), "writable by its group or by others"),
     (lambda binary: os.chmod(binary, 0o775), "writable by its group or by others"),
@@ -656,6 +667,7 @@ def test_a_planted_or_writable_binary_is_never_run(checker_binary, tmp_path, tam
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_private_planted_binary_is_run_which_shows_the_refusals_are_the_checks(checker_binary, tmp_path):
     """The control for the test above: the same planted program, untampered, does run."""
     del checker_binary
@@ -667,6 +679,7 @@ def test_a_private_planted_binary_is_run_which_shows_the_refusals_are_the_checks
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_a_symlinked_binary_is_refused(checker_binary, tmp_path):
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()

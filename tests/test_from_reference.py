@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import from_reference, torch_checkpoint
+from export import reference_state_dict, torch_checkpoint
 from jem_tf import energy
 from jem_tf import workdir as workdir_lib
 from jem_tf.models import WideResNet
-from trainers import loop
+from trainers import from_reference, loop
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reference")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,13 +30,13 @@ FIXTURES = [("wrn10x1_zip.pt", "wrn10x1"), ("wrn10x1_legacy.pt", "wrn10x1"),
 
 
 def network_from_reference(filename):
-    state, buffer = from_reference.split_checkpoint(torch_checkpoint.load(os.path.join(DATA, filename)))
-    architecture = from_reference.infer_architecture(state)
+    state, buffer = reference_state_dict.split_checkpoint(torch_checkpoint.load(os.path.join(DATA, filename)))
+    architecture = reference_state_dict.infer_architecture(state)
     network = WideResNet(depth=architecture["depth"], width=architecture["width"],
                          num_classes=architecture["num_classes"], norm=architecture["norm"])
     network.build((None, 32, 32, architecture["input_channels"]))
-    from_reference.check_keys(state, network)
-    from_reference.load_reference_state_dict(network, state)
+    reference_state_dict.check_keys(state, network)
+    reference_state_dict.load_reference_state_dict(network, state)
     return network, architecture, buffer
 
 
@@ -90,14 +90,14 @@ def test_export_writes_the_reference_state_dict_layout_and_round_trips_exactly(l
             if hasattr(layer, "moving_variance"):
                 layer.moving_mean.assign(tf.random.normal(layer.moving_mean.shape))
                 layer.moving_variance.assign(tf.random.uniform(layer.moving_variance.shape, 0.5, 2.0))
-    state = from_reference.to_reference_state_dict(network)
+    state = reference_state_dict.to_reference_state_dict(network)
     assert list(state) == list(reference_layout)
     assert {k: list(np.shape(v)) for k, v in state.items()} == reference_layout
 
     copy = WideResNet(depth=depth, width=width, num_classes=10, norm=norm)
     copy.build((None, 32, 32, 3))
-    from_reference.check_keys(state, copy)
-    from_reference.load_reference_state_dict(copy, state)
+    reference_state_dict.check_keys(state, copy)
+    reference_state_dict.load_reference_state_dict(copy, state)
     assert len(copy.weights) == len(network.weights)
     for mine, theirs in zip(network.weights, copy.weights):
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
@@ -143,6 +143,7 @@ def test_a_checkpoint_naming_another_global_is_refused_without_running_it(tmp_pa
         assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_malicious_checkpoint_with_exit_2_and_writes_nothing(tmp_path):
     marker = tmp_path / "payload_ran"
     zipped, _ = _malicious_checkpoints(tmp_path, marker)
@@ -166,26 +167,27 @@ def test_a_damaged_or_foreign_file_is_refused_clearly(tmp_path):
 
 def test_a_checkpoint_that_does_not_fit_the_dataset_is_refused_naming_the_mismatch(tmp_path):
     workdir = tmp_path / "imported"
-    with pytest.raises(from_reference.ReferenceCheckpointError, match="10 classes, but cifar100 has 100"):
+    with pytest.raises(reference_state_dict.ReferenceCheckpointError, match="10 classes, but cifar100 has 100"):
         from_reference.import_checkpoint(os.path.join(DATA, "wrn10x1_zip.pt"), "cifar100", str(workdir))
     assert not workdir.exists()
-    state, _ = from_reference.split_checkpoint(torch_checkpoint.load(os.path.join(DATA, "wrn10x1_zip.pt")))
+    state, _ = reference_state_dict.split_checkpoint(torch_checkpoint.load(os.path.join(DATA, "wrn10x1_zip.pt")))
     del state["f.layer2.0.conv2.bias"]
     network = WideResNet(depth=10, width=1, num_classes=10)
     network.build((None, 32, 32, 3))
-    with pytest.raises(from_reference.ReferenceCheckpointError, match="missing.*f.layer2.0.conv2.bias"):
-        from_reference.check_keys(state, network)
+    with pytest.raises(reference_state_dict.ReferenceCheckpointError, match="missing.*f.layer2.0.conv2.bias"):
+        reference_state_dict.check_keys(state, network)
     state["f.bn1.weight"] = np.ones(64, np.float32)
-    with pytest.raises(from_reference.ReferenceCheckpointError, match="does not implement"):
-        from_reference.infer_architecture(state)
+    with pytest.raises(reference_state_dict.ReferenceCheckpointError, match="does not implement"):
+        reference_state_dict.infer_architecture(state)
 
 
 def run_cli(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", "export.from_reference", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "trainers.from_reference", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_the_cli_writes_a_workdir_that_restores_with_network_and_buffer(tmp_path):
     workdir = tmp_path / "imported"
     result = run_cli(f"--checkpoint={os.path.join(DATA, 'wrn10x1_legacy.pt')}", "--dataset=cifar10",

@@ -7,8 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from export import client, from_reference, savedmodel, serving_check
+from export import client, savedmodel, serving_check
 from export import signatures as sig
+from trainers import from_reference
+
+pytestmark = pytest.mark.slow  # builds and runs the C++ serving check
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reference")
 RTOL = 1e-5

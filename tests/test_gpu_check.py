@@ -20,6 +20,7 @@ def _run_script(*flags, timeout=900):
     return subprocess.run([str(SCRIPT), *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_smoke_run_passes_every_check_and_writes_json_and_markdown(tmp_path):
     result = _run_script("--smoke", f"--output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -39,6 +40,7 @@ def test_smoke_run_passes_every_check_and_writes_json_and_markdown(tmp_path):
     assert "| mixed_float16 | on |" in markdown and "| serving | yes |" in markdown
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is visible")
 def test_without_a_gpu_the_real_run_refuses_with_exit_2_and_writes_nothing(tmp_path):
     result = _run_script(f"--output_dir={tmp_path / 'out'}", timeout=300)

@@ -113,14 +113,11 @@ def _run_steps(strategy, initial_weights, steps=3):
     return model, losses, buffer
 
 
-def test_two_replicas_match_one_device():
-    devices = tf.config.list_logical_devices("CPU")
-    if len(devices) < 2:
-        pytest.skip("needs two logical CPU devices (tests/conftest.py configures them before TF starts)")
+def test_two_replicas_match_one_device(two_logical_cpus):
     initial = _run_steps(tf.distribute.OneDeviceStrategy("/cpu:0"), None, steps=0)[0].get_weights()
     one, one_losses, one_buffer = _run_steps(tf.distribute.OneDeviceStrategy("/cpu:0"), initial)
     two, two_losses, two_buffers = _run_steps(
-        tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), initial
+        tf.distribute.MirroredStrategy(two_logical_cpus), initial
     )
     np.testing.assert_allclose(two_losses, one_losses, rtol=1e-4)
     movement = max(np.abs(a - b).max() for a, b in zip(one.get_weights(), initial))

@@ -124,11 +124,9 @@ def _train_losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, two_logical_cpus):
     """One process, two replicas (MirroredStrategy over two logical CPUs), to FINAL_STEP."""
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    if len(devices) < 2:
-        pytest.skip("needs two logical CPU devices (tests/conftest.py configures them before TF starts)")
+    devices = two_logical_cpus
     workdir = str(tmp_path_factory.mktemp("two_replicas"))
     config = dataclasses.replace(get_preset("quick"), workdir=workdir, strategy="mirrored", **SETTINGS)
     original = loop.make_strategy

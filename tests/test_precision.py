@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import savedmodel
+from export import archive, savedmodel
 from export import signatures as sig
 from jem_tf import energy, precision
 from jem_tf import workdir as workdir_lib
@@ -156,11 +156,8 @@ def test_skipped_float16_step_still_counts_as_a_step():
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(before, model.trainable_weights))
 
 
-def test_skipped_float16_step_counts_once_under_two_replicas():
-    devices = tf.config.list_logical_devices("CPU")
-    if len(devices) < 2:
-        pytest.skip("needs two logical CPU devices (tests/conftest.py configures them before TF starts)")
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+def test_skipped_float16_step_counts_once_under_two_replicas(two_logical_cpus):
+    strategy = tf.distribute.MirroredStrategy(two_logical_cpus)
     with strategy.scope():
         model = _jem("mixed_float16")
     model.optimizer.dynamic_scale.assign(2.0**120)
@@ -216,7 +213,7 @@ def test_bfloat16_run_exports_a_float32_servable_model(tmp_path):
     workdir = tmp_path / "run"
     loop.train(_tiny_config(workdir, "mixed_bfloat16", 2))
     path = savedmodel.export_run(str(workdir), str(tmp_path / "export"))
-    metadata = savedmodel.read_metadata(path)
+    metadata = archive.read_metadata(path)
     assert metadata["precision"]["policy"] == "mixed_bfloat16"
     assert metadata["precision"]["compute_dtype"] == "bfloat16"
     loaded = tf.saved_model.load(path)
@@ -243,6 +240,6 @@ def test_bfloat16_run_exports_a_float32_servable_model(tmp_path):
                                atol=0.05 * np.abs(reference).max())
     # ...and a float32 export of the same run is recorded as such.
     path32 = savedmodel.export_run(str(workdir), str(tmp_path / "export32"), precision="float32")
-    assert savedmodel.read_metadata(path32)["precision"]["policy"] == "float32"
+    assert archive.read_metadata(path32)["precision"]["policy"] == "float32"
     assert _conv_dtypes(path32) == {tf.float32.as_datatype_enum}
     assert json.loads(open(os.path.join(workdir, "config.json")).read())["precision"] == "mixed_bfloat16"

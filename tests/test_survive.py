@@ -114,12 +114,12 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_every_command(copy_of, refere
 
 
 def test_export_of_a_run_with_a_damaged_newest_checkpoint_exports_the_intact_one(copy_of, tmp_path):
-    from export import savedmodel  # noqa: PLC0415
+    from export import archive, savedmodel  # noqa: PLC0415
 
     _truncate(_data_file(copy_of, FINAL_STEP))
     path = savedmodel.export_run(copy_of, str(tmp_path / "export"), ood_max_images=20)
     assert path == str(tmp_path / "export" / "5")
-    assert savedmodel.read_metadata(path)["run"]["checkpoint"].endswith("ckpt-5")
+    assert archive.read_metadata(path)["run"]["checkpoint"].endswith("ckpt-5")
 
 
 def test_non_finite_weights_fail_verification(tmp_path):

@@ -125,6 +125,7 @@ def _train(*flags):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_command_line_size_replaces_the_presets_fraction_and_both_flags_are_refused(tmp_path):
     both = _train("--preset=quick", "--validation_size=50", "--validation_fraction=0.2",
                   f"--workdir={tmp_path / 'both'}")

@@ -5,7 +5,7 @@ Run with the separate torch environment (torch is never a dependency of jem_tf):
     /work/venv-torch/bin/python tools/check_reference_export.py --reference_dir=/work/ref/JEM
 
 For each architecture it (1) runs jem_tf in --jem_python: builds a seeded WideResNet, converts it with
-`export.from_reference.to_reference_state_dict`, and saves that state dict and the network's logits,
+`export.reference_state_dict.to_reference_state_dict`, and saves that state dict and the network's logits,
 log p~(x) and input gradient on fixed inputs; (2) loads the state dict into the reference's own `CCF`
 (train_wrn_ebm.py, imported from --reference_dir) with strict `load_state_dict`, and compares its
 outputs with jem_tf's. Prints one row per architecture; exits 1 if any relative difference exceeds
@@ -30,7 +30,7 @@ JEM_SIDE = textwrap.dedent("""
     import keras
     import numpy as np
     import tensorflow as tf
-    from export import from_reference
+    from export import reference_state_dict
     from jem_tf import energy
     from jem_tf.models import WideResNet
 
@@ -42,7 +42,7 @@ JEM_SIDE = textwrap.dedent("""
         if hasattr(layer, "moving_variance"):  # non-trivial running statistics
             layer.moving_mean.assign(tf.random.normal(layer.moving_mean.shape, stddev=0.1))
             layer.moving_variance.assign(tf.random.uniform(layer.moving_variance.shape, 0.5, 2.0))
-    np.savez(f"{out_dir}/state.npz", **from_reference.to_reference_state_dict(network))
+    np.savez(f"{out_dir}/state.npz", **reference_state_dict.to_reference_state_dict(network))
     images = tf.random.stateless_uniform((4, 32, 32, 3), seed=[1, 2], minval=-1, maxval=1)
     logits = network(images, training=False)
     log_px, score = energy.log_density_and_score(

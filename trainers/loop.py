@@ -124,7 +124,7 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
 
 def make_optimizer(schedule, precision: str = jem_precision.FLOAT32):
     """The reference's Adam (epsilon 1e-8) on `schedule` (see `learning_rate_schedule`), with loss
-    scaling for mixed_float16. Checkpoints written for training (also by export.from_reference)
+    scaling for mixed_float16. Checkpoints written for training (also by trainers.from_reference)
     must use this, so their optimizer variables match."""
     return jem_precision.make_optimizer(keras.optimizers.Adam(schedule, epsilon=ADAM_EPSILON), precision)
 

@@ -324,9 +324,9 @@ def bad_input_cases(image_shape, max_refine_steps: int, *, max_step_size: float 
 
 def bad_input_cases_for_export(export_dir: str) -> list:
     """`bad_input_cases` with the limits recorded in an export's metadata."""
-    from export import savedmodel  # noqa: PLC0415 (savedmodel imports Keras; this module need not)
+    from export import archive  # noqa: PLC0415 (archive imports Keras; this module need not)
 
-    metadata = savedmodel.read_metadata(export_dir)
+    metadata = archive.read_metadata(export_dir)
     rules = metadata["input_rules"]
     return bad_input_cases(
         tuple(metadata["image_shape"]), rules["max_refine_steps"],
@@ -373,10 +373,10 @@ def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_
 
     Returns (completed process, cases, request paths).
     """
-    from export import savedmodel  # noqa: PLC0415 (savedmodel imports Keras; this module need not)
+    from export import archive  # noqa: PLC0415 (archive imports Keras; this module need not)
 
     signature_defs = client.signature_defs_from_export(export_dir)
-    metadata = savedmodel.read_metadata(export_dir)
+    metadata = archive.read_metadata(export_dir)
     image_shape = tuple(metadata["image_shape"])
     cases = valid_cases(signature_defs, image_shape, batch_sizes) + format_cases(image_shape)
     for case in cases:
