@@ -42,6 +42,8 @@ VARIANTS = (
             ("--objective=classifier", "--labels_per_class=10")),
     Variant("jem_10_labels", "semi-supervised JEM (Grathwohl et al., ICLR 2020, semi-supervised experiments; "
             "the reference code's --labels_per_class)", ("--objective=jem", "--labels_per_class=10")),
+    Variant("jempp", "JEM++ (Yang & Ji, ICCV 2021; github.com/sndnyang/JEMPP): proximal sampler, informative "
+            "initialisation", ("--objective=jempp",)),
 )
 
 # What the table shows: (column title, results.json key of the evaluation, format).

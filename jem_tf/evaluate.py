@@ -19,21 +19,21 @@ FLAGS = flags.FLAGS
 
 def eval_options_class():
     """The dataclass whose fields are this command's evaluation flags (imports TensorFlow)."""
-    from jem_tf.evaluation import suite
+    from jem_tf.evaluation import options
 
-    return suite.EvalOptions
+    return options.EvalOptions
 
 
 def define_flags(flag_values=FLAGS):
     """Defines the flags; called only when run as a program, so importing defines nothing."""
     from jem_tf import precision
-    from jem_tf.evaluation import suite
+    from jem_tf.evaluation import registry
 
     flags.DEFINE_string("workdir", None, "Training workdir to evaluate (config.json, run_info.json, checkpoints/).",
                         flag_values=flag_values)
     flags.DEFINE_string("checkpoint", None, "Checkpoint step or path prefix (default: the latest).",
                         flag_values=flag_values)
-    flags.DEFINE_list("eval", ["all"], f"Evaluations: 'all' or any of {', '.join(suite.EVALUATIONS)}.",
+    flags.DEFINE_list("eval", ["all"], f"Evaluations: 'all' or any of {', '.join(registry.names())}.",
                       flag_values=flag_values)
     flags.DEFINE_string("output", None, "Output directory (default: WORKDIR/eval).", flag_values=flag_values)
     flags.DEFINE_string("compare_workdir", None,

@@ -51,7 +51,7 @@ def define_flags(flag_values=flags.FLAGS):
 def config_from_flags(flag_values):
     """The preset's config with every explicitly set flag applied, validated (ValueError naming
     the flag otherwise)."""
-    from jem_tf.configs import TrainConfig, get_preset  # noqa: PLC0415
+    from jem_tf.configs import TrainConfig, get_preset, objective_defaults  # noqa: PLC0415
 
     config = get_preset(flag_values.preset)
     overrides = cli.values_from_flags(TrainConfig, flag_values)
@@ -63,6 +63,8 @@ def config_from_flags(flag_values):
                 "pass only one (--validation_size replaces the fraction).")
         # The size replaces the preset's fraction.
         overrides["validation_fraction"] = 0.0
+    # An objective other than the preset's brings its own defaults (e.g. JEM++'s few proximal steps).
+    overrides = {**objective_defaults(config.objective, overrides.get("objective", config.objective)), **overrides}
     if "dataset" in overrides and "workdir" not in overrides and flag_values.preset == "paper":
         overrides["workdir"] = f"runs/{overrides['dataset'].replace(':', '_').replace('/', '_')}"
     return dataclasses.replace(config, **overrides).validate()

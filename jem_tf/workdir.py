@@ -18,8 +18,9 @@ matched. The checkpoint list comes from the `ckpt-N.index` files present, so a m
 `checkpoint` state file never reads as "no checkpoint" (which would restart at step 0 and
 overwrite good checkpoints); the writer rebuilds that file.
 
-Readers (export, evaluation) build the network and replay buffer here from config.json and
-run_info.json, so they depend neither on the trainers nor on the writer's lock; they never write
+Readers (export, evaluation) build the network here from config.json and run_info.json, and the
+replay buffer when the checkpoint holds one (its size from the stored chains, whatever the
+objective), so they depend neither on the trainers nor on the writer's lock; they never write
 into the workdir and cope with a trainer saving or deleting checkpoints under them.
 """
 
@@ -51,6 +52,8 @@ SAMPLES_DIR = "samples"
 TENSORBOARD_DIR = "tensorboard"
 EXPORT_DIR = "export"
 CHECKPOINT_PREFIX = "ckpt"
+# The replay buffer's chains in a checkpoint (trainers save the buffer as `replay_buffer`).
+REPLAY_BUFFER_KEY = "replay_buffer/images/.ATTRIBUTES/VARIABLE_VALUE"
 
 _INDEX_PATTERN = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)\.index$")
 
@@ -401,10 +404,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *, writer: b
 
 def restore_step(checkpoint: tf.train.Checkpoint, directory: str, step_or_path, *, partial: bool = False) -> str:
     """Restores one named checkpoint (a step number or a path prefix); errors say what exists."""
-    if isinstance(step_or_path, int) or str(step_or_path).isdigit():
-        path = checkpoint_path(directory, int(step_or_path))
-    else:
-        path = str(step_or_path)
+    path = _resolve_checkpoint(directory, step_or_path)
     if not os.path.exists(path + ".index"):
         available = [checkpoint_path(directory, s) for s in checkpoint_steps(directory)]
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist; available: {available}.")
@@ -428,9 +428,44 @@ def restore_step(checkpoint: tf.train.Checkpoint, directory: str, step_or_path, 
 # -- readers: the network and buffer of a run -------------------------------------------------
 
 
-def build_network(config: TrainConfig, run_info: dict, *, with_replay_buffer: bool = True, precision=None):
-    """The run's WideResNet, built in `precision` (default: the run's own), with (for a JEM run,
-    when asked) its replay buffer as `network.replay_buffer`. Its checkpoint object graph is the
+def replay_buffer_size(path: str) -> int:
+    """The number of persistent chains in checkpoint `path`'s replay buffer (the first dimension of
+    its stored images); 0 when the checkpoint holds no replay buffer."""
+    shape = dict(tf.train.list_variables(path)).get(REPLAY_BUFFER_KEY)
+    return int(shape[0]) if shape else 0
+
+
+def _resolve_checkpoint(directory: str, step_or_path) -> str:
+    """A step number or a path prefix -> the checkpoint's path prefix (not checked to exist)."""
+    if isinstance(step_or_path, int) or str(step_or_path).isdigit():
+        return checkpoint_path(directory, int(step_or_path))
+    return str(step_or_path)
+
+
+def _stored_replay_buffer_size(directory: str, step_or_path=None) -> int:
+    """The replay buffer size of the run's checkpoints: of the named one, or of the newest that lists.
+
+    Every checkpoint of a run has the same objects, so the newest readable one tells what
+    `restore_newest` will restore, even when that falls back to an older one."""
+    if step_or_path is not None:
+        candidates = [_resolve_checkpoint(directory, step_or_path)]
+    else:
+        candidates = [checkpoint_path(directory, step) for step in reversed(checkpoint_steps(directory))]
+    for path in candidates:
+        if not os.path.exists(path + ".index"):
+            continue  # named but absent (restore_step says so), or deleted by the trainer's rotation
+        try:
+            return replay_buffer_size(path)
+        except Exception as error:  # noqa: BLE001 (damaged or vanished: the restore reports it, or skips it)
+            logging.warning("Could not list the variables of %s (%s).", path,
+                            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+    return 0
+
+
+def build_network(config: TrainConfig, run_info: dict, *, replay_buffer_size: int = 0, precision=None):
+    """The run's WideResNet, built in `precision` (default: the run's own), and, when
+    `replay_buffer_size` > 0 (what the run's checkpoint holds: `replay_buffer_size(path)`), a replay
+    buffer of that many chains to restore into (else None). Their checkpoint object graph is the
     trainer's minus the training state (optimizer, metrics), so `restore_run` restores every object
     of it."""
     from jem_tf import precision as jem_precision  # noqa: PLC0415 (Keras; keep importing this module light)
@@ -443,8 +478,8 @@ def build_network(config: TrainConfig, run_info: dict, *, with_replay_buffer: bo
                          dtype=jem_precision.dtype_policy(precision or config.precision))
     network.build((None,) + image_shape)
     buffer = None
-    if with_replay_buffer and config.objective == "jem":
-        buffer = ReplayBuffer(config.buffer_size, image_shape, seed=config.seed)
+    if replay_buffer_size > 0:
+        buffer = ReplayBuffer(int(replay_buffer_size), image_shape, seed=config.seed)
     return network, buffer
 
 
@@ -454,7 +489,8 @@ def restore_run(workdir: str, checkpoint=None, *, with_replay_buffer: bool = Tru
     Args:
       workdir: a training workdir (config.json, run_info.json, checkpoints/).
       checkpoint: None for the newest that verifies, a step number, or a checkpoint path prefix.
-      with_replay_buffer: also restore a JEM run's replay buffer (as `network.replay_buffer`).
+      with_replay_buffer: also restore the run's replay buffer (as `network.replay_buffer`) when its
+        checkpoint holds one (whatever the objective: the checkpoint says what the run has).
       precision: the precision the network computes in (`jem_tf.precision`); None: the run's own.
 
     Returns:
@@ -463,12 +499,13 @@ def restore_run(workdir: str, checkpoint=None, *, with_replay_buffer: bool = Tru
     """
     config = load_config(workdir)
     run_info = load_run_info(workdir)
-    network, buffer = build_network(config, run_info, with_replay_buffer=with_replay_buffer, precision=precision)
+    directory = checkpoint_dir(workdir)
+    buffer_size = _stored_replay_buffer_size(directory, checkpoint) if with_replay_buffer else 0
+    network, buffer = build_network(config, run_info, replay_buffer_size=buffer_size, precision=precision)
     parts = dict(model=network)
     if buffer is not None:
         parts["replay_buffer"] = buffer
     objects = tf.train.Checkpoint(**parts)
-    directory = checkpoint_dir(workdir)
     if checkpoint is None:
         path = restore_newest(objects, directory, writer=False, partial=True)
         if path is None:

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from jem_tf.evaluation import EvalOptions, EvaluatedRun, accuracy, common, ood, suite
+from jem_tf.evaluation import EvalContext, EvalOptions, EvaluatedRun, accuracy, common, ood, suite
 from trainers.jem import JEM
 
 SHAPE = (8, 8, 1)
@@ -62,7 +62,7 @@ def test_test_and_ood_sets_alike_get_the_noise(tmp_path, jem_model, digits):
     options = EvalOptions(num_examples=30, batch_size=10, seed=seed, eval_input_noise=sigma, refine_steps=(),
                           ood_sets=("uniform", "interp"), progress=False)
     # What the suite scores is exactly the clean images plus the seeded noise, per set.
-    state = suite._Suite(run, images, labels, options, str(tmp_path))
+    state = EvalContext(run, images, labels, options, str(tmp_path))
     noisy_test = common.add_input_noise(images, sigma, seed, "test")
     np.testing.assert_array_equal(state.images, noisy_test)
     # interp mixes two noisy test images and then gets its own noise, as the reference's cifar_interp.

@@ -77,6 +77,12 @@ class Classifier(WideResNet):
         (a run killed after a recovery, before its next checkpoint)."""
         del change
 
+    def prepare_for_data(self, train_images, restored: bool) -> None:
+        """Called once per session with the unbatched training split, after the checkpoint restore
+        (`restored`: whether one was restored) and before the first save and step: state the objective
+        derives from the data (JEM++'s class Gaussians) is made or checked here. None here."""
+        del train_images, restored
+
     def step_seed(self) -> tf.Tensor:
         """Stateless seed [2] for this optimizer step: (config seed, step). Resuming from a
         checkpoint restores the step, so a resumed run draws the same numbers."""

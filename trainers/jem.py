@@ -24,6 +24,9 @@ from trainers.classifier import Classifier
 class JEM(Classifier):
     """WideResNet whose `train_step` adds the SGLD-estimated generative loss."""
 
+    # None: the SGLD update; a `jem_tf.sampling.proximal.ProximalBounds` for JEM++ (trainers.jempp).
+    proximal_bounds = None
+
     def __init__(
         self,
         *args,
@@ -138,6 +141,7 @@ class JEM(Classifier):
             noise_batch_size=global_batch,
             noise_batch_offset=offset,
             score_scale=precision.input_gradient_scale(self),
+            proximal=self.proximal_bounds,
         )
         return tf.stop_gradient(samples), slots
 

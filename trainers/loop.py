@@ -505,6 +505,8 @@ class _Run:
         self.manager = self._make_manager()
         self.step = _optimizer_step(self.optimizer)
         self._check_workers_agree_on_step()
+        with self.strategy.scope():
+            self.model.prepare_for_data(self.data.train, restored=bool(restored))
         if restored:
             self.saved_step = self.step
             logging.info("Resumed from %s (step %d).", restored, self.step)

@@ -10,7 +10,8 @@ objective's module there).
 
 Every objective is a WideResNet subclass with its own `train_step` (trainers.classifier.Classifier
 holds what they share and documents the hooks the loop calls: `from_config`, `check_config`,
-`uses_replay_buffer`, `checkpoint_items`, `sample_images`, `apply_recovery`, `reapply_recovery`).
+`uses_replay_buffer`, `checkpoint_items`, `sample_images`, `apply_recovery`, `reapply_recovery`,
+`prepare_for_data`).
 The loop asks the model through these hooks and never checks which objective it runs.
 
 `jem_tf.configs.base.OBJECTIVES` lists the same names so a bad --objective is refused before

@@ -3,7 +3,7 @@
 import functools
 
 from jem_tf.configs import paper, quick
-from jem_tf.configs.base import TrainConfig, incompatible_fields
+from jem_tf.configs.base import TrainConfig, incompatible_fields, objective_defaults
 
 PRESETS = {
     "paper": paper.get_config,
@@ -20,4 +20,4 @@ def get_preset(name: str) -> TrainConfig:
     return PRESETS[name]().validate()
 
 
-__all__ = ["PRESETS", "TrainConfig", "get_preset", "incompatible_fields"]
+__all__ = ["PRESETS", "TrainConfig", "get_preset", "incompatible_fields", "objective_defaults"]

@@ -15,13 +15,24 @@ from typing import Optional
 
 # The registered objectives' names (trainers/registry.py; a test keeps them equal), here so that a
 # bad --objective is refused before TensorFlow is imported.
-OBJECTIVES = ("classifier", "jem")
+OBJECTIVES = ("classifier", "jem", "jempp")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # The same names as jem_tf.precision.PRECISIONS (not imported: configs stay free of Keras).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 NORMS = ("none", "batch", "group")
 ACTIVATIONS = ("leaky_relu", "swish")
+# Where replay-buffer chains start: U(-1, 1) noise, or JEM++'s class-wise Gaussians of the data.
+CHAIN_INITS = ("uniform", "informative")
+
+# An objective's own defaults where they differ from the preset's (JEM++'s published CIFAR-10
+# setting: 10 proximal steps of 0.2 without noise, chains from the class-wise Gaussians). They apply
+# when --objective chooses another objective than the preset's; explicit flags still win.
+OBJECTIVE_DEFAULTS = {
+    "jempp": dict(sgld_steps=10, sgld_step_size=0.2, sgld_noise=0.0, chain_init="informative"),
+}
+# Fields only --objective=jempp reads; another objective refuses them when set (never ignored silently).
+JEMPP_FIELDS = ("proximal_max_grad", "proximal_inner_steps", "chain_init", "chain_init_jitter")
 # numpy's legacy seeding (keras.utils.set_random_seed) takes 0..2**32-1; TF and SeedSequence
 # take more. One documented range that every consumer accepts.
 MAX_SEED = 2**31 - 1
@@ -41,6 +52,8 @@ RESUME_INVARIANT_FIELDS = (
     "seed",
     # Which images are labelled (with the seed, it fixes the subset).
     "labels_per_class",
+    # The checkpoint holds the class Gaussians only with informative chains.
+    "chain_init",
     # A resumed run must compute what the uninterrupted run would have (bit-identical resume), and
     # a mixed_float16 checkpoint holds the loss-scale state the others lack. Evaluation and export
     # may still choose another precision: the weights are float32 in every precision.
@@ -70,7 +83,8 @@ class TrainConfig:
     objective: str = dataclasses.field(default="jem", metadata=dict(
         choices=OBJECTIVES,
         help="jem (classifier + log p(x) via SGLD) | classifier (cross-entropy baseline: the same network, data "
-             "and flags, cross-entropy only)."))
+             "and flags, cross-entropy only) | jempp (JEM++: proximal sampler and informative chain initialisation, "
+             "with its own sampler defaults: 10 steps of 0.2, no noise)."))
     # WRN-28-10 without normalisation (the paper removes batch norm).
     depth: int = dataclasses.field(default=28, metadata=dict(help="WideResNet depth 6n+4 (paper: 28)."))
     width: int = dataclasses.field(default=10, metadata=dict(help="WideResNet widening factor (paper: 10)."))
@@ -135,6 +149,23 @@ class TrainConfig:
     p_x_weight: float = dataclasses.field(default=1.0, metadata=dict(help="Weight of the log p(x) term (paper: 1)."))
     p_xy_weight: float = dataclasses.field(default=0.0, metadata=dict(
         help="Weight of the optional log p(x, y) term with class-conditional chains (paper: 0)."))
+    # JEM++ (Yang & Ji, ICCV 2021; --objective=jempp only): the proximal sampler and the informative
+    # initialisation. Its SGLD defaults come from OBJECTIVE_DEFAULTS.
+    proximal_max_grad: float = dataclasses.field(default=1.0, metadata=dict(help=(
+        "JEM++ (--objective=jempp): the proximal sampler clips each pixel's gradient d log p(x)/dx to "
+        "+-this before a step (JEM++'s --eps: 1), so one inner update moves a pixel by at most "
+        "--sgld_step_size times this; images are clipped to [-1, 1] after every update.")))
+    proximal_inner_steps: int = dataclasses.field(default=5, metadata=dict(help=(
+        "JEM++ (--objective=jempp): clipped updates per sampler step, all with that step's gradient "
+        "(JEM++'s --in_steps: 5); a sampler step moves a pixel by at most this x --sgld_step_size x "
+        "--proximal_max_grad.")))
+    chain_init: str = dataclasses.field(default="uniform", metadata=dict(choices=CHAIN_INITS, help=(
+        "uniform | informative. Where replay-buffer chains start and restart: U(-1, 1) noise, or (JEM++, "
+        "--objective=jempp's default) class-wise Gaussians fitted on the training images, kept in the "
+        "checkpoint and checked against the data on resume.")))
+    chain_init_jitter: float = dataclasses.field(default=1e-4, metadata=dict(help=(
+        "JEM++ informative initialisation: added to the diagonal of every class covariance so a "
+        "rank-deficient one (fewer images than pixels, constant pixels) can be sampled (JEM++: 1e-4).")))
     # Execution.
     strategy: str = dataclasses.field(default="auto", metadata=dict(
         choices=STRATEGIES,
@@ -240,6 +271,17 @@ class TrainConfig:
               "labels_per_class", "a positive integer (labelled images per class) or unset (all labelled)")
         check(self.p_x_weight >= 0, "p_x_weight", "a non-negative number")
         check(self.p_xy_weight >= 0, "p_xy_weight", "a non-negative number")
+        check(self.proximal_max_grad > 0, "proximal_max_grad", "a positive number (JEM++: 1)")
+        check(isinstance(self.proximal_inner_steps, int) and self.proximal_inner_steps >= 1, "proximal_inner_steps",
+              "a positive integer (JEM++: 5)")
+        check(self.chain_init in CHAIN_INITS, "chain_init", f"one of {CHAIN_INITS}")
+        check(self.chain_init_jitter > 0, "chain_init_jitter", "a positive number (JEM++: 1e-4)")
+        if self.objective != "jempp":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in JEMPP_FIELDS:
+                check(getattr(self, name) == defaults[name], name,
+                      f"its default {defaults[name]!r}: it is read by --objective=jempp only (JEM++), "
+                      f"not by --objective={self.objective}")
         check(isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]")
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", "a positive integer or unset")
         check(self.checkpoint_every_steps >= 1, "checkpoint_every_steps", "a positive integer")
@@ -287,6 +329,12 @@ class TrainConfig:
     def load(cls, path: str) -> "TrainConfig":
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def objective_defaults(preset_objective: str, objective: str) -> dict:
+    """The fields `objective` sets when it replaces the preset's objective (OBJECTIVE_DEFAULTS);
+    apply them before the explicit flags, which win."""
+    return dict(OBJECTIVE_DEFAULTS.get(objective, {})) if objective != preset_objective else {}
 
 
 def incompatible_fields(saved: TrainConfig, requested: TrainConfig) -> list:

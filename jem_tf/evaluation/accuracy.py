@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from jem_tf import energy, precision
-from jem_tf.evaluation import common
+from jem_tf.evaluation import common, registry, report
 from jem_tf.sampling import sgld
 
 
@@ -92,3 +92,43 @@ def evaluate_accuracy(model, images, labels, *, refine_steps=(1, 10), step_size:
         for name, value in classification_metrics(logits, labels).items():
             results[f"refinement/steps_{steps}/{name}"] = value
     return results, plain_logits
+
+
+@registry.register("accuracy")
+class AccuracyEvaluation(registry.Evaluation):
+    """Plain test accuracy of the run (and the comparison run), and after each --refine_steps."""
+
+    title = "Accuracy (JEM-K: K refinement steps before classifying)"
+
+    def run(self, context):
+        for prefix, run in context.runs():
+            steps = context.options.refine_steps if not prefix else ()
+            results, logits = evaluate_accuracy(
+                run.model, context.images, context.labels, refine_steps=steps, step_size=run.sgld_step_size,
+                noise_std=run.sgld_noise, seed=context.options.seed, batch_size=context.options.batch_size,
+                progress=context.options.progress, predictor=context.predictor(prefix, run))
+            context.keep_plain_logits(prefix, logits)
+            context.results.update({prefix + key: value for key, value in results.items()})
+            if not prefix:
+                context.results["refinement/step_size"] = run.sgld_step_size
+                context.results["refinement/noise_std"] = run.sgld_noise
+
+    def report_section(self, results, figures, run, compare):
+        lines = ["## " + self.heading(), ""]
+        steps = sorted(int(k.split("/")[1][len("steps_"):]) for k in results
+                       if k.startswith("refinement/steps_") and k.endswith("/accuracy"))
+        fmt = report.fmt
+        rows = []
+        for prefix, name in report.models(results, run, compare):
+            rows.append([name, 0, fmt(results.get(prefix + "accuracy"), percent=True),
+                         fmt(results.get(prefix + "cross_entropy")), fmt(results.get(prefix + "mean_log_px"))])
+            if not prefix:
+                for k in steps:
+                    base = f"refinement/steps_{k}/"
+                    rows.append([name, k, fmt(results.get(base + "accuracy"), percent=True),
+                                 fmt(results.get(base + "cross_entropy")), fmt(results.get(base + "mean_log_px"))])
+        lines += report.table(["model", "refinement steps", "accuracy", "cross-entropy", "mean log p~(x)"], rows)
+        if steps:
+            lines += [f"Refinement: SGLD on log p~(x) with step size {fmt(results.get('refinement/step_size'))} and "
+                      f"noise {fmt(results.get('refinement/noise_std'))} (the training run's settings).", ""]
+        return lines

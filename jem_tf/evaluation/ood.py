@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from jem_tf import energy, metrics, precision
-from jem_tf.evaluation import common
+from jem_tf.evaluation import common, plots, registry, report
 
 SCORE_NAMES = ("log_px", "max_prob", "grad_norm")
 SYNTHETIC_SETS = ("uniform", "constant", "interp")
@@ -170,3 +170,75 @@ def ood_metrics(in_scores: dict, out_scores: dict, prefix: str) -> dict:
         results[f"{prefix}/{name}/fpr_at_95_tpr"] = metrics.fpr_at_tpr(in_scores[name], out_scores[name], TPR_LEVEL)
         results[f"{prefix}/{name}/mean"] = float(np.nanmean(out_scores[name]))
     return results
+
+
+SCORE_TITLES = {"log_px": "log p(x)", "max_prob": "max_y p(y|x)", "grad_norm": "-‖∂ log p(x)/∂x‖"}
+
+
+@registry.register("ood")
+class OodEvaluation(registry.Evaluation):
+    """AUROC and FPR at 95 % TPR of the three scores on every available --ood_sets set (Tables 3 and 7)."""
+
+    title = "Out-of-distribution detection (section 5.3, Tables 3 and 7)"
+    uses_ood_sets = True
+
+    def run(self, context):
+        available = []
+        for name in context.options.ood_sets:
+            images = context.ood_images(name)
+            if isinstance(images, str):
+                context.results[f"ood/{common.key_name(name)}"] = common.unavailable(images)
+            else:
+                available.append(name)
+        if not available:
+            # Nothing to compare against: no point scoring the in-distribution data either.
+            raise common.Unavailable(
+                f"none of the requested OOD sets ({', '.join(context.options.ood_sets)}) is available here; "
+                "see the ood/<set> entries")
+        for prefix, run in context.runs():
+            in_scores = context.in_scores(prefix, run)
+            for name in SCORE_NAMES:
+                context.results[f"{prefix}ood/in_distribution/{name}/mean"] = float(np.nanmean(in_scores[name]))
+            context.results[f"{prefix}ood/in_distribution/num_examples"] = len(context.images)
+        for name in available:
+            key = common.key_name(name)
+            for prefix, run in context.runs():
+                context.results.update(ood_metrics(context.in_scores(prefix, run),
+                                                   context.ood_scores(prefix, run, name), f"{prefix}ood/{key}"))
+                context.results[f"{prefix}ood/{key}/num_examples"] = len(context.ood_images(name))
+            context.figures[f"ood_histograms_{key}"] = plots.score_histograms(
+                context.figure_path(f"ood_histograms_{key}.png"), name, context.run.dataset,
+                context.in_scores("", context.run), context.ood_scores("", context.run, name))
+
+    def report_section(self, results, figures, run, compare):
+        lines = ["## " + self.heading(), ""]
+        sets = []
+        for key in results:
+            parts = key.split("/")
+            if key.startswith("ood/") and len(parts) == 4 and parts[3] == "auroc" and parts[1] != "in_distribution":
+                if parts[1] not in sets:
+                    sets.append(parts[1])
+        if sets:
+            for metric, title in (("auroc", "AUROC"), ("fpr_at_95_tpr", "FPR at 95% TPR (lower is better)")):
+                count = results.get("ood/in_distribution/num_examples")
+                lines += [f"**{title}** — in-distribution: {run.dataset} test ({count} images)", ""]
+                rows = []
+                for score, score_title in SCORE_TITLES.items():
+                    for prefix, name in report.models(results, run, compare):
+                        rows.append([score_title, name] + [
+                            report.fmt(results.get(f"{prefix}ood/{s}/{score}/{metric}"), digits=3) for s in sets])
+                lines += report.table(["score", "model"] + sets, rows)
+        lines += unavailable_set_lines(results)
+        for s in sets:
+            lines += report.image(figures, f"ood_histograms_{s}", f"Score histograms, {s}")
+        return lines
+
+    def unavailable_details(self, results):
+        return unavailable_set_lines(results)
+
+
+def unavailable_set_lines(results) -> list:
+    """One line per requested OOD set that was unavailable, saying why."""
+    lines = [f"- **{k.split('/', 1)[1]}**: {v}" for k, v in results.items()
+             if k.startswith("ood/") and k.count("/") == 1 and common.is_unavailable(v)]
+    return lines + [""] if lines else []

@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from jem_tf import metrics
-from jem_tf.evaluation import common
+from jem_tf.evaluation import common, registry, report, samples
 
 INCEPTION_SIZE = 299
 # InceptionV3's smallest accepted input.
@@ -100,3 +100,39 @@ def evaluate_sample_quality(inception: InceptionModel, sample_sets: dict, refere
                         f"sample_quality/{name}/num_images": len(features)})
         logging.info("Sample quality of %s: IS %.3f +- %.3f, FID %.2f.", name, mean_is, std_is, fid)
     return results
+
+
+@registry.register("sample_quality")
+class SampleQualityEvaluation(registry.Evaluation):
+    """Inception Score and FID of the samples evaluation's image sets (run first when it has not)."""
+
+    title = "Sample quality: Inception Score and FID (appendix B)"
+
+    def run(self, context):
+        weights = context.options.inception_weights
+        if not weights:
+            raise common.Unavailable(
+                "no --inception_weights=PATH given. Keras cannot download the ImageNet InceptionV3 weights on "
+                "this offline machine; copy inception_v3_weights_tf_dim_ordering_tf_kernels.h5 here and pass "
+                "its path")
+        inception = InceptionModel(
+            None if weights == RANDOM_WEIGHTS else weights, context.options.inception_size)
+        if context.sample_sets is None:
+            samples.SamplesEvaluation().run(context)
+        context.results.update(evaluate_sample_quality(
+            inception, context.sample_sets, context.images, batch_size=context.options.batch_size,
+            num_splits=context.options.quality_splits, progress=context.options.progress))
+
+    def report_section(self, results, figures, run, compare):
+        lines = ["## " + self.heading(), ""]
+        sets = [k.split("/")[1] for k in results if k.startswith("sample_quality/") and k.endswith("/inception_score")]
+        if sets:
+            lines += [f"InceptionV3 weights: {results.get('sample_quality/weights')}. FID is measured against the "
+                      "real test images; Keras-InceptionV3 numbers are not comparable with the paper's "
+                      "(appendix B).", ""]
+            rows = [[s, results.get(f"sample_quality/{s}/num_images"),
+                     f"{report.fmt(results.get(f'sample_quality/{s}/inception_score'))} ± "
+                     f"{report.fmt(results.get(f'sample_quality/{s}/inception_score_std'), digits=2)}",
+                     report.fmt(results.get(f"sample_quality/{s}/fid"))] for s in sets]
+            lines += report.table(["images", "count", "Inception Score", "FID"], rows)
+        return lines

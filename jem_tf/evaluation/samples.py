@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from jem_tf import energy, precision
-from jem_tf.evaluation import common
+from jem_tf.evaluation import common, plots, registry, report
 from jem_tf.sampling import sgld
 
 
@@ -47,7 +47,8 @@ def buffer_images(model, limit: int, seed: int = 0) -> np.ndarray:
     """Up to `limit` chains of the trained replay buffer, a random subset when it holds more."""
     replay_buffer = getattr(model, "replay_buffer", None)
     if replay_buffer is None:
-        raise common.Unavailable("the model has no replay buffer (a classifier-objective run has no chains)")
+        raise common.Unavailable("the run has no replay buffer: its checkpoint holds no persistent chains (a run "
+                                 "without a buffer, e.g. a classifier or --buffer_size=0, has fresh chains only)")
     images = replay_buffer.images.numpy()
     if len(images) > limit:
         images = images[np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))]
@@ -85,3 +86,97 @@ def conditional_grid(images, selections, per_class: int, image_shape):
         row[: len(indices)] = images[indices]
         rows.append(row)
     return np.concatenate(rows)
+
+
+@registry.register("samples")
+class SamplesEvaluation(registry.Evaluation):
+    """Fresh unconditional and class-conditional chains and, when the run has one, its replay buffer:
+    grids and mean log p~(x) / max p(y|x); the image sets are kept for sample_quality."""
+
+    title = "Samples (appendices B and C)"
+
+    def run(self, context):
+        run, options = context.run, context.options
+        sets = {}
+        chain_settings = dict(steps=options.sample_steps, step_size=run.sgld_step_size, noise_std=run.sgld_noise,
+                              batch_size=options.batch_size, progress=options.progress)
+        fresh = fresh_chains(run.model, options.num_samples, run.image_shape, seed=options.seed,
+                                     **chain_settings)
+        sets["fresh"] = fresh
+        columns = int(np.ceil(np.sqrt(len(fresh))))
+        context.figures["samples_fresh_unconditional"] = plots.image_grid(
+            context.figure_path("samples_fresh_unconditional.png"), fresh, columns,
+            f"Unconditional samples: {options.sample_steps} SGLD steps from U(-1, 1)")
+        _sample_metrics(context, "samples/fresh", fresh)
+
+        classes = context.class_rows()
+        targets = np.repeat(classes, options.samples_per_class)
+        conditional = fresh_chains(run.model, len(targets), run.image_shape, seed=options.seed + 1,
+                                           labels=targets, **chain_settings)
+        sets["fresh_conditional"] = conditional
+        logits = context.logits(conditional)
+        probabilities = energy.class_probabilities(logits).numpy()
+        context.results["samples/fresh_conditional/class_agreement"] = float(np.mean(logits.argmax(-1) == targets))
+        # Within each class row, the most confident first (appendix B's ranking by p(y|x)).
+        rows = []
+        for row, label in enumerate(classes):
+            indices = np.arange(row * options.samples_per_class, (row + 1) * options.samples_per_class)
+            rows.append(indices[np.argsort(-probabilities[indices, label], kind="stable")])
+        context.figures["samples_fresh_conditional"] = plots.image_grid(
+            context.figure_path("samples_fresh_conditional.png"), conditional[np.concatenate(rows)],
+            options.samples_per_class, f"Class-conditional samples: {options.sample_steps} SGLD steps on "
+            "log p(x, y), sorted by p(y|x)", row_labels=[run.class_name(c) for c in classes])
+        _sample_metrics(context, "samples/fresh_conditional", conditional)
+
+        try:
+            buffer = buffer_images(run.model, run.model.replay_buffer.size if run.has_replay_buffer else 0,
+                                           options.seed)
+        except common.Unavailable as reason:
+            context.results["samples/buffer"] = common.unavailable(reason)
+        else:
+            shown = buffer[: options.num_samples]
+            context.figures["samples_buffer_unconditional"] = plots.image_grid(
+                context.figure_path("samples_buffer_unconditional.png"), shown, int(np.ceil(np.sqrt(len(shown)))),
+                f"Replay buffer (persistent chains), {len(shown)} of {len(buffer)}")
+            buffer_logits = context.logits(buffer, f"Classifying the {len(buffer)} replay-buffer chains")
+            _sample_metrics(context, "samples/buffer", buffer, buffer_logits)
+            counts = np.bincount(buffer_logits.argmax(-1), minlength=run.num_classes)
+            context.results["samples/buffer/predicted_class_counts"] = [int(c) for c in counts]
+            selections = top_by_class(buffer_logits, run.num_classes, options.samples_per_class)
+            context.figures["samples_buffer_conditional"] = plots.image_grid(
+                context.figure_path("samples_buffer_conditional.png"),
+                conditional_grid(buffer, [selections[c] for c in classes], options.samples_per_class,
+                                         run.image_shape),
+                options.samples_per_class, "Conditional samples from the replay buffer: per class, the chains with "
+                "the highest p(y|x) (appendix B)", row_labels=[run.class_name(c) for c in classes])
+            sets["buffer"] = buffer[: options.num_examples]
+            sets["buffer_top10"] = buffer[top_fraction(buffer_logits, options.quality_top_fraction)]
+        context.sample_sets = sets
+
+    def report_section(self, results, figures, run, compare):
+        lines = ["## " + self.heading(), ""]
+        rows = []
+        for name in ("fresh", "fresh_conditional", "buffer"):
+            base = f"samples/{name}"
+            if f"{base}/num_images" in results:
+                rows.append([name, results[f"{base}/num_images"], report.fmt(results.get(f"{base}/mean_log_px")),
+                             report.fmt(results.get(f"{base}/mean_max_prob"), percent=True)])
+        lines += report.table(["samples", "images", "mean log p~(x)", "mean max p(y|x)"], rows)
+        if "samples/fresh_conditional/class_agreement" in results:
+            lines += [f"Class-conditional chains classified as their target class: "
+                      f"{report.fmt(results['samples/fresh_conditional/class_agreement'], percent=True)}.", ""]
+        lines += report.unavailable_line(results, "samples/buffer")
+        for name, caption in (("samples_fresh_unconditional", "Fresh unconditional samples"),
+                              ("samples_fresh_conditional", "Fresh class-conditional samples"),
+                              ("samples_buffer_unconditional", "Replay buffer"),
+                              ("samples_buffer_conditional", "Conditional samples from the replay buffer")):
+            lines += report.image(figures, name, caption)
+        return lines
+
+
+def _sample_metrics(context, prefix, images, logits=None):
+    """`<prefix>/{mean_log_px,mean_max_prob,num_images}` of a set of samples."""
+    logits = context.logits(images) if logits is None else logits
+    context.results[f"{prefix}/mean_log_px"] = float(np.mean(energy.log_marginal(logits).numpy()))
+    context.results[f"{prefix}/mean_max_prob"] = float(np.mean(energy.class_probabilities(logits).numpy().max(-1)))
+    context.results[f"{prefix}/num_images"] = len(images)

@@ -37,8 +37,13 @@ class ReplayBuffer(tf.Module):
     Create it inside the distribution strategy's scope, and save it in the checkpoint.
     """
 
-    def __init__(self, size: int, image_shape, seed: int = 0, name: str = "replay_buffer"):
+    def __init__(self, size: int, image_shape, seed: int = 0, name: str = "replay_buffer", initializer=None):
+        """`initializer`: None for U(-1, 1) chains; or an object drawing fresh chains for given
+        classes, `initializer.sample(classes, seed, batch_size, offset)` with `num_classes`
+        (`jem_tf.sampling.informative_init.ClassGaussians`, JEM++): it then also draws the
+        re-initialised chains, and `initialise_chains` fills the buffer from it."""
         super().__init__(name=name)
+        self.initializer = initializer
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"buffer_size must be a positive integer; received {size!r}.")
         self.size = size
@@ -85,11 +90,36 @@ class ReplayBuffer(tf.Module):
             tf.random.stateless_uniform([global_batch], seed=seeds[1])[offset : offset + local_batch]
             < reinit_freq
         )
-        fresh = tf.random.stateless_uniform(
-            tf.concat([[global_batch], self.image_shape], 0), seed=seeds[2], minval=-1.0, maxval=1.0
-        )[offset : offset + local_batch]
+        fresh = self._fresh_chains(global_batch, offset, local_batch, seeds[2], labels)
         stored = tf.gather(self.images, slots)
         return tf.where(reinit[:, None, None, None], fresh, stored), slots
+
+    def _fresh_chains(self, global_batch, offset, local_batch, seed, labels):
+        """This replica's slice of the global batch's candidate re-initialised chains."""
+        if self.initializer is None:
+            return tf.random.stateless_uniform(
+                tf.concat([[global_batch], self.image_shape], 0), seed=seed, minval=-1.0, maxval=1.0
+            )[offset : offset + local_batch]
+        class_seed, normal_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        if labels is None:  # a class drawn uniformly for each chain, as JEM++ draws it
+            classes = tf.random.stateless_uniform(
+                [global_batch], seed=class_seed, minval=0, maxval=self.initializer.num_classes, dtype=tf.int32
+            )[offset : offset + local_batch]
+        else:  # a class-conditional chain starts from its own class's Gaussian
+            classes = tf.cast(labels, tf.int32)
+        return self.initializer.sample(classes, normal_seed, batch_size=global_batch, offset=offset)
+
+    def slot_classes(self):
+        """The class of each slot for `initialise_chains`: slot s holds class s mod num_classes,
+        the partition the class-conditional `sample` uses."""
+        return tf.range(self.size) % self.initializer.num_classes
+
+    def initialise_chains(self, seed) -> None:
+        """Fills every chain from `initializer` (cross-replica context), a stateless draw from `seed`."""
+        if self.initializer is None:
+            raise ValueError(
+                "initialise_chains needs the buffer's initializer; the U(-1, 1) chains are made in __init__.")
+        self.images.assign(self.initializer.sample(self.slot_classes(), tf.cast(seed, tf.int64)))
 
     def write(self, slots, images):
         """Writes this replica's chains back; call from every replica (collective)."""
@@ -98,16 +128,19 @@ class ReplayBuffer(tf.Module):
         return self.images.scatter_update(tf.IndexedSlices(all_images, all_slots))
 
     def reinitialise_wild(self, limit: float, seed) -> int:
-        """Replaces chains holding a non-finite pixel or one beyond +-limit by fresh U(-1, 1) noise
-        (a stateless draw from `seed`, three integers); returns how many were replaced. Eager, outside
-        any replica context (divergence recovery)."""
+        """Replaces chains holding a non-finite pixel or one beyond +-limit by fresh U(-1, 1) noise, or
+        draws from the `initializer` when there is one (a stateless draw from `seed`, three integers);
+        returns how many were replaced. Eager, outside any replica context (divergence recovery)."""
         images = self.images.read_value()
         finite = tf.reduce_all(tf.math.is_finite(images), axis=[1, 2, 3])
         bounded = tf.reduce_all(tf.abs(tf.where(tf.math.is_finite(images), images, 0.0)) <= limit, axis=[1, 2, 3])
         wild = tf.logical_not(tf.logical_and(finite, bounded))
         count = int(tf.reduce_sum(tf.cast(wild, tf.int32)))
         if count:
-            fresh = tf.random.stateless_uniform(tf.shape(images), seed=tf.constant(
-                [seed[0], seed[1] * 1000 + seed[2]], tf.int64), minval=-1.0, maxval=1.0)
+            fresh_seed = tf.constant([seed[0], seed[1] * 1000 + seed[2]], tf.int64)
+            if self.initializer is None:
+                fresh = tf.random.stateless_uniform(tf.shape(images), seed=fresh_seed, minval=-1.0, maxval=1.0)
+            else:  # from the initializer, slot s from class s mod num_classes (as `initialise_chains`)
+                fresh = self.initializer.sample(self.slot_classes(), fresh_seed)
             self.images.assign(tf.where(wild[:, None, None, None], fresh, images))
         return count

@@ -10,6 +10,7 @@ through refinement) and the exported `refine_then_classify` signature.
 import tensorflow as tf
 
 from jem_tf import energy
+from jem_tf.sampling.proximal import ProximalBounds, proximal_update
 
 # Compiled wrappers, one per jit setting, so each is traced once per input signature.
 _COMPILED = {}
@@ -26,6 +27,7 @@ def sgld_sample(
     noise_batch_size=None,
     noise_batch_offset=0,
     score_scale: float = 1.0,
+    proximal: ProximalBounds | None = None,
 ) -> tf.Tensor:
     """Runs `steps` SGLD updates from `initial_images` and returns the final images.
 
@@ -44,6 +46,9 @@ def sgld_sample(
       score_scale: a Python float; the score is computed as d (score_scale * log p~) / dx divided
         by score_scale (`jem_tf.precision.input_gradient_scale`: >1 only for float16 networks,
         whose backward pass would otherwise underflow).
+      proximal: None for the SGLD update above; `ProximalBounds` for JEM++'s proximal update
+        (`jem_tf.sampling.proximal`: bounded gradient, bounded image updates clipped to [-1, 1],
+        then the noise). A Python constant: the compiled sampler is traced once per value.
 
     Returns:
       The images after `steps` updates, same shape and dtype as `initial_images`.
@@ -63,7 +68,10 @@ def sgld_sample(
         # Deterministic given (seed, step); XLA-compiled and plain kernels draw different streams.
         noise = tf.random.stateless_normal(noise_shape, seed=tf.random.experimental.stateless_fold_in(seed, step))
         noise = noise[noise_batch_offset : noise_batch_offset + local_batch]
-        images = images + step_size * score + noise_std * noise
+        if proximal is None:
+            images = images + step_size * score + noise_std * noise
+        else:
+            images = proximal_update(images, score, step_size, proximal) + noise_std * noise
         return step + 1, tf.ensure_shape(images, initial_images.shape)
 
     _, images = tf.while_loop(
