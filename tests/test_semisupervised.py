@@ -222,3 +222,11 @@ def test_the_record_names_the_subset_and_bad_settings_are_refused_before_trainin
         data.training_data_record(synthetic, _config(labels_per_class=31))
     with pytest.raises(ValueError, match="--labels_per_class=1 gives 4 labelled images, fewer than one --batch_size=6"):
         data.training_data_record(synthetic, _config(labels_per_class=1))
+
+
+def test_the_examples_whose_labels_a_run_may_use_are_the_subset_with_the_flag(synthetic):
+    assert data.labelled_training_examples(synthetic, _config()) is synthetic.train
+    examples = list(data.labelled_training_examples(synthetic, _config(labels_per_class=5)).as_numpy_iterator())
+    subset = semisupervised.labelled_subset(synthetic, 5, seed=3)
+    np.testing.assert_array_equal(np.stack([image for image, _ in examples]), subset.images)
+    np.testing.assert_array_equal([label for _, label in examples], subset.labels)

@@ -231,3 +231,13 @@ def test_semi_supervised_jem_on_two_replicas_matches_one_device():
     assert max(np.abs(a - b).max() for a, b in zip(one.get_weights(), initial)) > 1e-3
     for a, b in zip(one.get_weights(), two.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_jempp_fits_its_class_gaussians_on_the_labelled_subset_only(tmp_path):
+    """JEM++'s informative initialisation reads labels: a semi-supervised run must fit it on the N
+    labelled images per class, never on the labels it is meant not to have."""
+    workdir = str(tmp_path / "jempp")
+    loop.train(semi_supervised_config(workdir, "jempp", chain_init="informative", max_steps=1))
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", "ckpt-1"))
+    (counts_key,) = [key for key in reader.get_variable_to_shape_map() if "class_gaussians/counts" in key]
+    np.testing.assert_array_equal(reader.get_tensor(counts_key), [LABELS_PER_CLASS] * 10)

@@ -506,7 +506,9 @@ class _Run:
         self.step = _optimizer_step(self.optimizer)
         self._check_workers_agree_on_step()
         with self.strategy.scope():
-            self.model.prepare_for_data(self.data.train, restored=bool(restored))
+            # Only the examples whose labels the run may use (--labels_per_class: the labelled subset).
+            self.model.prepare_for_data(jem_data.labelled_training_examples(self.data, self.config),
+                                        restored=bool(restored))
         if restored:
             self.saved_step = self.step
             logging.info("Resumed from %s (step %d).", restored, self.step)

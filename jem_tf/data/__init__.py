@@ -10,7 +10,7 @@
 from jem_tf.data.download import DatasetDownloadError, is_downloadable, prepare
 from jem_tf.data.pipeline import AUGMENTATIONS, crop_padding, make_batches, to_model_range
 from jem_tf.data.sources import DATASETS, DatasetUnavailableError, ImageData, InvalidDatasetError, load
-from jem_tf.data.training import make_training_batches, training_data_record
+from jem_tf.data.training import labelled_training_examples, make_training_batches, training_data_record
 
 __all__ = [
     "AUGMENTATIONS",
@@ -21,6 +21,7 @@ __all__ = [
     "InvalidDatasetError",
     "crop_padding",
     "is_downloadable",
+    "labelled_training_examples",
     "load",
     "make_batches",
     "make_training_batches",

@@ -25,6 +25,17 @@ def training_data_record(data, config) -> dict:
     return {"labelled_subset": subset.describe()}
 
 
+def labelled_training_examples(data, config) -> tf.data.Dataset:
+    """The unbatched `(uint8 image, label)` training examples whose labels the run may use: every
+    training image, or with `config.labels_per_class` only the labelled subset. What an objective
+    fits to labelled data before training (JEM++'s class Gaussians) is fitted on these, so a
+    semi-supervised run never reads the labels it is meant not to have."""
+    if config.labels_per_class is None:
+        return data.train
+    subset = semisupervised.labelled_subset(data, config.labels_per_class, config.seed)
+    return tf.data.Dataset.from_tensor_slices((subset.images, subset.labels))
+
+
 def make_training_batches(data, config, *, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
     """The training stream of a run: epoch `epoch` of `data.train` from batch `skip_batches` on.
 
