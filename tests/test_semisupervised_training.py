@@ -146,6 +146,11 @@ def test_a_semi_supervised_run_exports_and_evaluates(uninterrupted, tmp_path):
     wanted = ["accuracy", "calibration/ece"] + (["ood/uniform/log_px/auroc"] if objective == "jem" else [])
     for key in wanted:
         assert isinstance(results.get(key), float) and np.isfinite(results[key]), (key, results.get(key))
+    # The report says which labels the run learned from.
+    sha = workdir_lib.load_run_info(workdir)["labelled_subset"]["indices_sha256"]
+    assert results["meta/training_labels"].startswith(f"{LABELS_PER_CLASS} per class, {10 * LABELS_PER_CLASS} images")
+    assert sha[:16] in results["meta/training_labels"]
+    assert results["meta/training_labels"] in (tmp_path / "eval" / "report.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
