@@ -11,6 +11,7 @@ from jem_tf import data
 from jem_tf.configs import TrainConfig, get_preset
 from jem_tf.configs.base import incompatible_fields
 from jem_tf.data import semisupervised
+from jem_tf.evaluation import suite
 
 NUM_CLASSES = 4
 PER_CLASS = 30  # training images per class of the synthetic dataset
@@ -230,3 +231,11 @@ def test_the_examples_whose_labels_a_run_may_use_are_the_subset_with_the_flag(sy
     subset = semisupervised.labelled_subset(synthetic, 5, seed=3)
     np.testing.assert_array_equal(np.stack([image for image, _ in examples]), subset.images)
     np.testing.assert_array_equal([label for _, label in examples], subset.labels)
+
+
+def test_the_evaluation_describes_the_labels_a_run_learned_from(synthetic):
+    assert suite.training_labels_description({}) == "every training image's label"
+    record = data.training_data_record(synthetic, _config(labels_per_class=5))
+    described = suite.training_labels_description(record)
+    assert described.startswith("5 per class, 20 images") and "seed 3" in described
+    assert record["labelled_subset"]["indices_sha256"][:16] in described
