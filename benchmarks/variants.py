@@ -109,8 +109,22 @@ def run_variant(variant: Variant, output_dir: str, base_flags, eval_flags, rerun
     with open(os.path.join(workdir, "metrics.json")) as f:
         row["global_step"] = json.load(f)["global_step"]
     row["results"] = {key: results.get(key) for _, key, _ in COLUMNS}
+    row["code"] = _code_version()
     row["status"] = "ok"
     return row
+
+
+def _code_version() -> str:
+    """The git commit the row was measured on (with '+changes' for a dirty tree), or 'unknown'."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
 
 
 def _cell(value, fmt) -> str:

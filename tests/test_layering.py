@@ -7,6 +7,7 @@ Every import counts, at any depth (function-level imports included), relative on
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,34 @@ def test_relative_imports_resolve_inside_the_file_package():
     assert [m for _, m in imported_modules(source, "jem_tf/evaluation/x.py")] == \
         ["jem_tf.evaluation.energy", "jem_tf.sampling.sgld", "jem_tf.evaluation.common.x"]
     assert violations(source, "jem_tf/evaluation/x.py") == []
+
+
+# The parts that serve every objective: they ask the model (trainers/registry.py hooks) or read the
+# run's files, and never branch on which objective it is.
+OBJECTIVE_AGNOSTIC = ("trainers/loop.py", "export", "jem_tf/evaluation", "jem_tf/workdir.py", "jem_tf/preflight.py",
+                      "jem_tf/data")
+OBJECTIVE_BRANCH = re.compile(
+    r"objective\s*(==|!=|\bin\b|\bnot in\b)"  # config.objective == "jem", objective in (...)
+    r"|isinstance\([^)]*\b(JEM\w*|Classifier)\b"  # isinstance(model, JEM)
+    r"|hasattr\([^)]*[\"']replay_buffer[\"']")  # duck-typed JEM checks
+
+
+def objective_branches(source: str, relative_path: str) -> list:
+    return [f"{relative_path}:{number}: {line.strip()}" for number, line in enumerate(source.splitlines(), 1)
+            if OBJECTIVE_BRANCH.search(line) and not line.lstrip().startswith("#")]
+
+
+def test_the_loop_export_and_evaluation_never_branch_on_the_objective():
+    found = []
+    for part in OBJECTIVE_AGNOSTIC:
+        paths = [REPO / part] if part.endswith(".py") else sorted((REPO / part).rglob("*.py"))
+        for path in paths:
+            found += objective_branches(path.read_text(), str(path.relative_to(REPO)))
+    assert not found, "objective-specific branches (use the objective's hooks):\n" + "\n".join(found)
+
+
+def test_the_objective_branch_check_recognises_each_form():
+    for line in ('if config.objective == "jem":', "if isinstance(model, JEM):", "elif isinstance(m, (JEMPP, X)):",
+                 'if hasattr(model, "replay_buffer"):', "if config.objective in ('jem', 'jempp'):"):
+        assert objective_branches(line, "x.py"), line
+    assert not objective_branches("objective_name = 'jem'  # registry", "x.py")
