@@ -44,6 +44,12 @@ VARIANTS = (
             ("--objective=jem", "--buffer_size=0", "--sgld_steps=100")),
     Variant("jem_stabilised", "JEM + energy L2 0.1 (wgrathwohl/JEM issue #4) + chains clamped to [-1, 1] (JEM++)",
             ("--objective=jem", "--energy_l2=0.1", "--sgld_clamp")),
+    # Semi-supervised: both see the same 10 labelled images per class (chosen by the seed); JEM's
+    # log p(x) term also sees every other training image.
+    Variant("classifier_10_labels", "baseline for semi-supervised JEM: cross-entropy on 10 labelled images per class",
+            ("--objective=classifier", "--labels_per_class=10")),
+    Variant("jem_10_labels", "semi-supervised JEM (Grathwohl et al., ICLR 2020, semi-supervised experiments; "
+            "the reference code's --labels_per_class)", ("--objective=jem", "--labels_per_class=10")),
     Variant("jempp", "JEM++ (Yang & Ji, ICCV 2021; github.com/sndnyang/JEMPP): proximal sampler, informative "
             "initialisation", ("--objective=jempp",)),
 )

@@ -50,6 +50,8 @@ RESUME_INVARIANT_FIELDS = (
     "buffer_size",
     "batch_size",
     "seed",
+    # Which images are labelled (with the seed, it fixes the subset).
+    "labels_per_class",
     # The checkpoint holds the class Gaussians only with informative chains.
     "chain_init",
     # A resumed run must compute what the uninterrupted run would have (bit-identical resume), and
@@ -145,6 +147,10 @@ class TrainConfig:
     validation_size: Optional[int] = dataclasses.field(default=None, metadata=dict(
         help="Hold out a seeded random set of this many training images for validation instead of "
              "--validation_fraction (the reference code: 5000, numpy seed 1234). Not with --validation_fraction."))
+    labels_per_class: Optional[int] = dataclasses.field(default=None, metadata=dict(help=(
+        "Semi-supervised training (the JEM paper's semi-supervised experiments; the reference code's "
+        "--labels_per_class): cross-entropy only on a fixed, class-balanced subset of N training images per "
+        "class chosen by --seed, the log p(x) term on every training image. Unset: every image is labelled.")))
     # Loss weights: L = xent + p_x_weight * L_gen(x) + p_xy_weight * L_gen(x, y).
     p_x_weight: float = dataclasses.field(default=1.0, metadata=dict(help="Weight of the log p(x) term (paper: 1)."))
     p_xy_weight: float = dataclasses.field(default=0.0, metadata=dict(
@@ -279,6 +285,10 @@ class TrainConfig:
             raise ValueError(
                 f"--validation_size={self.validation_size} and --validation_fraction={self.validation_fraction} both "
                 "choose the validation split; pass only one (--validation_size replaces the fraction).")
+        check(self.labels_per_class is None or (isinstance(self.labels_per_class, int)
+                                                and not isinstance(self.labels_per_class, bool)
+                                                and self.labels_per_class >= 1),
+              "labels_per_class", "a positive integer (labelled images per class) or unset (all labelled)")
         check(self.p_x_weight >= 0, "p_x_weight", "a non-negative number")
         check(self.p_xy_weight >= 0, "p_xy_weight", "a non-negative number")
         check(self.p_y_given_x_weight >= 0, "p_y_given_x_weight", "a non-negative number")
