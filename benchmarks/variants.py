@@ -36,6 +36,20 @@ class Variant:
 VARIANTS = (
     Variant("classifier", "baseline: the same WideResNet, cross-entropy only", ("--objective=classifier",)),
     Variant("jem", "JEM (Grathwohl et al., ICLR 2020), Algorithm 1", ("--objective=jem",)),
+    Variant("jem_class_cond", "class-conditional JEM: the official code's --class_cond_p_x_sample; paper appendix A",
+            ("--objective=jem", "--class_cond_p_x_sample")),
+    Variant("jem_log_pxy_only", "the p(x|y) ablation, log p(x, y) only: paper section 4, Table 1 row 4",
+            ("--objective=jem", "--p_y_given_x_weight=0", "--p_x_weight=0", "--p_xy_weight=1")),
+    Variant("short_run", "short-run EBM (Nijkamp et al. 2019): paper appendix G.2; the official code's --buffer_size 0",
+            ("--objective=jem", "--buffer_size=0", "--sgld_steps=100")),
+    Variant("jem_stabilised", "JEM + energy L2 0.1 (wgrathwohl/JEM issue #4) + chains clamped to [-1, 1] (JEM++)",
+            ("--objective=jem", "--energy_l2=0.1", "--sgld_clamp")),
+    # Semi-supervised: both see the same 10 labelled images per class (chosen by the seed); JEM's
+    # log p(x) term also sees every other training image.
+    Variant("classifier_10_labels", "baseline for semi-supervised JEM: cross-entropy on 10 labelled images per class",
+            ("--objective=classifier", "--labels_per_class=10")),
+    Variant("jem_10_labels", "semi-supervised JEM (Grathwohl et al., ICLR 2020, semi-supervised experiments; "
+            "the reference code's --labels_per_class)", ("--objective=jem", "--labels_per_class=10")),
     Variant("jempp", "JEM++ (Yang & Ji, ICCV 2021; github.com/sndnyang/JEMPP): proximal sampler, informative "
             "initialisation", ("--objective=jempp",)),
     Variant("jem_batch_norm", "JEM with batch norm as JEM++ (Yang & Ji, ICCV 2021) and SADA-JEM train it: batch "

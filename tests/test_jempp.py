@@ -157,10 +157,12 @@ def test_a_resume_on_changed_data_is_refused_and_on_the_same_data_continues(trai
     workdir = str(tmp_path / "run")
     shutil.copytree(trained, workdir)
     checkpoints = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    run_files = {name: open(os.path.join(workdir, name)).read() for name in ("config.json", "run_info.json")}
     # --validation_fraction may change on resume, but it changes the training split the Gaussians fit.
     with pytest.raises(informative_init.DataChangedError, match="images per class .*training data changed"):
         loop.train(tiny_config(workdir, validation_fraction=0.1, max_steps=6))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == checkpoints, "no checkpoint touched"
+    assert {name: open(os.path.join(workdir, name)).read() for name in run_files} == run_files, "run files kept"
     metrics = loop.train(tiny_config(workdir, max_steps=6))
     assert metrics["global_step"] == 6 and metrics["steps_this_session"] == 2
 

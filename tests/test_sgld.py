@@ -49,6 +49,29 @@ def test_sliced_noise_equals_the_global_batch_noise():
     np.testing.assert_allclose(second_half, full[3:], rtol=1e-6)
 
 
+def test_clamp_keeps_every_step_in_minus_one_one():
+    """--sgld_clamp: clipped after each step, not only at the end, so later steps start inside."""
+
+    def outward(x):  # score = x: each unit step doubles the image
+        return 0.5 * tf.reduce_sum(tf.square(x), axis=[1, 2, 3])
+
+    x0 = tf.constant(np.array([0.3, -0.3, 0.9, -0.2], np.float32).reshape(4, 1, 1, 1))
+    free = sgld_sample(outward, x0, 3, 1.0, 0.0, SEED).numpy().ravel()
+    np.testing.assert_allclose(free, [2.4, -2.4, 7.2, -1.6], rtol=1e-6)  # 8 * x0: leaves [-1, 1]
+    clamped = sgld_sample(outward, x0, 3, 1.0, 0.0, SEED, clamp=True).numpy().ravel()
+    # Step by step: 0.3 -> 0.6 -> 1 (clipped from 1.2) -> 1 (from 2); 0.9 -> 1 -> 1 -> 1; -0.2 -> -0.4 -> -0.8 -> -1.
+    np.testing.assert_allclose(clamped, [1.0, -1.0, 1.0, -1.0], rtol=1e-6)
+    noisy = sgld_sample(outward, x0, 5, 1.0, 0.5, SEED, clamp=True).numpy()
+    assert noisy.min() >= -1.0 and noisy.max() <= 1.0
+    assert np.abs(sgld_sample(outward, x0, 5, 1.0, 0.5, SEED).numpy()).max() > 1.0
+
+
+def test_clamp_inside_the_range_changes_nothing():
+    x0 = tf.random.stateless_uniform((3, 4, 4, 1), seed=[1, 2], minval=-0.5, maxval=0.5)
+    np.testing.assert_array_equal(sgld_sample(gaussian_log_density, x0, 2, 0.1, 0.01, SEED, clamp=True),
+                                  sgld_sample(gaussian_log_density, x0, 2, 0.1, 0.01, SEED))
+
+
 def test_compiled_sampler_is_one_loop_not_unrolled_steps():
     x0 = tf.zeros((2, 4, 4, 1))
     function = tf.function(lambda x, steps: sgld_sample(gaussian_log_density, x, steps, 0.1, 0.01, SEED))

@@ -94,9 +94,11 @@ class Classifier(WideResNet):
         del change
 
     def prepare_for_data(self, train_images, restored: bool) -> None:
-        """Called once per session with the unbatched training split, after the checkpoint restore
-        (`restored`: whether one was restored) and before the first save and step: state the objective
-        derives from the data (JEM++'s class Gaussians) is made or checked here. None here."""
+        """Called once per session with the unbatched training examples whose labels the run may use
+        (`jem_tf.data.labelled_training_examples`: with --labels_per_class only the labelled subset),
+        after the checkpoint restore (`restored`: whether one was restored) and before the first save
+        and step: state the objective derives from the data (JEM++'s class Gaussians) is made or
+        checked here. None here."""
         del train_images, restored
 
     def step_seed(self) -> tf.Tensor:

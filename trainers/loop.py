@@ -279,13 +279,14 @@ def _check_resumable(config: TrainConfig):
     return True, dataclasses.replace(config, **{name: getattr(saved, name) for name in RECOVERY_STATE_FIELDS})
 
 
-def _prepare_workdir(config: TrainConfig, data) -> None:
-    """Writes config and run info. Call with the workdir lock held."""
+def _prepare_workdir(config: TrainConfig, data, training_data: dict) -> None:
+    """Writes config and run info (with `training_data`, e.g. the labelled subset). Call with the
+    workdir lock held."""
     workdir_lib.write_config(config.workdir, config)
     run_info = dict(
         dataset=data.name, image_shape=list(data.image_shape), num_classes=data.num_classes,
         class_names=list(data.class_names), num_train=data.num_train,
-        num_validation=data.num_validation, num_test=data.num_test,
+        num_validation=data.num_validation, num_test=data.num_test, **training_data,
     )
     workdir_lib.write_run_info(config.workdir, run_info)
 
@@ -411,6 +412,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
             f"--batch_size={config.batch_size} (global) must be divisible by the {replicas} replicas."
         )
     config.validate_for_data(data.num_train)
+    training_data = jem_data.training_data_record(data, config)
     objective = objectives.get(config.objective)
     objective.check_config(config, data.num_train)
     steps_per_epoch = data.num_train // config.batch_size
@@ -422,7 +424,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
         preflight.check_replay_buffer_memory(config, data.image_shape)
     # Built before anything is written: a build that fails (e.g. out of accelerator memory, which
     # the host-memory check cannot see) leaves the workdir as it was.
-    run = _Run(config, data, strategy, steps_per_epoch)
+    run = _Run(config, data, strategy, steps_per_epoch, training_data)
     chief = is_chief(strategy)
     # One writer per workdir, from the first file written to the last: the chief. Other workers of
     # a multi-worker run write nothing there and take no lock (on a shared filesystem theirs would
@@ -430,7 +432,6 @@ def train(config: TrainConfig, exporter=None) -> dict:
     with workdir_lib.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
         if chief:
             workdir_lib.clean_leftovers(config.workdir)
-            _prepare_workdir(config, data)
         # Installed before the first checkpoint is read or written: a signal from here on ends with
         # a checkpoint.
         stop_requests = _StopRequests().install()
@@ -471,10 +472,12 @@ def train(config: TrainConfig, exporter=None) -> dict:
 class _Run:
     """One training session of a run: the model, its checkpointing, and the loop."""
 
-    def __init__(self, config, data, strategy, steps_per_epoch):
-        """Builds the model and optimizer; writes nothing (see `start`)."""
+    def __init__(self, config, data, strategy, steps_per_epoch, training_data):
+        """Builds the model and optimizer; writes nothing (see `start`). `training_data` is what
+        run_info.json records of the training examples the run uses (jem_data.training_data_record)."""
         self.config = config
         self.data = data
+        self.training_data = training_data
         self.strategy = strategy
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = config.epochs * steps_per_epoch
@@ -504,7 +507,13 @@ class _Run:
         self.step = _optimizer_step(self.optimizer)
         self._check_workers_agree_on_step()
         with self.strategy.scope():
-            self.model.prepare_for_data(self.data.train, restored=bool(restored))
+            # Only the examples whose labels the run may use (--labels_per_class: the labelled subset).
+            self.model.prepare_for_data(jem_data.labelled_training_examples(self.data, self.config),
+                                        restored=bool(restored))
+        # After the objective checked its state against the data: a resume it refuses leaves
+        # config.json and run_info.json as they were.
+        if self.chief:
+            _prepare_workdir(self.config, self.data, self.training_data)
         if restored:
             self.saved_step = self.step
             logging.info("Resumed from %s (step %d).", restored, self.step)

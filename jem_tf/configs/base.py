@@ -52,6 +52,8 @@ RESUME_INVARIANT_FIELDS = (
     "buffer_size",
     "batch_size",
     "seed",
+    # Which images are labelled (with the seed, it fixes the subset).
+    "labels_per_class",
     # The checkpoint holds the class Gaussians only with informative chains.
     "chain_init",
     # A resumed run must compute what the uninterrupted run would have (bit-identical resume), and
@@ -117,10 +119,16 @@ class TrainConfig:
         help="SGLD step size alpha on d log p(x)/dx (paper: 1)."))
     sgld_noise: float = dataclasses.field(default=0.01, metadata=dict(
         help="SGLD noise standard deviation sigma (paper: 0.01)."))
-    buffer_size: int = dataclasses.field(default=10000, metadata=dict(
-        help="Replay buffer size: persistent chains (paper: 10000)."))
+    buffer_size: int = dataclasses.field(default=10000, metadata=dict(help=(
+        "Replay buffer size: persistent chains (paper: 10000). 0: short-run training (Nijkamp et al. 2019; the "
+        "reference's --buffer_size 0): every step starts its chains from fresh U(-1, 1) noise and keeps none, "
+        "so use many more --sgld_steps (the reference's help: 100; the paper found 80 the fewest that trained "
+        "stably, appendix G.2).")))
     reinit_freq: float = dataclasses.field(default=0.05, metadata=dict(
         help="Probability of restarting a chain from U(-1, 1) (paper: 0.05)."))
+    sgld_clamp: bool = dataclasses.field(default=False, metadata=dict(help=(
+        "Stabiliser: clip the SGLD chain images to the data range [-1, 1] after every step, so chains cannot "
+        "wander into pixel values the energy was never trained on (JEM++'s sampler clamps likewise).")))
     # Data: scale to [-1, 1] and add N(0, 0.03) noise.
     data_noise: float = dataclasses.field(default=0.03, metadata=dict(
         help="Std of Gaussian noise added to training images in [-1, 1] (paper: 0.03)."))
@@ -141,6 +149,10 @@ class TrainConfig:
     validation_size: Optional[int] = dataclasses.field(default=None, metadata=dict(
         help="Hold out a seeded random set of this many training images for validation instead of "
              "--validation_fraction (the reference code: 5000, numpy seed 1234). Not with --validation_fraction."))
+    labels_per_class: Optional[int] = dataclasses.field(default=None, metadata=dict(help=(
+        "Semi-supervised training (the JEM paper's semi-supervised experiments; the reference code's "
+        "--labels_per_class): cross-entropy only on a fixed, class-balanced subset of N training images per "
+        "class chosen by --seed, the log p(x) term on every training image. Unset: every image is labelled.")))
     # Loss weights: L = xent + p_x_weight * L_gen(x) + p_xy_weight * L_gen(x, y).
     p_x_weight: float = dataclasses.field(default=1.0, metadata=dict(help="Weight of the log p(x) term (paper: 1)."))
     p_xy_weight: float = dataclasses.field(default=0.0, metadata=dict(
@@ -158,6 +170,19 @@ class TrainConfig:
         choices=GENERATIVE_AUGMENTATIONS,
         help="Images of the log p(x) data term: same (the augmented training images, as JEM) | none (the same "
              "images without crop or flip, keeping --data_noise; SADA-JEM). Only for objectives with log p(x)."))
+    p_y_given_x_weight: float = dataclasses.field(default=1.0, metadata=dict(help=(
+        "Weight of the cross-entropy (log p(y|x)) term of the jem objective (the reference's flag of the same "
+        "name; paper: 1). With --p_y_given_x_weight=0 --p_x_weight=0 --p_xy_weight=1 the model trains on "
+        "log p(x, y) only (the paper's p(x|y) ablation).")))
+    class_cond_p_x_sample: bool = dataclasses.field(default=False, metadata=dict(help=(
+        "Draw the log p(x) term's samples from p(y) p(x|y) instead of p(x): each chain gets a uniformly drawn "
+        "class y and runs SGLD on log p~(x, y) from that class's part of the replay buffer (the reference's "
+        "flag; paper appendix A: nicer samples, lower accuracy). Needs --p_x_weight > 0.")))
+    energy_l2: float = dataclasses.field(default=0.0, metadata=dict(help=(
+        "Stabiliser: adds energy_l2 * (mean E(x)^2 + mean E(x_hat)^2) to the jem loss, E = -log p~(x) = "
+        "-logsumexp of the logits, over the data batch x and every SGLD sample x_hat of the step; it keeps "
+        "energies near zero. The JEM author's advice for diverging runs (wgrathwohl/JEM issue #4, after Du & "
+        "Mordatch 2019): about 0.1. 0 = off.")))
     # JEM++ (Yang & Ji, ICCV 2021; --objective=jempp only): the proximal sampler and the informative
     # initialisation. Its SGLD defaults come from OBJECTIVE_DEFAULTS.
     proximal_max_grad: float = dataclasses.field(default=1.0, metadata=dict(help=(
@@ -264,7 +289,8 @@ class TrainConfig:
         check(self.sgld_steps >= 0, "sgld_steps", "a non-negative integer")
         check(self.sgld_step_size >= 0, "sgld_step_size", "a non-negative number")
         check(self.sgld_noise >= 0, "sgld_noise", "a non-negative number")
-        check(self.buffer_size >= 1, "buffer_size", "a positive integer")
+        check(self.buffer_size >= 0, "buffer_size",
+              "a non-negative integer (0: short-run chains from fresh noise, no replay buffer)")
         check(0.0 <= self.reinit_freq <= 1.0, "reinit_freq", "a probability in [0, 1]")
         check(self.data_noise >= 0, "data_noise", "a non-negative number")
         check(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "a value in [0, 1)")
@@ -274,11 +300,31 @@ class TrainConfig:
             raise ValueError(
                 f"--validation_size={self.validation_size} and --validation_fraction={self.validation_fraction} both "
                 "choose the validation split; pass only one (--validation_size replaces the fraction).")
+        check(self.labels_per_class is None or (isinstance(self.labels_per_class, int)
+                                                and not isinstance(self.labels_per_class, bool)
+                                                and self.labels_per_class >= 1),
+              "labels_per_class", "a positive integer (labelled images per class) or unset (all labelled)")
         check(self.p_x_weight >= 0, "p_x_weight", "a non-negative number")
         check(self.p_xy_weight >= 0, "p_xy_weight", "a non-negative number")
         check(self.sam_rho >= 0, "sam_rho", "a non-negative number (0: no sharpness-aware minimisation)")
         check(self.generative_augmentation in GENERATIVE_AUGMENTATIONS, "generative_augmentation",
               f"one of {GENERATIVE_AUGMENTATIONS}")
+        if self.generative_augmentation != "same" and self.labels_per_class is not None:
+            raise ValueError(
+                f"--generative_augmentation={self.generative_augmentation} and --labels_per_class="
+                f"{self.labels_per_class} both choose the log p(x) term's images (the un-augmented view, or every "
+                "training image); pass only one.")
+        check(self.p_y_given_x_weight >= 0, "p_y_given_x_weight", "a non-negative number")
+        check(self.energy_l2 >= 0, "energy_l2", "a non-negative number (0: no energy penalty; advice: about 0.1)")
+        if self.buffer_size == 0 and self.chain_init == "informative":
+            raise ValueError(
+                "--chain_init=informative draws the replay buffer's chains from class Gaussians, but --buffer_size=0 "
+                "keeps no buffer (short-run chains start from U(-1, 1) noise). Use --chain_init=uniform with "
+                "--buffer_size=0, or a replay buffer.")
+        if self.class_cond_p_x_sample and self.p_x_weight == 0:
+            raise ValueError(
+                "--class_cond_p_x_sample chooses how the log p(x) term's samples are drawn, but --p_x_weight=0 "
+                "turns that term off. Set --p_x_weight above 0, or drop --class_cond_p_x_sample.")
         check(self.proximal_max_grad > 0, "proximal_max_grad", "a positive number (JEM++: 1)")
         check(isinstance(self.proximal_inner_steps, int) and self.proximal_inner_steps >= 1, "proximal_inner_steps",
               "a positive integer (JEM++: 5)")

@@ -8,8 +8,9 @@
 """
 
 from jem_tf.data.download import DatasetDownloadError, is_downloadable, prepare
-from jem_tf.data.pipeline import AUGMENTATIONS, crop_padding, make_batches, make_training_batches, to_model_range
+from jem_tf.data.pipeline import AUGMENTATIONS, crop_padding, make_batches, to_model_range
 from jem_tf.data.sources import DATASETS, DatasetUnavailableError, ImageData, InvalidDatasetError, load
+from jem_tf.data.training import labelled_training_examples, make_training_batches, training_data_record
 
 __all__ = [
     "AUGMENTATIONS",
@@ -20,9 +21,11 @@ __all__ = [
     "InvalidDatasetError",
     "crop_padding",
     "is_downloadable",
+    "labelled_training_examples",
     "load",
     "make_batches",
     "make_training_batches",
     "prepare",
     "to_model_range",
+    "training_data_record",
 ]

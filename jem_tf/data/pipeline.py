@@ -154,18 +154,3 @@ def make_batches(
     options.deterministic = True
     return ds.with_options(options)
 
-
-def make_training_batches(data, config, *, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
-    """The training stream of a run: epoch `epoch` of `data.train` from batch `skip_batches` on.
-
-    Batches are `(images, labels)`, or `(images, labels, generative_images)` when the run's
-    settings give the log p(x) term a stream of its own (see `Classifier.objective_terms`). Every
-    stream is a function of (config.seed, epoch, batch index) alone, so a resumed run continues
-    the uninterrupted one. `config` is the run's TrainConfig; `data` its `ImageData`.
-    """
-    return make_batches(
-        data.train, config.batch_size, training=True, augmentation=config.augmentation or data.augmentation,
-        data_noise=config.data_noise, seed=config.seed, epoch=epoch, skip_batches=skip_batches,
-        # SADA-JEM: log p(x) on the images without crop/flip (the third element).
-        unaugmented_view=config.generative_augmentation == "none",
-    )

@@ -31,6 +31,7 @@ class EvaluatedRun:
     checkpoint: str | None = None
     data_noise: float = 0.0  # training input noise: the default evaluation input noise
     validation_split: str = ""  # how the run held out its validation images, for the report
+    training_labels: str = ""  # which training labels the run learned from (--labels_per_class), for the report
 
     def input_noise(self, options) -> float:
         """The evaluation's input noise: --eval_input_noise, else the run's training data noise."""

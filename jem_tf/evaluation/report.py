@@ -117,6 +117,7 @@ def render_report(results: dict, figures: dict, run, compare=None, evaluations=N
         ["input noise", f"N(0, {results.get('meta/eval_input_noise', 0.0):g}^2) added to test and OOD images "
                         f"({results.get('meta/eval_input_noise_source', '–')}; the paper's numbers: 0.03)"],
         ["run's validation split", results.get("meta/validation_split") or "–"],
+        ["run's training labels", results.get("meta/training_labels") or "–"],
     ])
     for name, evaluation in evaluations.items():
         if common.is_unavailable(results.get(name)):

@@ -74,6 +74,7 @@ def run_suite(run: EvaluatedRun, test_images, test_labels, evaluations, options:
         "meta/eval_input_noise_source": ("--eval_input_noise" if options.eval_input_noise is not None
                                          else "the run's data_noise"),
         "meta/validation_split": run.validation_split,
+        "meta/training_labels": run.training_labels,
     })
     if compare is not None:
         context.results.update({"meta/compare_run": compare.name, "meta/compare_workdir": compare.workdir or ""})
@@ -134,7 +135,18 @@ def restore_run(workdir: str, checkpoint=None, precision=None):
         checkpoint=run_info.get("checkpoint"),
         data_noise=float(config.data_noise),
         validation_split=validation_split_description(config),
+        training_labels=training_labels_description(run_info),
     ), config
+
+
+def training_labels_description(run_info: dict) -> str:
+    """Which training labels a run learned from, in words (recorded with the results): all, or its
+    semi-supervised labelled subset as run_info.json records it."""
+    subset = run_info.get("labelled_subset")
+    if not subset:
+        return "every training image's label"
+    return (f"{subset['labels_per_class']} per class, {subset['num_labelled']} images (semi-supervised, "
+            f"--labels_per_class; chosen by seed {subset['seed']}, indices sha256 {subset['indices_sha256'][:16]})")
 
 
 def validation_split_description(config) -> str:

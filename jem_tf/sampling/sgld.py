@@ -28,6 +28,7 @@ def sgld_sample(
     noise_batch_offset=0,
     score_scale: float = 1.0,
     proximal: ProximalBounds | None = None,
+    clamp: bool = False,
 ) -> tf.Tensor:
     """Runs `steps` SGLD updates from `initial_images` and returns the final images.
 
@@ -49,6 +50,10 @@ def sgld_sample(
       proximal: None for the SGLD update above; `ProximalBounds` for JEM++'s proximal update
         (`jem_tf.sampling.proximal`: bounded gradient, bounded image updates clipped to [-1, 1],
         then the noise). A Python constant: the compiled sampler is traced once per value.
+      clamp: a Python bool; clip the images to [-1, 1] (the data range) after every step. A
+        stabiliser (`--sgld_clamp`): chains cannot drift into pixel values no data has, where the
+        energy is unconstrained by training. With `proximal` it also clips the noise added after
+        the (already clipped) proximal update.
 
     Returns:
       The images after `steps` updates, same shape and dtype as `initial_images`.
@@ -72,6 +77,8 @@ def sgld_sample(
             images = images + step_size * score + noise_std * noise
         else:
             images = proximal_update(images, score, step_size, proximal) + noise_std * noise
+        if clamp:
+            images = tf.clip_by_value(images, -1.0, 1.0)
         return step + 1, tf.ensure_shape(images, initial_images.shape)
 
     _, images = tf.while_loop(
