@@ -34,7 +34,12 @@ def _epoch_seeds(seed: int, epoch: int) -> tuple[int, np.ndarray]:
     return int(state[0]), state[1:].astype(np.int64)
 
 
-def _augment(
+def _augment(image: tf.Tensor, key: tf.Tensor, image_shape: tuple, augmentation: str, data_noise: float) -> tf.Tensor:
+    """Random crop / flip / Gaussian noise on one float image, all drawn from `key`."""
+    return _augmented_views(image, key, image_shape, augmentation, data_noise)[0]
+
+
+def _augmented_views(
     image: tf.Tensor,
     key: tf.Tensor,
     image_shape: tuple,
@@ -142,7 +147,7 @@ def make_batches(
         image = unaugmented = to_model_range(image)
         if use_randomness:
             example_key = tf.random.experimental.stateless_fold_in(key, position)
-            image, unaugmented = _augment(image, example_key, image_shape, augmentation, data_noise)
+            image, unaugmented = _augmented_views(image, example_key, image_shape, augmentation, data_noise)
         if unaugmented_view:
             return image, tf.cast(label, tf.int32), unaugmented
         return image, tf.cast(label, tf.int32)
