@@ -42,7 +42,8 @@ def make_training_batches(data, config, *, epoch: int, skip_batches: int = 0) ->
     Batches are `(images, labels)`, or `(images, labels, generative_images)` when the run's
     settings give the log p(x) term a stream of its own (see `Classifier.objective_terms`): with
     `config.labels_per_class`, the first two are the labelled stream's batch of this global step
-    and the third the epoch's batch of every training image. Every stream is a function of
+    and the third the epoch's batch of every training image; with `--generative_augmentation=none`
+    the third is the same batch without crop or flip (same noise). Every stream is a function of
     (config.seed, global step) alone, so a resumed run continues the uninterrupted one. `config`
     is the run's TrainConfig; `data` its `ImageData`.
     """
