@@ -221,3 +221,5 @@ def test_generative_augmentation_is_refused_without_a_log_px_term():
         dataclasses.replace(config, generative_augmentation="crop").validate()
     with pytest.raises(ValueError, match="sam_rho"):
         dataclasses.replace(config, sam_rho=-0.1).validate()
+    with pytest.raises(ValueError, match="--labels_per_class=10"):
+        dataclasses.replace(config, objective="jem", labels_per_class=10).validate()
