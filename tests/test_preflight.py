@@ -240,8 +240,10 @@ def test_seed_minus_one_is_refused_not_rewritten():
         train.config_from_flags(parsed_flags("--seed=-1"))
 
 
-@pytest.mark.parametrize("argv,named", [(["--no_such_flag"], "no_such_flag"), (["--seed=abc"], "--seed=abc"),
-                                        (["--preset=tiny"], "tiny")])
+@pytest.mark.parametrize("argv,named", [
+    (["--no_such_flag"], "no_such_flag"), (["--seed=abc"], "--seed=abc"), (["--preset=tiny"], "tiny"),
+    (["--depth=abc"], "--depth=abc"), (["--learning_rate=fast"], "learning_rate"),
+    (["--objective=gan"], "--objective=gan"), (["--export=maybe"], "--export")])
 def test_flags_absl_cannot_parse_exit_2_with_one_line(argv, named, monkeypatch):
     stderr = io.StringIO()
     monkeypatch.setattr("sys.stderr", stderr)
