@@ -73,6 +73,7 @@ COLUMNS = (
 
 EVAL_FLAGS = ("--eval=accuracy,calibration,ood,samples", "--ood_sets=uniform,constant,interp", "--progress=false")
 DIVERGED_EXIT = 3
+PROVENANCE_FILE = "variant.json"  # in each run's workdir: the commit and flags it was trained with
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Directory for the runs, logs and the table.")
@@ -109,6 +110,8 @@ def run_variant(variant: Variant, output_dir: str, base_flags, eval_flags, rerun
         if code != 0:
             row["status"] = f"training failed (exit {code}, {train_log})"
             return row
+        with open(os.path.join(workdir, PROVENANCE_FILE), "w") as f:
+            json.dump(dict(code=_code_version(), flags=list(variant.flags), base_flags=list(base_flags)), f)
     results_path = os.path.join(workdir, "eval", "results.json")
     if rerun or not finished or not os.path.exists(results_path):
         eval_log = os.path.join(logs, f"{variant.name}_eval.log")
@@ -123,7 +126,9 @@ def run_variant(variant: Variant, output_dir: str, base_flags, eval_flags, rerun
     with open(os.path.join(workdir, "metrics.json")) as f:
         row["global_step"] = json.load(f)["global_step"]
     row["results"] = {key: results.get(key) for _, key, _ in COLUMNS}
-    row["code"] = _code_version()
+    provenance_path = os.path.join(workdir, PROVENANCE_FILE)
+    # The commit the run was trained on (a reused run keeps its own, not today's).
+    row["code"] = json.load(open(provenance_path))["code"] if os.path.exists(provenance_path) else "unknown"
     row["status"] = "ok"
     return row
 
@@ -146,11 +151,12 @@ def _cell(value, fmt) -> str:
 
 
 def markdown_table(rows) -> str:
-    header = ["variant", *(title for title, _, _ in COLUMNS), "status"]
+    header = ["variant", *(title for title, _, _ in COLUMNS), "status", "commit"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         results = row.get("results", {})
-        cells = [row["name"], *(_cell(results.get(key), fmt) for _, key, fmt in COLUMNS), row["status"]]
+        cells = [row["name"], *(_cell(results.get(key), fmt) for _, key, fmt in COLUMNS), row["status"],
+                 row.get("code", "n/a")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

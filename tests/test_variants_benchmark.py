@@ -38,8 +38,21 @@ def test_a_finished_run_is_reused_and_tabled(tmp_path, monkeypatch):
     assert row["status"] == "ok" and row["global_step"] == 240
     table = variants.markdown_table([row, dict(name="short_run", status="diverged")])
     lines = table.splitlines()
-    assert lines[2].startswith("| jem | 0.961 | 0.050 | 1.000 | n/a |")
-    assert lines[3] == "| short_run | " + " | ".join(["n/a"] * len(variants.COLUMNS)) + " | diverged |"
+    assert lines[2].startswith("| jem | 0.961 | 0.050 | 1.000 | n/a |") and lines[2].endswith("| ok | unknown |")
+    assert lines[3] == "| short_run | " + " | ".join(["n/a"] * len(variants.COLUMNS)) + " | diverged | n/a |"
+
+
+def test_a_trained_row_records_the_commit_it_was_trained_on_and_keeps_it_when_reused(tmp_path, monkeypatch):
+    def fake_run(command, log):
+        if "jem_tf.train" in command:
+            _finished_run(str(tmp_path), "jem", {"accuracy": 0.5})
+        return 0, 1.0
+
+    monkeypatch.setattr(variants, "_run", fake_run)
+    monkeypatch.setattr(variants, "_code_version", lambda: "abc1234")
+    assert variants.run_variant(variants.VARIANTS[1], str(tmp_path), [], [], rerun=False)["code"] == "abc1234"
+    monkeypatch.setattr(variants, "_code_version", lambda: "def5678")
+    assert variants.run_variant(variants.VARIANTS[1], str(tmp_path), [], [], rerun=False)["code"] == "abc1234"
 
 
 def test_a_divergence_is_a_result_and_a_crash_names_its_log(tmp_path, monkeypatch):
