@@ -124,7 +124,10 @@ def run_variant(variant: Variant, output_dir: str, base_flags, eval_flags, rerun
     with open(results_path) as f:
         results = json.load(f)
     with open(os.path.join(workdir, "metrics.json")) as f:
-        row["global_step"] = json.load(f)["global_step"]
+        metrics = json.load(f)
+    row["global_step"] = metrics["global_step"]
+    # Divergences the run recovered from (trainers/loop.py): a row can be "ok" and still unstable.
+    row["recoveries"] = metrics.get("recoveries", 0)
     row["results"] = {key: results.get(key) for _, key, _ in COLUMNS}
     provenance_path = os.path.join(workdir, PROVENANCE_FILE)
     # The commit the run was trained on (a reused run keeps its own, not today's).
@@ -151,12 +154,12 @@ def _cell(value, fmt) -> str:
 
 
 def markdown_table(rows) -> str:
-    header = ["variant", *(title for title, _, _ in COLUMNS), "status", "commit"]
+    header = ["variant", *(title for title, _, _ in COLUMNS), "recoveries", "status", "commit"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         results = row.get("results", {})
-        cells = [row["name"], *(_cell(results.get(key), fmt) for _, key, fmt in COLUMNS), row["status"],
-                 row.get("code", "n/a")]
+        cells = [row["name"], *(_cell(results.get(key), fmt) for _, key, fmt in COLUMNS),
+                 str(row.get("recoveries", "n/a")), row["status"], row.get("code", "n/a")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

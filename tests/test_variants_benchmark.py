@@ -23,7 +23,7 @@ def _finished_run(output_dir, name, results, step=240):
     workdir = os.path.join(output_dir, "runs", name)
     os.makedirs(os.path.join(workdir, "eval"))
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump({"global_step": step}, f)
+        json.dump({"global_step": step, "recoveries": 1}, f)
     with open(os.path.join(workdir, "eval", "results.json"), "w") as f:
         json.dump(results, f)
 
@@ -38,8 +38,8 @@ def test_a_finished_run_is_reused_and_tabled(tmp_path, monkeypatch):
     assert row["status"] == "ok" and row["global_step"] == 240
     table = variants.markdown_table([row, dict(name="short_run", status="diverged")])
     lines = table.splitlines()
-    assert lines[2].startswith("| jem | 0.961 | 0.050 | 1.000 | n/a |") and lines[2].endswith("| ok | unknown |")
-    assert lines[3] == "| short_run | " + " | ".join(["n/a"] * len(variants.COLUMNS)) + " | diverged | n/a |"
+    assert lines[2].startswith("| jem | 0.961 | 0.050 | 1.000 | n/a |") and lines[2].endswith("| 1 | ok | unknown |")
+    assert lines[3] == "| short_run | " + " | ".join(["n/a"] * len(variants.COLUMNS)) + " | n/a | diverged | n/a |"
 
 
 def test_a_trained_row_records_the_commit_it_was_trained_on_and_keeps_it_when_reused(tmp_path, monkeypatch):
