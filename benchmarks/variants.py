@@ -7,8 +7,9 @@ Each variant is `python -m jem_tf.train` with the base flags (`--base_flags`, de
 preset: WRN-10-2 on scikit-learn digits, 240 steps) plus the variant's documented flag set, then
 `python -m jem_tf.evaluate` on that run (accuracy, calibration, OOD by log p(x) against uniform,
 constant and interp images, samples). It prints a markdown table and writes OUTPUT_DIR/variants.md,
-OUTPUT_DIR/variants.json and each run's log under OUTPUT_DIR/logs/; the runs stay under
-OUTPUT_DIR/runs/ (samples: OUTPUT_DIR/runs/NAME/eval/samples_*.png). A run that finished before is
+OUTPUT_DIR/variants.json, OUTPUT_DIR/variants_samples.png (every variant's fresh SGLD samples side
+by side) and each run's log under OUTPUT_DIR/logs/; the runs stay under OUTPUT_DIR/runs/ (all
+figures: OUTPUT_DIR/runs/NAME/eval/). A run that finished before is
 reused unless --rerun (so an interrupted table continues).
 
 A variant that diverges (exit code 3) is a result and shown as such. Exit codes: 0 done; 1 a run or
@@ -164,6 +165,35 @@ def markdown_table(rows) -> str:
     return "\n".join(lines)
 
 
+SAMPLES_FIGURE = "samples_fresh_unconditional.png"  # what jem_tf.evaluate's samples evaluation draws
+
+
+def samples_figure(rows, path: str) -> str | None:
+    """One figure with each evaluated variant's fresh SGLD samples (its evaluation's
+    samples_fresh_unconditional.png), titled by variant; None when no row has them."""
+    import matplotlib  # noqa: PLC0415 (only this figure needs it)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    panels = [(row["name"], os.path.join(row["workdir"], "eval", SAMPLES_FIGURE)) for row in rows
+              if row["status"] == "ok" and os.path.exists(os.path.join(row["workdir"], "eval", SAMPLES_FIGURE))]
+    if not panels:
+        return None
+    columns = min(4, len(panels))
+    rows_needed = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows_needed, columns, figsize=(4 * columns, 4.3 * rows_needed), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (name, image_path) in zip(axes.flat, panels):
+        axis.imshow(plt.imread(image_path))
+        axis.set_title(name)
+    figure.tight_layout()
+    figure.savefig(path, dpi=60)
+    plt.close(figure)
+    return path
+
+
 def main(argv):
     del argv
     if not FLAGS.output_dir:
@@ -185,6 +215,9 @@ def main(argv):
         f.write(table + "\n")
     with open(os.path.join(FLAGS.output_dir, "variants.json"), "w") as f:
         json.dump(dict(base_flags=FLAGS.base_flags, eval_flags=FLAGS.eval_flags, rows=rows), f, indent=2)
+    figure = samples_figure(rows, os.path.join(FLAGS.output_dir, "variants_samples.png"))
+    if figure:
+        logging.info("Fresh samples of every variant: %s", figure)
     sys.stdout.write(table + "\n")
     failed = [row["name"] for row in rows if row["status"] not in ("ok", "diverged")]
     if failed:
