@@ -3,7 +3,10 @@ faults: one writer per workdir, trusted restore, preemption, divergence recovery
 
 Our own loop rather than `model.fit`: it resumes mid-epoch from a step-numbered checkpoint, checks
 every step for divergence, and is the shape multi-worker training needs (`fit` fails under
-MultiWorkerMirroredStrategy, keras#20585).
+MultiWorkerMirroredStrategy, keras#20585). The loop's parts live beside it, one job each:
+trainers/distribution.py (strategy, replicas, compiled steps), trainers/optimization.py (Adam and
+the learning-rate schedules), trainers/preemption.py (stop requests), trainers/objectives.py (what
+is trained); this module runs them and owns checkpoints, resume and divergence recovery.
 
 A run survives:
   * being killed: it holds WORKDIR/.lock (jem_tf.workdir.WorkdirLock) and resumes from the newest
@@ -22,7 +25,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 
 import keras
@@ -30,14 +32,22 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from jem_tf import cluster as cluster_lib
 from jem_tf import data as jem_data
-from jem_tf import precision as jem_precision
 from jem_tf import preflight
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import RECOVERY_STATE_FIELDS, TrainConfig, incompatible_fields, write_json_atomically
 from jem_tf.models.wide_resnet import NETWORK_LAYOUT, NETWORK_LAYOUT_KEY
 from trainers import objectives
+from trainers.distribution import (
+    classifier_evaluator,
+    distribute_dataset,
+    distributed_train_step,
+    gather_from_replicas,
+    is_chief,
+    make_strategy,
+)
+from trainers.optimization import ScaledSchedule, learning_rate_schedule, make_optimizer
+from trainers.preemption import AgreedStopRequests, StopRequests
 
 # File names live in jem_tf.workdir; these aliases keep the loop's callers working.
 CONFIG_FILE = workdir_lib.CONFIG_FILE
@@ -81,78 +91,8 @@ class WorkdirWriteError(workdir_lib.RunStopped):
     exit_code = WORKDIR_WRITE_FAILED_EXIT
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """'auto': MirroredStrategy when more than one GPU is visible, else the default strategy.
-
-    'multi_worker': MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (ValueError when it is
-    missing or invalid). It must be created before TensorFlow runs any op in this process.
-    """
-    if name == "multi_worker":
-        task = cluster_lib.parse_tf_config()
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        logging.info("Multi-worker training: task %s:%d of %d workers (%s), %d replicas in sync.", task.task_type,
-                     task.task_index, task.num_workers, "chief" if task.is_chief else "not chief",
-                     strategy.num_replicas_in_sync)
-        return strategy
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
 # The objective's model: one registered class per --objective (trainers/objectives.py).
 build_model = objectives.build_model
-
-
-# The reference's Adam epsilon (PyTorch's default); Keras' default is 1e-7.
-ADAM_EPSILON = 1e-8
-
-
-def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
-    """The reference's schedule (train_wrn_ebm.py), step for step.
-
-    Step s (the optimizer's iteration count before the update, 0 first) uses
-    `learning_rate * s / warmup_steps` while s <= warmup_steps (so the very first update has rate 0),
-    and after that `learning_rate * lr_decay_rate**d`, d = the number of lr_decay_epochs whose first
-    step lies in (warmup_steps, s]: a decay takes effect at the first step of its epoch. Like the
-    reference, a decay epoch that starts inside the warm-up is overwritten by it and never applies.
-    """
-    decay_steps = sorted(int(epoch * steps_per_epoch) for epoch in config.lr_decay_epochs)
-    decay_steps = [b for b in decay_steps if b > config.warmup_steps]
-    return _ReferenceSchedule(config.learning_rate, config.lr_decay_rate, decay_steps, config.warmup_steps)
-
-
-def make_optimizer(schedule, precision: str = jem_precision.FLOAT32):
-    """The reference's Adam (epsilon 1e-8) on `schedule` (see `learning_rate_schedule`), with loss
-    scaling for mixed_float16. Checkpoints written for training (also by trainers.from_reference)
-    must use this, so their optimizer variables match."""
-    return jem_precision.make_optimizer(keras.optimizers.Adam(schedule, epsilon=ADAM_EPSILON), precision)
-
-
-class _ReferenceSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    def __init__(self, learning_rate, decay_rate, decay_steps, warmup_steps):
-        self.learning_rate = float(learning_rate)
-        self.decay_rate = float(decay_rate)
-        self.decay_steps = list(decay_steps)
-        self.warmup_steps = int(warmup_steps)
-        # Rates computed in Python (double) once, as the reference multiplies its rate in Python.
-        self._rates = [self.learning_rate * self.decay_rate**i for i in range(len(self.decay_steps) + 1)]
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.int64)
-        decays = tf.reduce_sum(tf.cast(tf.constant(self.decay_steps, tf.int64) <= step, tf.int32)) \
-            if self.decay_steps else tf.constant(0, tf.int32)
-        rate = tf.gather(tf.constant(self._rates, tf.float64), decays)
-        if self.warmup_steps > 0:
-            warming = self.learning_rate * tf.cast(step, tf.float64) / float(self.warmup_steps)
-            rate = tf.where(step <= self.warmup_steps, warming, rate)
-        return tf.cast(rate, tf.float32)
-
-    def get_config(self):
-        return {
-            "learning_rate": self.learning_rate, "decay_rate": self.decay_rate,
-            "decay_steps": self.decay_steps, "warmup_steps": self.warmup_steps,
-        }
 
 
 def _make_checkpoint(model, optimizer=None):
@@ -175,70 +115,6 @@ def divergence_reason(logs, max_abs_generative_loss):
         return (f"|generative loss| = {abs(generative):.3g} exceeds "
                 f"--max_abs_generative_loss={max_abs_generative_loss:g}")
     return None
-
-
-class _ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """The learning-rate schedule times `scale`, a variable the divergence recovery lowers.
-
-    A variable, not a Python float, so a traced train step sees the new value. It is reachable only
-    through this (untracked) schedule object, so it is not part of the checkpoint; the scale in
-    effect is stored in config.json instead. x1.0 is exact: an unrecovered run is unchanged.
-    """
-
-    def __init__(self, schedule, scale: float):
-        self.schedule = schedule
-        self.scale = tf.Variable(float(scale), trainable=False, dtype=tf.float32, name="learning_rate_scale")
-
-    def __call__(self, step):
-        return self.schedule(step) * self.scale
-
-    def get_config(self):
-        return {"scale": float(self.scale.numpy())}
-
-
-class _StopRequests:
-    """Turns SIGTERM and SIGINT into a request the loop honours between steps: finish the step,
-    save a checkpoint, write run_status.json, exit 128 + signal.
-
-    Why not tf.distribute.experimental.PreemptionCheckpointHandler: it supports only
-    MultiWorkerMirroredStrategy and TPUStrategy (not the default or MirroredStrategy this loop
-    runs), restores the latest checkpoint itself when created (bypassing the verified restore of
-    jem_tf.workdir), numbers checkpoints by its own run counter instead of the optimizer step the
-    data order is keyed on, watches SIGTERM only, and exits the process itself. Multi-worker
-    training would call it where this is checked.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signal_number = None
-        self._previous = {}
-
-    def install(self) -> "_StopRequests":
-        if threading.current_thread() is not threading.main_thread():
-            logging.warning("Training outside the main thread: SIGTERM/SIGINT cannot be caught to save a checkpoint.")
-            return self
-        for number in self.SIGNALS:
-            self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def uninstall(self) -> None:
-        for number, previous in self._previous.items():
-            signal.signal(number, previous)
-        self._previous = {}
-
-    def _handle(self, number, frame):
-        del frame
-        name = signal.Signals(number).name
-        if self.signal_number is None:
-            self.signal_number = number
-            logging.warning("Received %s: finishing this step, then saving a checkpoint and stopping.", name)
-        else:
-            logging.warning("Received %s again: the checkpoint is being saved (SIGKILL stops without one).", name)
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_number is not None
 
 
 def image_grid(images, columns=8, gap=1):
@@ -289,94 +165,6 @@ def _prepare_workdir(config: TrainConfig, data, training_data: dict) -> None:
         num_validation=data.num_validation, num_test=data.num_test, **training_data,
     )
     workdir_lib.write_run_info(config.workdir, run_info)
-
-
-def is_chief(strategy) -> bool:
-    """Whether this process writes the run's files (always, except a non-chief multi-worker task)."""
-    return strategy.extended.should_checkpoint
-
-
-def distribute_dataset(strategy, dataset):
-    """`dataset` of global batches -> per-replica batches. Sharding is explicit: with several
-    workers, each one builds the same global batches (same seed) and keeps its replicas' rows of
-    each (AutoShardPolicy.DATA), so every example is seen once per epoch across workers and a
-    global batch is split over replicas exactly as on one machine with that many replicas."""
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return strategy.experimental_distribute_dataset(dataset.with_options(options))
-
-
-class _AgreedStopRequests:
-    """Multi-worker: stop and time-based checkpoints happen at the same step on every worker.
-
-    A checkpoint save is collective, so a worker that saved (or stopped) alone would leave the others
-    waiting in their next step. After each step the workers all-reduce (max) their local flags [stop
-    requested, checkpoint due]: SIGTERM/SIGINT to any one worker stops all of them after the same
-    step with one consistent checkpoint.
-
-    Why not tf.distribute.experimental.PreemptionCheckpointHandler: see `_StopRequests`; this
-    keeps the verified restore and the step-numbered checkpoints of single-process runs.
-    """
-
-    def __init__(self, local: "_StopRequests", strategy):
-        self.local = local
-        self.signal_number = None
-
-        # Compiled once: an eager collective is slow and retraces on every call.
-        self._gather = tf.function(lambda flags: _gather_from_replicas(strategy, flags))
-
-    def agree(self, checkpoint_due: bool) -> bool:
-        """Call on every worker after each step; returns whether any worker's checkpoint is due."""
-        flags = tf.constant([[int(self.local.requested), int(checkpoint_due)]], tf.int32)
-        stop, due = np.max(self._gather(flags).numpy(), axis=0)
-        if stop and self.signal_number is None:
-            # A worker that was not signalled itself stops with its peer's reason: terminated.
-            self.signal_number = self.local.signal_number or signal.SIGTERM
-            if not self.local.requested:
-                logging.warning("Another worker was told to stop: saving a checkpoint and stopping.")
-        return bool(due)
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_number is not None
-
-
-def _gather_from_replicas(strategy, value):
-    """`value` [1, ...] from every replica, concatenated on every worker (collective: every worker
-    must call it at the same point)."""
-    return strategy.gather(strategy.run(tf.identity, args=(value,)), axis=0)
-
-
-def distributed_train_step(model, strategy):
-    """One compiled training step on a distributed batch; returns the replica-averaged logs."""
-
-    @tf.function
-    def train_step(batch):
-        per_replica = strategy.run(model.train_step, args=(batch,))
-        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
-
-    return train_step
-
-
-def classifier_evaluator(model, strategy):
-    """Returns `evaluate(dataset) -> {accuracy, xent}` over a finite dataset of (images, labels)
-    batches; its compiled step is traced once and reused for every validation and test pass."""
-
-    @tf.function
-    def step(batch):
-        strategy.run(model.test_step, args=(batch,))
-
-    def evaluate(dataset) -> dict:
-        for metric in model.metrics:
-            metric.reset_state()
-        for batch in distribute_dataset(strategy, dataset):
-            step(batch)
-        results = {"accuracy": float(model.accuracy_tracker.result()), "xent": float(model.xent_tracker.result())}
-        for metric in model.metrics:
-            metric.reset_state()
-        return results
-
-    return evaluate
 
 
 def train(config: TrainConfig, exporter=None) -> dict:
@@ -434,7 +222,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
             workdir_lib.clean_leftovers(config.workdir)
         # Installed before the first checkpoint is read or written: a signal from here on ends with
         # a checkpoint.
-        stop_requests = _StopRequests().install()
+        stop_requests = StopRequests().install()
 
         def status(state, **details):
             if chief:
@@ -443,7 +231,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
         try:
             run.start(resuming)
             multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            return run.train(_AgreedStopRequests(stop_requests, strategy) if multi_worker else stop_requests,
+            return run.train(AgreedStopRequests(stop_requests, strategy) if multi_worker else stop_requests,
                              exporter)
         except TrainingDivergedError as error:
             status("diverged", message=str(error))
@@ -493,7 +281,7 @@ class _Run:
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             self.model = build_model(config, data.image_shape, data.num_classes)
-            self.schedule = _ScaledSchedule(learning_rate_schedule(config, steps_per_epoch), config.learning_rate_scale)
+            self.schedule = ScaledSchedule(learning_rate_schedule(config, steps_per_epoch), config.learning_rate_scale)
             self.optimizer = make_optimizer(self.schedule, config.precision)
             self.model.compile(optimizer=self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
@@ -541,7 +329,7 @@ class _Run:
         filesystem all workers see); otherwise their steps would silently mix two states."""
         if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return
-        steps = _gather_from_replicas(self.strategy, tf.constant([self.step], tf.int64)).numpy()
+        steps = gather_from_replicas(self.strategy, tf.constant([self.step], tf.int64)).numpy()
         lowest, highest = int(steps.min()), int(steps.max())
         if highest != lowest:
             raise ValueError(
@@ -618,7 +406,7 @@ class _Run:
                     if self.chief and (self.step % config.sample_every_steps == 0 or self.step == total_steps):
                         _write_sample_grid(model, config.workdir, self.step)
                 checkpoint_due = time.monotonic() - self.last_save_time >= config.checkpoint_every_secs
-                if isinstance(stop_requests, _AgreedStopRequests):
+                if isinstance(stop_requests, AgreedStopRequests):
                     checkpoint_due = stop_requests.agree(checkpoint_due)
                 if self.step % config.checkpoint_every_steps == 0 or stop_requests.requested or checkpoint_due:
                     self.save()
@@ -746,6 +534,6 @@ def _write_sample_grid(model, workdir, step, count=64):
 
 __all__ = [
     "IncompatibleWorkdirError", "RunStopped", "TrainingDivergedError", "TrainingPreemptedError", "WorkdirLockedError",
-    "WorkdirWriteError", "build_model", "classifier_evaluator", "distributed_train_step", "divergence_reason",
-    "make_strategy", "train",
+    "WorkdirWriteError", "build_model", "classifier_evaluator", "distribute_dataset", "distributed_train_step",
+    "divergence_reason", "is_chief", "learning_rate_schedule", "make_optimizer", "make_strategy", "train",
 ]

@@ -1,0 +1,77 @@
+"""The optimizer and learning-rate schedules of training: the reference's Adam and schedule, and the
+divergence recovery's scaled schedule."""
+
+import keras
+import tensorflow as tf
+
+from jem_tf import precision as jem_precision
+from jem_tf.configs.base import TrainConfig
+
+# The reference's Adam epsilon (PyTorch's default); Keras' default is 1e-7.
+ADAM_EPSILON = 1e-8
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
+    """The reference's schedule (train_wrn_ebm.py), step for step.
+
+    Step s (the optimizer's iteration count before the update, 0 first) uses
+    `learning_rate * s / warmup_steps` while s <= warmup_steps (so the very first update has rate 0),
+    and after that `learning_rate * lr_decay_rate**d`, d = the number of lr_decay_epochs whose first
+    step lies in (warmup_steps, s]: a decay takes effect at the first step of its epoch. Like the
+    reference, a decay epoch that starts inside the warm-up is overwritten by it and never applies.
+    """
+    decay_steps = sorted(int(epoch * steps_per_epoch) for epoch in config.lr_decay_epochs)
+    decay_steps = [b for b in decay_steps if b > config.warmup_steps]
+    return _ReferenceSchedule(config.learning_rate, config.lr_decay_rate, decay_steps, config.warmup_steps)
+
+
+def make_optimizer(schedule, precision: str = jem_precision.FLOAT32):
+    """The reference's Adam (epsilon 1e-8) on `schedule` (see `learning_rate_schedule`), with loss
+    scaling for mixed_float16. Checkpoints written for training (also by trainers.from_reference)
+    must use this, so their optimizer variables match."""
+    return jem_precision.make_optimizer(keras.optimizers.Adam(schedule, epsilon=ADAM_EPSILON), precision)
+
+
+class _ReferenceSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, learning_rate, decay_rate, decay_steps, warmup_steps):
+        self.learning_rate = float(learning_rate)
+        self.decay_rate = float(decay_rate)
+        self.decay_steps = list(decay_steps)
+        self.warmup_steps = int(warmup_steps)
+        # Rates computed in Python (double) once, as the reference multiplies its rate in Python.
+        self._rates = [self.learning_rate * self.decay_rate**i for i in range(len(self.decay_steps) + 1)]
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.int64)
+        decays = tf.reduce_sum(tf.cast(tf.constant(self.decay_steps, tf.int64) <= step, tf.int32)) \
+            if self.decay_steps else tf.constant(0, tf.int32)
+        rate = tf.gather(tf.constant(self._rates, tf.float64), decays)
+        if self.warmup_steps > 0:
+            warming = self.learning_rate * tf.cast(step, tf.float64) / float(self.warmup_steps)
+            rate = tf.where(step <= self.warmup_steps, warming, rate)
+        return tf.cast(rate, tf.float32)
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate, "decay_rate": self.decay_rate,
+            "decay_steps": self.decay_steps, "warmup_steps": self.warmup_steps,
+        }
+
+
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning-rate schedule times `scale`, a variable the divergence recovery lowers.
+
+    A variable, not a Python float, so a traced train step sees the new value. It is reachable only
+    through this (untracked) schedule object, so it is not part of the checkpoint; the scale in
+    effect is stored in config.json instead. x1.0 is exact: an unrecovered run is unchanged.
+    """
+
+    def __init__(self, schedule, scale: float):
+        self.schedule = schedule
+        self.scale = tf.Variable(float(scale), trainable=False, dtype=tf.float32, name="learning_rate_scale")
+
+    def __call__(self, step):
+        return self.schedule(step) * self.scale
+
+    def get_config(self):
+        return {"scale": float(self.scale.numpy())}
