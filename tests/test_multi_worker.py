@@ -157,18 +157,25 @@ def test_two_workers_match_two_replicas_in_one_process(reference, tmp_path):
     assert "not the chief" in _tail(workers[1][1], lines=200)
 
 
-def test_sigterm_to_one_worker_stops_both_at_one_checkpoint_and_restart_resumes(reference, tmp_path):
-    workdir = str(tmp_path / "run")
-    checkpoints = workdir_lib.checkpoint_dir(workdir)
-    workers = _start_workers(workdir, str(tmp_path), "first")
+def _start_workers_past_step_2(workdir, log_dir):
+    """Starts both workers and returns them once the step-2 checkpoint exists (training is under way);
+    fails the test, killing them, if they end or time out first."""
+    workers = _start_workers(workdir, log_dir, "first")
     deadline = time.monotonic() + WORKER_TIMEOUT_S
-    # Preempt the non-chief worker once training is under way (after the step-2 checkpoint).
-    while not os.path.exists(os.path.join(checkpoints, "ckpt-2.index")):
+    while not os.path.exists(os.path.join(workdir_lib.checkpoint_dir(workdir), "ckpt-2.index")):
         if time.monotonic() > deadline or any(p.poll() is not None for p, _ in workers):
             for p, _ in workers:
                 p.kill()
             pytest.fail("the workers did not reach step 2:\n" + _tail(workers[0][1]) + _tail(workers[1][1]))
         time.sleep(0.1)
+    return workers
+
+
+def test_sigterm_to_one_worker_stops_both_at_one_checkpoint_and_restart_resumes(reference, tmp_path):
+    workdir = str(tmp_path / "run")
+    checkpoints = workdir_lib.checkpoint_dir(workdir)
+    # Preempt the non-chief worker once training is under way (after the step-2 checkpoint).
+    workers = _start_workers_past_step_2(workdir, str(tmp_path))
     workers[1][0].send_signal(signal.SIGTERM)
     codes = _wait(workers)
     assert codes == [143, 143], [_tail(log) for _, log in workers]  # both stopped: 128 + SIGTERM
@@ -188,14 +195,7 @@ def test_sigterm_to_one_worker_stops_both_at_one_checkpoint_and_restart_resumes(
 def test_sigkill_of_one_worker_fails_the_other_and_restarting_both_resumes(reference, tmp_path):
     workdir = str(tmp_path / "run")
     checkpoints = workdir_lib.checkpoint_dir(workdir)
-    workers = _start_workers(workdir, str(tmp_path), "first")
-    deadline = time.monotonic() + WORKER_TIMEOUT_S
-    while not os.path.exists(os.path.join(checkpoints, "ckpt-2.index")):
-        if time.monotonic() > deadline or any(p.poll() is not None for p, _ in workers):
-            for p, _ in workers:
-                p.kill()
-            pytest.fail("the workers did not reach step 2:\n" + _tail(workers[0][1]) + _tail(workers[1][1]))
-        time.sleep(0.1)
+    workers = _start_workers_past_step_2(workdir, str(tmp_path))
     workers[1][0].kill()  # no checkpoint, no goodbye
     codes = _wait(workers)
     # The chief's next collective fails (TensorFlow's heartbeats or the broken connection): a
