@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from train_hooks import wrap_train_step
 
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs import get_preset
@@ -44,23 +45,17 @@ def final_state(workdir):
             if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
 
 
-def _signal_at_step(monkeypatch, stop_step):
-    """Sends SIGTERM to this process after the loop's step `stop_step`, as a scheduler would."""
-    original = loop.distributed_train_step
+def _sigterm_after(stop_step):
+    """A step hook (train_hooks.wrap_train_step) that sends SIGTERM to this process after the loop's step
+    `stop_step`, as a scheduler would."""
 
-    def wrapped(model, strategy):
-        step_fn = original(model, strategy)
+    def hook(step, logs, model):
+        del model
+        if step == stop_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return logs
 
-        def train_step(batch):
-            logs = step_fn(batch)
-            if int(model.optimizer.iterations) == stop_step:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return logs
-
-        train_step.experimental_get_tracing_count = step_fn.experimental_get_tracing_count
-        return train_step
-
-    monkeypatch.setattr(loop, "distributed_train_step", wrapped)
+    return hook
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -68,7 +63,7 @@ def test_a_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(vari
     reference = str(tmp_path / "reference")
     loop.train(tiny_config(reference, variant))
     workdir = str(tmp_path / "run")
-    _signal_at_step(monkeypatch, 4)
+    wrap_train_step(monkeypatch, _sigterm_after(4))
     with pytest.raises(loop.TrainingPreemptedError):
         loop.train(tiny_config(workdir, variant))
     assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints"))[-1] == 4

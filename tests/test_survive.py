@@ -11,6 +11,7 @@ import signal
 import numpy as np
 import pytest
 import tensorflow as tf
+from train_hooks import wrap_train_step
 
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs import get_preset
@@ -181,23 +182,6 @@ def test_a_second_writer_is_refused_naming_the_holder_and_nothing_is_written(cop
     assert loop.train(tiny_config(copy_of))["global_step"] == FINAL_STEP
 
 
-def _step_hook(monkeypatch, hook):
-    """Wraps the loop's compiled train step: hook(step, logs, model) -> logs, after each step."""
-    original = loop.distributed_train_step
-
-    def wrapped(model, strategy):
-        step_fn = original(model, strategy)
-
-        def train_step(batch):
-            logs = step_fn(batch)
-            return hook(int(model.optimizer.iterations), logs, model)
-
-        train_step.experimental_get_tracing_count = step_fn.experimental_get_tracing_count
-        return train_step
-
-    monkeypatch.setattr(loop, "distributed_train_step", wrapped)
-
-
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_a_checkpoint_and_a_rerun_continues_the_same_run(reference, tmp_path, monkeypatch,
                                                                          signal_number):
@@ -208,7 +192,7 @@ def test_a_signal_saves_a_checkpoint_and_a_rerun_continues_the_same_run(referenc
             os.kill(os.getpid(), signal_number)  # delivered while the loop runs, like a scheduler's
         return logs
 
-    _step_hook(monkeypatch, send_signal_at_step_3)
+    wrap_train_step(monkeypatch, send_signal_at_step_3)
     handler_before = signal.getsignal(signal_number)
     with pytest.raises(loop.TrainingPreemptedError) as stopped:
         loop.train(tiny_config(workdir))
@@ -263,7 +247,7 @@ def recovered(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("recovered"))
     hook, seen = _nan_at_step(7, attempts=1, wild_chain_at=5)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        _step_hook(monkeypatch, hook)
+        wrap_train_step(monkeypatch, hook)
         metrics = loop.train(tiny_config(workdir))
     return workdir, metrics, seen
 
@@ -291,7 +275,7 @@ def test_a_run_killed_after_a_recovery_resumes_the_same_recovered_run(recovered,
     reference_workdir, _, _ = recovered
     workdir = str(tmp_path / "run")
     hook, _ = _nan_at_step(7, attempts=1, wild_chain_at=5, crash_at_replayed=6)
-    _step_hook(monkeypatch, hook)
+    wrap_train_step(monkeypatch, hook)
     with pytest.raises(RuntimeError, match="simulated crash"):
         loop.train(tiny_config(workdir))
     assert json.load(open(os.path.join(workdir, "run_status.json")))["state"] == "failed"
@@ -306,7 +290,7 @@ def test_a_resume_continues_with_the_recovered_settings(recovered, tmp_path, mon
     workdir = str(tmp_path / "run")
     shutil.copytree(recovered[0], workdir)
     hook, seen = _nan_at_step(-1, attempts=0)
-    _step_hook(monkeypatch, hook)
+    wrap_train_step(monkeypatch, hook)
     loop.train(tiny_config(workdir, max_steps=FINAL_STEP + 1))  # the original command, one step more
     assert [(step, sgld_steps) for step, _, sgld_steps in seen] == [(FINAL_STEP + 1, 7)]
     assert json.load(open(os.path.join(workdir, "config.json")))["learning_rate_scale"] == 0.5
@@ -315,7 +299,7 @@ def test_a_resume_continues_with_the_recovered_settings(recovered, tmp_path, mon
 def test_without_recoveries_left_divergence_stops_as_before(tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
     hook, _ = _nan_at_step(7, attempts=10)
-    _step_hook(monkeypatch, hook)
+    wrap_train_step(monkeypatch, hook)
     with pytest.raises(loop.TrainingDivergedError, match=r"diverged at step 7: the loss is nan.*ckpt-5"):
         loop.train(tiny_config(workdir, max_recoveries=0))
     assert json.load(open(os.path.join(workdir, "run_status.json")))["state"] == "diverged"
