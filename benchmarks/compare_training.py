@@ -79,6 +79,9 @@ def define_flags(flag_values=flags.FLAGS):
     define("integer", "threads", 2, "Threads of each run (torch.set_num_threads; TensorFlow intra-op).",
            lower_bound=1)
     define("integer", "report_every", 50, "Steps per window of the printed curves.", lower_bound=1)
+    define("string", "official_results", None, "A folder of official_seed<SEED>.json files that "
+           "`benchmarks/reference_worker.py train --output=...` wrote elsewhere (e.g. on a lent GPU machine, with "
+           "the images carried by `benchmarks.image_pack`): the official runs are read from there, not run.")
     define("bool", "parallel", False, "Run the two implementations of a seed at the same time (each with "
            "--threads threads): the curves do not depend on it, the wall time does.")
 
@@ -253,8 +256,22 @@ def _log_tail(path, lines=15) -> str:
         return "".join(f.readlines()[-lines:])
 
 
+def official_result_path(folder: str, seed: int) -> str:
+    return os.path.join(folder, f"official_seed{seed}.json")
+
+
+def read_official(output: str, seed: int, seconds: float, log_path: str) -> RunResult:
+    """A reference_worker.py result file as a RunResult."""
+    with open(output) as f:
+        result = json.load(f)
+    run = RunResult("official", seed, {int(k): v for k, v in result["curves"].items()}, steps=result["steps"],
+                    diverged=result["diverged"], diverged_at=result.get("step"), reason=result.get("reason", ""),
+                    test_accuracy=result.get("test_accuracy"), seconds=seconds, log=log_path)
+    return mark_non_finite(run)
+
+
 def run_official(flag_values, seed: int, npz_dir: str, num_classes: int, run_dir: str, log_dir: str) -> RunResult:
-    output = os.path.join(run_dir, f"official_seed{seed}.json")
+    output = official_result_path(run_dir, seed)
     log_path = os.path.join(log_dir, f"official_seed{seed}.log")
     command = [flag_values.torch_python, REFERENCE_WORKER, "train", f"--reference_dir={flag_values.reference_dir}",
                f"--data_dir={npz_dir}", f"--dataset={'cifar100' if num_classes == 100 else 'cifar10'}",
@@ -269,12 +286,7 @@ def run_official(flag_values, seed: int, npz_dir: str, num_classes: int, run_dir
     if code != 0 or not os.path.exists(output):
         raise RunFailed(f"the official run (seed {seed}) exited with code {code}; log: {log_path}\n"
                         f"{_log_tail(log_path)}")
-    with open(output) as f:
-        result = json.load(f)
-    run = RunResult("official", seed, {int(k): v for k, v in result["curves"].items()}, steps=result["steps"],
-                    diverged=result["diverged"], diverged_at=result.get("step"), reason=result.get("reason", ""),
-                    test_accuracy=result.get("test_accuracy"), seconds=time.time() - started, log=log_path)
-    return mark_non_finite(run)
+    return read_official(output, seed, time.time() - started, log_path)
 
 
 def read_tensorboard_curves(log_dir: str) -> dict:
@@ -327,8 +339,8 @@ def run_ours(flag_values, seed: int, run_dir: str, log_dir: str) -> RunResult:
 
 
 def check_inputs(flag_values) -> list:
-    needed = ["data", "output_dir"] + (["reference_dir", "torch_python"]
-                                       if "official" in flag_values.implementations else [])
+    run_official_here = "official" in flag_values.implementations and not flag_values.official_results
+    needed = ["data", "output_dir"] + (["reference_dir", "torch_python"] if run_official_here else [])
     for name in needed:
         if not flag_values[name].value:
             raise ValueError(f"--{name} is required.")
@@ -344,7 +356,13 @@ def check_inputs(flag_values) -> list:
         raise ValueError("--seeds is empty: give at least one seed.")
     if not os.path.isdir(os.path.join(flag_values.data, "train")):
         raise ValueError(f"--data={flag_values.data!r} has no train/ folder: expected PATH/{{train,test}}/<class>/.")
-    if "official" in flag_values.implementations:
+    if "official" in flag_values.implementations and flag_values.official_results:
+        missing = [official_result_path(flag_values.official_results, seed) for seed in seeds
+                   if not os.path.isfile(official_result_path(flag_values.official_results, seed))]
+        if missing:
+            raise ValueError(f"--official_results={flag_values.official_results!r} lacks {', '.join(missing)}: one "
+                             "reference_worker.py result per seed in --seeds.")
+    if run_official_here:
         if not os.path.isfile(os.path.join(flag_values.reference_dir, "train_wrn_ebm.py")):
             raise ValueError(f"--reference_dir={flag_values.reference_dir!r} is not a checkout of "
                              "github.com/wgrathwohl/JEM (no train_wrn_ebm.py).")
@@ -377,14 +395,19 @@ def main(argv, flag_values=None):
                     learning_rate=flag_values.learning_rate, warmup_steps=flag_values.warmup_steps,
                     buffer_size=flag_values.buffer_size, validation_size=flag_values.validation_size,
                     data_noise=flag_values.data_noise, threads=flag_values.threads,
-                    report_every=flag_values.report_every, **facts)
+                    report_every=flag_values.report_every, official_results=flag_values.official_results, **facts)
     runs = []
     implementations = [i for i in IMPLEMENTATIONS if i in flag_values.implementations]
 
     def run_one(implementation, seed):
         logging.info("Starting %s, seed %d, %d steps (log in %s)...", implementation, seed, flag_values.steps,
                      log_dir)
-        if implementation == "official":
+        if implementation == "official" and flag_values.official_results:
+            path = official_result_path(flag_values.official_results, seed)
+            with open(path) as f:
+                seconds = json.load(f).get("seconds", 0.0)
+            run = read_official(path, seed, seconds, path)
+        elif implementation == "official":
             run = run_official(flag_values, seed, run_dir, facts["num_classes"], run_dir, log_dir)
         else:
             run = run_ours(flag_values, seed, run_dir, log_dir)

@@ -367,7 +367,8 @@ def run_training(args) -> dict:
         f = captured["f"]
         f.eval()
         with torch.no_grad():
-            accuracy, xent = reference.eval_classification(f, captured["loaders"][3], torch.device("cpu"))
+            # The reference's main() puts the model on CUDA when there is one (a lent GPU machine).
+            accuracy, xent = reference.eval_classification(f, captured["loaders"][3], next(f.parameters()).device)
         result.update(test_accuracy=float(accuracy), test_xent=float(xent))
     return result
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from PIL import Image
 from reference_env import REFERENCE_DIR, TORCH_PYTHON, torch_and_reference_missing
 
@@ -157,3 +158,30 @@ def test_smoke_both_implementations_train_a_few_steps(tmp_path):
         assert abs(run["curves"]["0"]["xent"] - math.log(10)) < 0.5
     assert (output / "compare_training.png").stat().st_size > 0
     assert "Diverged: official 0 of 1; jem_tf 0 of 1." in result.stdout
+
+
+def test_official_runs_made_elsewhere_are_read_not_run(tmp_path):
+    """--official_results: the reference ran on another machine (no torch here); its result files are
+    read and reported beside jem_tf's runs, and a missing seed is refused before anything runs."""
+    _image_tree(tmp_path / "images")
+    results = tmp_path / "official"
+    results.mkdir()
+    curves = {str(step): {"xent": 2.3 - 0.1 * step, "accuracy": 0.1, "log_px_data": 0.5, "log_px_samples": 0.4}
+              for step in range(4)}
+    (results / "official_seed1.json").write_text(json.dumps(
+        dict(curves=curves, steps=4, diverged=False, test_accuracy=0.3, seconds=12.0)))
+    flag_values = flags.FlagValues()
+    compare_training.define_flags(flag_values)
+    common = [f"--data={tmp_path / 'images'}", f"--output_dir={tmp_path / 'out'}", "--implementations=official",
+              f"--official_results={results}", "--steps=4", "--report_every=2"]
+    flag_values(["compare_training", *common, "--seeds=1,2"])
+    assert compare_training.main(["compare_training"], flag_values) == compare_training.EXIT_BAD_INPUT
+    assert not (tmp_path / "out" / "compare_training.json").exists()
+    flag_values.unparse_flags()
+    flag_values(["compare_training", *common, "--seeds=1"])
+    assert compare_training.main(["compare_training"], flag_values) == 0
+    saved = json.loads((tmp_path / "out" / "compare_training.json").read_text())
+    (run,) = saved["runs"]
+    assert (run["implementation"], run["steps"], run["test_accuracy"], run["seconds"]) == ("official", 4, 0.3, 12.0)
+    assert saved["settings"]["official_results"] == str(results)
+    assert run["curves"]["3"]["xent"] == pytest.approx(2.0)
