@@ -363,6 +363,8 @@ def run_training(args) -> dict:
     parsed = parse_training_output(tee.lines)
     result = dict(parsed, **outcome, steps=_StepBudget.handed_out, seconds=round(time.time() - started, 1),
                   torch=torch.__version__)
+    device = next(captured["f"].parameters()).device if "f" in captured else torch.device("cpu")
+    result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     if not outcome["diverged"]:
         f = captured["f"]
         f.eval()
