@@ -32,6 +32,7 @@ RESULTS = REPO / "docs" / "results"
 REQUIRED = ("commit", "machine", "date", "command", "columns", "rows")
 REGION = re.compile(r"(<!-- results:(?P<name>[\w./-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 ALIGN = {"l": "---", "r": "---:", "c": ":---:"}
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)  # markers inside code blocks are examples, not regions
 
 
 class ResultsError(ValueError):
@@ -115,14 +116,24 @@ def render(name, data, page):
     return "\n".join(lines) + "\n"
 
 
+def _in_code(text):
+    spans = [m.span() for m in FENCE.finditer(text)]
+    return lambda pos: any(start <= pos < end for start, end in spans)
+
+
 def regenerate(text, page, results=RESULTS):
-    """The page's text with every region rendered from its JSON, and the region names found."""
+    """The page's text with every region rendered from its JSON, and the names of the regions that changed."""
     names = []
+    in_code = _in_code(text)
 
     def replace(match):
+        if in_code(match.start()):
+            return match.group(0)
         name = match["name"]
-        names.append(name)
-        return match.group(1) + render(name, load(name, results), page) + match.group(4)
+        body = render(name, load(name, results), page)
+        if body != match["body"]:
+            names.append(name)
+        return match.group(1) + body + match.group(4)
 
     return REGION.sub(replace, text), names
 
@@ -144,8 +155,11 @@ def regions(repo=REPO):
     """{name: [pages]} of every region in the pages."""
     found = {}
     for page in pages(repo):
-        for match in REGION.finditer(page.read_text()):
-            found.setdefault(match["name"], []).append(page)
+        text = page.read_text()
+        in_code = _in_code(text)
+        for match in REGION.finditer(text):
+            if not in_code(match.start()):
+                found.setdefault(match["name"], []).append(page)
     return found
 
 
