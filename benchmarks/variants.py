@@ -33,7 +33,7 @@ class Variant:
     flags: tuple  # the documented flag set, added to --base_flags
 
 
-# One row each, in the README's order. The flag sets are the ones the README documents.
+# One row each, in docs/jem_family.md's order. The flag sets are the ones it documents.
 VARIANTS = (
     Variant("classifier", "baseline: the same WideResNet, cross-entropy only", ("--objective=classifier",)),
     Variant("jem", "JEM (Grathwohl et al., ICLR 2020), Algorithm 1", ("--objective=jem",)),

@@ -43,7 +43,7 @@ def _fail(problem: str) -> None:
     raise ValueError(
         f"--strategy=multi_worker needs the {ENV_VAR} environment variable describing the cluster and this "
         f"process's task: {problem}. Set it on every worker, e.g. {ENV_VAR}='{_EXAMPLE}' (index 0 on the first "
-        "worker, 1 on the second, ...; README 'Multi-worker training'), or train on one machine with "
+        "worker, 1 on the second, ...; docs/training.md, 'Multi-worker training'), or train on one machine with "
         "--strategy=auto."
     )
 

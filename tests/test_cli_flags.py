@@ -244,7 +244,7 @@ def test_helpfull_lists_every_field_flag_with_its_help(module, config_class):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", module, "--helpfull"], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
-    assert result.returncode == 1, result.stderr[-2000:]  # absl's help exit code (README: exit codes)
+    assert result.returncode == 1, result.stderr[-2000:]  # absl's help exit code (docs/reliability.md: exit codes)
     shown = without_whitespace(result.stdout)
     fields = cli.flag_fields(config_class())
     assert len(fields) >= 20  # guards the loop below against an empty list

@@ -22,7 +22,7 @@ from trainers import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINAL_STEP = 6
-# The documented flag sets (README, benchmarks/variants.py), as config fields.
+# The documented flag sets (docs/jem_family.md, benchmarks/variants.py), as config fields.
 VARIANTS = {
     "batch_norm_jem": dict(norm="batch"),
     "sada_jem": dict(norm="batch", sam_rho=2.0, sam_adaptive=True, generative_augmentation="none",

@@ -58,7 +58,7 @@ def _dataset_info(dataset, data_dir):
 
     features = tfds.builder(tfds_names[dataset]).info.features
     logging.warning("%s is not prepared on this machine; run_info takes its shape and classes from tfds' metadata. "
-                    "Evaluating or training on the import needs the data (see README, Datasets).", dataset)
+                    "Evaluating or training on the import needs the data (see docs/training.md, Datasets).", dataset)
     return dict(dataset=dataset, image_shape=list(features["image"].shape),
                 num_classes=features["label"].num_classes, class_names=list(features["label"].names),
                 num_train=None, num_validation=None, num_test=None)

@@ -284,7 +284,7 @@ class JEM(Classifier):
         the moving averages already updated with this data (PyTorch momentum 0.9: 90 % of this
         batch's statistics). Scoring the samples in training mode with their own statistics (and
         undoing that pass's moving-average updates) was tried and left out: SGLD, in inference mode,
-        then climbs a density the loss never corrects (README, "Batch norm with JEM").
+        then climbs a density the loss never corrects (docs/jem_family.md, "Batch norm with JEM").
         """
         def forward(batches, training):
             # Batches may differ in size (e.g. an unlabelled stream's); the split follows them.

@@ -204,7 +204,7 @@ class TrainConfig:
     strategy: str = dataclasses.field(default="auto", metadata=dict(
         choices=STRATEGIES,
         help="auto (MirroredStrategy when >1 GPU) | default | mirrored | multi_worker (MultiWorkerMirroredStrategy "
-             "over the cluster in the TF_CONFIG environment variable; README)."))
+             "over the cluster in the TF_CONFIG environment variable; docs/training.md)."))
     seed: int = dataclasses.field(default=0, metadata=dict(
         help="Seed of data order, augmentation, initial weights, buffer initialisation and SGLD noise: 0 .. "
              "2**31-1."))
@@ -217,7 +217,7 @@ class TrainConfig:
         choices=PRECISIONS,
         help="float32 (default) | mixed_bfloat16 (CPUs with AVX512-BF16/AMX, Ampere+ GPUs) | mixed_float16 (GPUs; "
              "dynamic loss scaling). 16-bit convolutions, float32 weights, logits, energies, SGLD images and replay "
-             "buffer. Fixed for the life of a run (README: Mixed precision)."))
+             "buffer. Fixed for the life of a run (docs/training.md: Mixed precision)."))
     # Bookkeeping.
     checkpoint_every_steps: int = dataclasses.field(default=1000, metadata=dict(
         help="Save a checkpoint every N steps (and at the end)."))

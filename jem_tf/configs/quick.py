@@ -3,7 +3,7 @@
     python -m jem_tf.train --preset=quick --workdir=runs/quick
 
 WRN-10-2 without normalisation, 20 SGLD steps, a 1000-chain buffer. Finishes in a few minutes on
-2 CPU cores (see the README for the measured time and accuracy) and needs no download.
+2 CPU cores (docs/results/quick_run.json has the measured time and accuracy) and needs no download.
 """
 
 from jem_tf.configs.base import TrainConfig

@@ -262,7 +262,7 @@ def _unavailable_message(name: str, tfds_name: str, data_dir_root: str) -> str:
     return (
         f"Dataset {name!r} (tfds {tfds_name!r}) is not available offline: no prepared copy in "
         f"{data_dir_root!r}. Add --download to fetch and prepare it there (needs internet access; "
-        "see README, Datasets). Or, on a machine with internet access, prepare it with\n"
+        "see docs/training.md, Datasets). Or, on a machine with internet access, prepare it with\n"
         "  python -c \"import tensorflow_datasets as tfds; "
         f"tfds.builder('{tfds_name}', data_dir='/path/to/tensorflow_datasets')"
         '.download_and_prepare()"\n'
