@@ -34,13 +34,17 @@ REPO = Path(__file__).resolve().parents[1]
 # The trees whose modules get targets; tests/ and tools/ are script directories (not packages).
 TREES = ("benchmarks", "export", "jem_tf", "tools", "trainers", "tests")
 
-# Inputs read through paths built from pieces (os.path.join(..., "data", "reference")): target -> data.
+# Inputs read through paths built from pieces (os.path.join(..., "data", "reference")), which the
+# strings cannot show: target -> files, or glob patterns (those with a `*`).
+SOURCES = [f"{tree}/**/*.py" for tree in TREES]
 EXTRA_DATA = {
-    "test_export": ['glob(["export/serving/requests/*"])'],
-    "test_from_reference": ['glob(["tests/data/reference/*"])'],
-    "test_from_reference_serving": ['glob(["tests/data/reference/*"])'],
-    "test_gpu_check": ['"benchmarks/gpu_check.sh"'],
-    "test_layering": ['glob(["jem_tf/**/*.py", "export/**/*.py", "trainers/**/*.py"])'],  # it reads the sources
+    "test_build_file": ["BUILD", *SOURCES],  # it compares BUILD with the generator's output
+    "test_export": ["export/serving/requests/*"],
+    "test_from_reference": ["tests/data/reference/*"],
+    "test_from_reference_serving": ["tests/data/reference/*"],
+    "test_gpu_check": ["benchmarks/gpu_check.sh"],
+    "test_layering": ["jem_tf/**/*.py", "export/**/*.py", "trainers/**/*.py"],  # it reads the sources
+    "test_packaging": ["pyproject.toml", "requirements.txt", "export/**"],
 }
 
 HEADER = """\
@@ -167,11 +171,12 @@ def targets(modules):
             attrs.append(("main", f'"{m.path}"'))
         if kind == "py_test":
             attrs.insert(0, ("size", '"large"'))  # most start a training run; pytest runs them, not Bazel
-        data = data_files + [f'":{t}"' for t in data_targets] + EXTRA_DATA.get(m.name, [])
-        if len(data) == 1 and data[0].startswith("glob("):
-            attrs.append(("data", data[0]))
-        elif data:
-            attrs.append(("data", "[" + ", ".join(data) + "]"))
+        extra = EXTRA_DATA.get(m.name, [])
+        listed = data_files + [f'"{f}"' for f in extra if "*" not in f] + [f'":{t}"' for t in data_targets]
+        globbed = [f'"{f}"' for f in extra if "*" in f]
+        data = ([f"[{', '.join(listed)}]"] if listed else []) + ([f"glob([{', '.join(globbed)}])"] if globbed else [])
+        if data:
+            attrs.append(("data", " + ".join(data)))
         if dep_names:
             attrs.append(("deps", "[" + ", ".join(f'":{d}"' for d in sorted(dep_names)) + "]"))
         if m.is_test and not m.is_pytest:
