@@ -196,6 +196,11 @@ def main(argv):
     print(path)
 
 
+def command():
+    """The `jem-export` console script (pyproject.toml): `python -m export.savedmodel` under another name."""
+    cli.run_as_main("export.savedmodel")
+
+
 if __name__ == "__main__":
     define_flags()
     cli.run(main)

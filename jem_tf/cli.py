@@ -18,6 +18,7 @@ help in `--helpfull`, without any other edit:
 """
 
 import dataclasses
+import runpy
 import sys
 import types
 import typing
@@ -50,6 +51,17 @@ def parse_flags(argv):
     except flags.Error as error:
         sys.stderr.write(f"{argv[0]}: bad command line: {error}\nPass --helpshort or --helpfull to see the flags.\n")
         sys.exit(EXIT_BAD_INPUT)
+
+
+def run_as_main(module_name: str):
+    """Runs the command module `module_name` exactly as `python -m module_name` does.
+
+    The console scripts of pyproject.toml (`jem-train`, ...) call this through the module's
+    `command()`: run as `__main__`, the module's docstring is the usage text and `--helpshort` lists
+    its flags (absl keys both on the main module), and both names of a command behave the same.
+    """
+    sys.modules.pop(module_name, None)  # the console script imported it to reach `command`
+    runpy.run_module(module_name, run_name="__main__", alter_sys=True)
 
 
 def run(main):

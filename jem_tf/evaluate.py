@@ -91,6 +91,11 @@ def main(argv):
     return code
 
 
+def command():
+    """The `jem-evaluate` console script (pyproject.toml): `python -m jem_tf.evaluate` under another name."""
+    cli.run_as_main("jem_tf.evaluate")
+
+
 if __name__ == "__main__":
     define_flags()
     cli.run(main)

@@ -106,6 +106,11 @@ def main(argv):
                  metrics["global_step"], config.workdir)
 
 
+def command():
+    """The `jem-train` console script (pyproject.toml): `python -m jem_tf.train` under another name."""
+    cli.run_as_main("jem_tf.train")
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     define_flags()

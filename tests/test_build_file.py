@@ -1,12 +1,36 @@
-"""BUILD stays true to the code: every module and test has a target, and every first-party import
-is provided by the target itself or one of its direct deps. (Bazel 4 cannot run py_test offline,
-so this is checked here.)"""
+"""BUILD stays true to the code. It is generated (`python -m tools.gen_build`), so the first test is
+that the committed file is the generator's output; the others check that output independently of the
+generator: every module and test has a target, and every first-party import is provided by the target
+itself or one of its direct deps. (Bazel 4 cannot run py_test offline, so this is checked here.)"""
 
 import ast
 from pathlib import Path
 
+from tools import gen_build
+
 REPO = Path(__file__).resolve().parents[1]
-FIRST_PARTY = ("jem_tf", "trainers", "export", "benchmarks")
+FIRST_PARTY = ("jem_tf", "trainers", "export", "benchmarks", "tools")
+
+
+def test_committed_build_is_the_generators_output():
+    assert (REPO / "BUILD").read_text() == gen_build.render(), (
+        "BUILD differs from the imports: run `python -m tools.gen_build` and commit BUILD "
+        "(`python -m tools.gen_build --check` shows the difference)")
+
+
+def test_check_mode_exits_1_on_a_stale_build(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gen_build, "REPO", tmp_path)
+    (tmp_path / "jem_tf").mkdir()
+    (tmp_path / "jem_tf" / "__init__.py").write_text("")
+    (tmp_path / "jem_tf" / "a.py").write_text("from jem_tf import b\n")
+    (tmp_path / "jem_tf" / "b.py").write_text("import os\n")
+    assert gen_build.main(["--check"]) == 1  # no BUILD yet
+    assert gen_build.main([]) == 0
+    assert gen_build.main(["--check"]) == 0
+    assert 'deps = [":jem_tf_b"]' in (tmp_path / "BUILD").read_text()
+    (tmp_path / "jem_tf" / "c.py").write_text("from . import a\n")
+    assert gen_build.main(["--check"]) == 1
+    assert '+    deps = [":jem_tf_a"],' in capsys.readouterr().out
 
 
 def load_targets():

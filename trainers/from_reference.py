@@ -32,7 +32,7 @@ from absl import app, flags, logging
 
 from export import reference_state_dict, torch_checkpoint
 from export.reference_state_dict import ReferenceCheckpointError
-from jem_tf import configs
+from jem_tf import cli, configs
 from jem_tf import data as jem_data
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import write_json_atomically
@@ -177,6 +177,12 @@ def main(argv):
         logging.error("Import refused: %s", error)
         return EXIT_BAD_INPUT
     return 0
+
+
+def command():
+    """The `jem-import-reference` console script (pyproject.toml): `python -m trainers.from_reference`
+    under another name."""
+    cli.run_as_main("trainers.from_reference")
 
 
 if __name__ == "__main__":
