@@ -82,6 +82,9 @@ def define_flags(flag_values=flags.FLAGS):
     define("string", "official_results", None, "A folder of official_seed<SEED>.json files that "
            "`benchmarks/reference_worker.py train --output=...` wrote elsewhere (e.g. on a lent GPU machine, with "
            "the images carried by `benchmarks.image_pack`): the official runs are read from there, not run.")
+    define("string", "jem_tf_results", None, "A folder of finished jem_tf workdirs jem_tf_seed<SEED>/ trained "
+           "with this command's settings and --max_recoveries=0 (e.g. by a queue of runs): read, not run; each "
+           "must have ended 'finished' or 'diverged' (its run_status.json).")
     define("bool", "parallel", False, "Run the two implementations of a seed at the same time (each with "
            "--threads threads): the curves do not depend on it, the wall time does.")
 
@@ -325,10 +328,14 @@ def run_ours(flag_values, seed: int, run_dir: str, log_dir: str) -> RunResult:
     if code not in (0, EXIT_DIVERGED):
         raise RunFailed(f"the jem_tf run (seed {seed}) exited with code {code}; log: {log_path}\n"
                         f"{_log_tail(log_path)}")
+    return read_ours(workdir, seed, code == EXIT_DIVERGED, time.time() - started, log_path)
+
+
+def read_ours(workdir: str, seed: int, diverged: bool, seconds: float, log_path: str) -> RunResult:
+    """A finished jem_tf workdir (trained with --max_recoveries=0, as run_ours does) as a RunResult."""
     curves = read_tensorboard_curves(os.path.join(workdir, "tensorboard"))
-    run = RunResult("jem_tf", seed, curves, steps=(max(curves) + 1) if curves else 0, seconds=time.time() - started,
-                    log=log_path)
-    if code == EXIT_DIVERGED:
+    run = RunResult("jem_tf", seed, curves, steps=(max(curves) + 1) if curves else 0, seconds=seconds, log=log_path)
+    if diverged:
         # The guard stops before anything of the diverged step is logged.
         run.diverged, run.diverged_at = True, run.steps
         run.reason = "jem_tf's divergence guard (exit code 3)"
@@ -356,6 +363,20 @@ def check_inputs(flag_values) -> list:
         raise ValueError("--seeds is empty: give at least one seed.")
     if not os.path.isdir(os.path.join(flag_values.data, "train")):
         raise ValueError(f"--data={flag_values.data!r} has no train/ folder: expected PATH/{{train,test}}/<class>/.")
+    if "jem_tf" in flag_values.implementations and flag_values.jem_tf_results:
+        unfinished = []
+        for seed in seeds:
+            status_path = os.path.join(flag_values.jem_tf_results, f"jem_tf_seed{seed}", "run_status.json")
+            try:
+                with open(status_path) as f:
+                    state = json.load(f).get("state")
+            except (OSError, ValueError):
+                state = None
+            if state not in ("finished", "diverged"):
+                unfinished.append(f"{status_path} ({state or 'missing'})")
+        if unfinished:
+            raise ValueError(f"--jem_tf_results={flag_values.jem_tf_results!r}: runs not finished or diverged: "
+                             f"{', '.join(unfinished)}.")
     if "official" in flag_values.implementations and flag_values.official_results:
         missing = [official_result_path(flag_values.official_results, seed) for seed in seeds
                    if not os.path.isfile(official_result_path(flag_values.official_results, seed))]
@@ -395,14 +416,20 @@ def main(argv, flag_values=None):
                     learning_rate=flag_values.learning_rate, warmup_steps=flag_values.warmup_steps,
                     buffer_size=flag_values.buffer_size, validation_size=flag_values.validation_size,
                     data_noise=flag_values.data_noise, threads=flag_values.threads,
-                    report_every=flag_values.report_every, official_results=flag_values.official_results, **facts)
+                    report_every=flag_values.report_every, official_results=flag_values.official_results,
+                    jem_tf_results=flag_values.jem_tf_results, **facts)
     runs = []
     implementations = [i for i in IMPLEMENTATIONS if i in flag_values.implementations]
 
     def run_one(implementation, seed):
         logging.info("Starting %s, seed %d, %d steps (log in %s)...", implementation, seed, flag_values.steps,
                      log_dir)
-        if implementation == "official" and flag_values.official_results:
+        if implementation == "jem_tf" and flag_values.jem_tf_results:
+            workdir = os.path.join(flag_values.jem_tf_results, f"jem_tf_seed{seed}")
+            with open(os.path.join(workdir, "run_status.json")) as f:
+                state = json.load(f)["state"]
+            run = read_ours(workdir, seed, state == "diverged", 0.0, workdir)
+        elif implementation == "official" and flag_values.official_results:
             path = official_result_path(flag_values.official_results, seed)
             with open(path) as f:
                 seconds = json.load(f).get("seconds", 0.0)

@@ -185,3 +185,39 @@ def test_official_runs_made_elsewhere_are_read_not_run(tmp_path):
     assert (run["implementation"], run["steps"], run["test_accuracy"], run["seconds"]) == ("official", 4, 0.3, 12.0)
     assert saved["settings"]["official_results"] == str(results)
     assert run["curves"]["3"]["xent"] == pytest.approx(2.0)
+
+
+def _fake_jem_tf_workdir(workdir, state, steps=4):
+    """What a jem_tf run leaves that compare_training reads: train/* summaries (step after the update),
+    run_status.json and, when it finished, metrics.json."""
+    writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+    with writer.as_default():
+        for step in range(1, steps + 1):
+            for metric in compare_training.METRICS:
+                tf.summary.scalar(f"train/{metric}", 2.0 - 0.1 * step, step=step)
+    writer.close()
+    (workdir / "run_status.json").write_text(json.dumps({"state": state, "step": steps}))
+    if state == "finished":
+        (workdir / "metrics.json").write_text(json.dumps({"test_accuracy": 0.2}))
+
+
+def test_jem_tf_runs_made_before_are_read_not_run(tmp_path):
+    _image_tree(tmp_path / "images")
+    ours = tmp_path / "ours"
+    for seed, state in ((1, "finished"), (2, "diverged"), (3, "running")):
+        (ours / f"jem_tf_seed{seed}").mkdir(parents=True)
+        _fake_jem_tf_workdir(ours / f"jem_tf_seed{seed}", state)
+    flag_values = flags.FlagValues()
+    compare_training.define_flags(flag_values)
+    common = [f"--data={tmp_path / 'images'}", f"--output_dir={tmp_path / 'out'}", "--implementations=jem_tf",
+              f"--jem_tf_results={ours}", "--steps=4", "--report_every=2"]
+    flag_values(["compare_training", *common, "--seeds=1,3"])
+    assert compare_training.main(["compare_training"], flag_values) == compare_training.EXIT_BAD_INPUT
+    flag_values.unparse_flags()
+    flag_values(["compare_training", *common, "--seeds=1,2"])
+    assert compare_training.main(["compare_training"], flag_values) == 0
+    saved = json.loads((tmp_path / "out" / "compare_training.json").read_text())
+    runs = {run["seed"]: run for run in saved["runs"]}
+    assert (runs[1]["diverged"], runs[1]["test_accuracy"], runs[1]["steps"]) == (False, 0.2, 4)
+    assert runs[2]["diverged"] and runs[2]["test_accuracy"] is None
+    assert runs[1]["curves"]["0"]["xent"] == pytest.approx(1.9)
