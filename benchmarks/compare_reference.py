@@ -4,6 +4,7 @@
     python -m benchmarks.compare_reference --reference_dir=... --torch_python=... --depth=28 --rounds=6 \\
         --output_json=/tmp/wrn28.json
     python -m benchmarks.compare_reference ... --ours_flag=--jit_compile   # any benchmarks.train_step flag
+    python -m benchmarks.compare_reference ... --results_json=speed_vs_official  # also its row of the docs table
 
 The official side (github.com/wgrathwohl/JEM; `--reference_dir` is a checkout, imported at run time by
 `benchmarks/reference_worker.py` under `--torch_python`, never copied here) runs its `sample_q` and the
@@ -36,16 +37,14 @@ import tempfile
 
 from absl import app, flags, logging
 
-from benchmarks import machine_load
+from benchmarks import machine_load, reference_report, results_json
+from benchmarks.reference_report import CHANNELS, IMAGE_SIZE, NUM_CLASSES, SIDES
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_WORKER = os.path.join(REPO_ROOT, "benchmarks", "reference_worker.py")
-SIDES = ("official", "jem_tf")
-# The reference's fixed image shape (train_wrn_ebm.py: im_sz = 32, n_ch = 3) and class count.
-IMAGE_SIZE, CHANNELS, NUM_CLASSES = 32, 3, 10
 # benchmarks.train_step flags this tool sets for both sides alike: not accepted through --ours_flag.
 SHARED_SETTINGS = ("depth", "width", "batch_size", "sgld_steps", "threads", "warmup", "image_size", "channels",
-                   "num_classes", "repeats", "compare_jit", "output_json", "precision")
+                   "num_classes", "repeats", "compare_jit", "output_json", "precision", "results_json")
 EXIT_WORKER_FAILED, EXIT_BAD_INPUT, EXIT_NOT_QUIET = 1, 2, 3
 
 
@@ -79,96 +78,11 @@ def define_flags(flag_values=flags.FLAGS):
     define("multi_string", "ours_flag", [], "A benchmarks.train_step flag for our side, e.g. "
            "--ours_flag=--jit_compile (repeatable). Settings both sides share are refused here.")
     define("string", "output_json", None, "Also write every sample and the summary to this JSON file.")
+    define("string", "results_json", None, "With a valid ratio, also write this run's row of the docs table "
+           "docs/results/NAME.json (e.g. speed_vs_official; rows of other models and precisions are kept) with "
+           "commit, machine, date and this command line, and re-render the docs from it.")
     flags.DEFINE_enum("worker", None, ["jem_tf"], "Internal: run as our side's timing worker.",
                       flag_values=flag_values)
-
-
-# ------------------------------------------------------------------------------------------------
-# Report logic (no TensorFlow, no torch: tested on fake timings).
-
-
-def round_order(round_index: int) -> tuple:
-    """ABBA: official first in even rounds, ours first in odd ones."""
-    return SIDES if round_index % 2 == 0 else SIDES[::-1]
-
-
-def summarize_side(samples: list, max_other_load: float) -> dict:
-    """Medians of iteration and SGLD-step seconds over the quiet samples and over all of them."""
-    quiet = [s for s in samples if machine_load.is_quiet(s, max_other_load)]
-    loads = [s["other_load"] for s in samples if s.get("other_load") is not None]
-    return dict(
-        num_samples=len(samples), num_quiet=len(quiet),
-        iteration_quiet=machine_load.summarize(s["wall_seconds"] for s in quiet),
-        iteration_all=machine_load.summarize(s["wall_seconds"] for s in samples),
-        sgld_step_quiet=machine_load.summarize(s["sgld_step_seconds"] for s in quiet),
-        sgld_step_all=machine_load.summarize(s["sgld_step_seconds"] for s in samples),
-        other_load=machine_load.summarize(loads),
-    )
-
-
-def build_report(samples: dict, settings: dict, cpu: dict, versions: dict, max_other_load: float,
-                 min_quiet_samples: int) -> dict:
-    """Everything printed and saved: settings, CPU, per-side summaries and the ratios (ours / official)."""
-    sides = {side: summarize_side(samples[side], max_other_load) for side in SIDES}
-    valid = all(sides[side]["num_quiet"] >= min_quiet_samples for side in SIDES)
-
-    def ratio(kind):
-        official, ours = sides["official"][kind], sides["jem_tf"][kind]
-        return None if not official or not ours else ours["median"] / official["median"]
-
-    return dict(settings=settings, cpu=cpu, versions=versions, max_other_load=max_other_load,
-                min_quiet_samples=min_quiet_samples, sides=sides, valid=valid,
-                iteration_ratio=ratio("iteration_quiet") if valid else None,
-                sgld_step_ratio=ratio("sgld_step_quiet") if valid else None,
-                iteration_ratio_all_samples=ratio("iteration_all"),
-                sgld_step_ratio_all_samples=ratio("sgld_step_all"), samples=samples)
-
-
-def _seconds(summary, scale=1.0, unit="s"):
-    if not summary:
-        return "–"
-    return f"{summary['median'] * scale:.3g} {unit} (min {summary['min'] * scale:.3g})"
-
-
-def format_report(report: dict) -> str:
-    s, cpu, v = report["settings"], report["cpu"], report["versions"]
-    lines = [
-        f"### Official JEM vs jem_tf: WRN-{s['depth']}-{s['width']}, batch {s['batch_size']}, "
-        f"{s['sgld_steps']} SGLD steps, {IMAGE_SIZE}x{IMAGE_SIZE}x{CHANNELS}, {s['threads']} thread(s) per side",
-        "",
-        f"CPU: {cpu['model']}, {cpu['num_cpus']} CPU(s); ISA: {' '.join(cpu['isa_flags']) or 'none of interest'}"
-        + (f"; lscpu: {', '.join(f'{k}: {val}' for k, val in cpu['lscpu'].items())}" if cpu.get("lscpu") else ""),
-        f"Official: PyTorch {v.get('torch', '?')} (stand-ins: {', '.join(v.get('stand_ins') or []) or 'none'}); "
-        f"jem_tf: TensorFlow {v.get('tensorflow', '?')}, precision {s.get('precision', 'float32')}"
-        + (f", our flags {' '.join(s['ours_flags'])}" if s.get("ours_flags") else "") + ".",
-        f"{s['rounds']} rounds x {s['samples_per_round']} sample(s) per side, alternating (ABBA); quiet = other "
-        f"processes and steal used <= {report['max_other_load']:.0%} of the machine during the sample.",
-        "",
-        "| implementation | quiet / all samples | JEM iteration, quiet median | SGLD step, quiet median "
-        "| other load (median) | JEM iteration, all samples |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for side, label in zip(SIDES, ("official (PyTorch)", "jem_tf")):
-        summary = report["sides"][side]
-        load = "–" if not summary["other_load"] else f"{summary['other_load']['median']:.0%}"
-        lines.append(
-            f"| {label} | {summary['num_quiet']} / {summary['num_samples']} | {_seconds(summary['iteration_quiet'])} "
-            f"| {_seconds(summary['sgld_step_quiet'], 1e3, 'ms')} | {load} "
-            f"| {_seconds(summary['iteration_all'])} |")
-    lines.append("")
-    if report["valid"]:
-        ratio = report["iteration_ratio"]
-        lines.append(f"**Ratio jem_tf / official, JEM iteration (quiet medians): {ratio:.3f}** "
-                     f"(jem_tf {1 / ratio:.2f}x as fast); SGLD step: {report['sgld_step_ratio']:.3f}.")
-    else:
-        all_ratio = report["iteration_ratio_all_samples"]
-        lines.append(
-            f"**No valid ratio**: a side has fewer than {report['min_quiet_samples']} quiet samples (the machine was "
-            "busy). The all-sample ratio"
-            + (f" ({all_ratio:.3f})" if all_ratio else "") + " is NOT a speed claim; rerun on a quiet machine.")
-    lines.append("SGLD step: official = its `sample_q` time inside the iteration / steps; jem_tf = the compiled "
-                 "sampler's chain / steps (benchmarks.train_step's row).")
-    return "\n".join(lines)
 
 
 def check_ours_flags(ours_flags) -> list:
@@ -277,7 +191,7 @@ def serve_ours(flag_values) -> int:
     """Our side's worker: benchmarks.train_step's JEM iteration and SGLD step rows, timed on request."""
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     sys.stdout = sys.stderr
-    from benchmarks import train_step  # noqa: PLC0415 (imports TensorFlow)
+    from benchmarks import step_cases, train_step  # noqa: PLC0415 (imports TensorFlow)
 
     step_flags = parse_step_flags(our_step_flags(flag_values))
     train_step.set_threads(step_flags.threads, step_flags.inter_op_threads)
@@ -286,7 +200,7 @@ def serve_ours(flag_values) -> int:
 
     # One precision is timed (train_step can list several); float32 is its default argument.
     precision = {} if flag_values.precision == "float32" else {"precision": flag_values.precision}
-    cases, _ = train_step.jem_cases(settings, settings.jit_settings[0], **precision)
+    cases, _ = step_cases.jem_cases(settings, settings.jit_settings[0], **precision)
     by_name = {case.name: case for case in cases}
     iteration, sgld = by_name["JEM iteration"], by_name["SGLD step"]
     for _ in range(settings.warmup):
@@ -351,7 +265,7 @@ def run_comparison(flag_values) -> dict:
         workers["jem_tf"].wait_ready()
         samples = {side: [] for side in SIDES}
         for round_index in range(flag_values.rounds):
-            for side in round_order(round_index):
+            for side in reference_report.round_order(round_index):
                 new = workers[side].time(flag_values.samples_per_round)
                 for sample in new:
                     sample["round"] = round_index
@@ -365,8 +279,18 @@ def run_comparison(flag_values) -> dict:
             worker.close()
     versions = dict(torch=workers["official"].info.get("torch"), stand_ins=workers["official"].info.get("stand_ins"),
                     tensorflow=workers["jem_tf"].info.get("tensorflow"))
-    return build_report(samples, settings, machine_load.cpu_description(), versions, flag_values.max_other_load,
-                        flag_values.min_quiet_samples)
+    return reference_report.build_report(samples, settings, machine_load.cpu_description(), versions,
+                                         flag_values.max_other_load, flag_values.min_quiet_samples)
+
+
+def write_results(name, report, flag_values, results_dir=results_json.results_tables.RESULTS):
+    """docs/results/NAME.json: `reference_report.speed_table` of `report`, provenance from here."""
+    versions = report["versions"]
+    detail = (f"quiet samples only; PyTorch {versions.get('torch')} CPU vs TensorFlow {versions.get('tensorflow')}")
+    provenance = results_json.provenance(results_json.command_line("benchmarks.compare_reference", flag_values),
+                                         results_json.machine(report["cpu"], detail))
+    return results_json.write(name, reference_report.speed_table(report, provenance), key_columns=2,
+                              results=results_dir)
 
 
 def main(argv, flag_values=None):
@@ -389,7 +313,9 @@ def main(argv, flag_values=None):
         with open(flag_values.output_json, "w") as f:
             json.dump(report, f, indent=2)
         logging.info("Wrote %s", flag_values.output_json)
-    print(format_report(report), flush=True)
+    print(reference_report.format_report(report), flush=True)
+    if flag_values.results_json and report["valid"]:
+        write_results(flag_values.results_json, report, flag_values)
     return 0 if report["valid"] else EXIT_NOT_QUIET
 
 

@@ -1,7 +1,8 @@
 """Trains the official PyTorch JEM and jem_tf on the same images with the same settings, and compares.
 
     python -m benchmarks.compare_training --reference_dir=/path/to/JEM --torch_python=/venv-torch/bin/python \\
-        --data=../shared/data/cifar10_jpg_subset --steps=300 --seeds=1,2 --output_dir=/tmp/compare_training
+        --data=../shared/data/cifar10_jpg_subset --steps=300 --seeds=1,2 --output_dir=/tmp/compare_training \\
+        --results_json=training_dynamics   # also docs/results/training_dynamics_{runs,curves}.json
 
 For each seed it runs the reference (its own `main()`, imported from `--reference_dir` by
 `benchmarks/reference_worker.py` under `--torch_python`; never copied here) and then
@@ -29,10 +30,8 @@ Exit codes: 0 done (divergence is a result, not a failure); 1 a run crashed (its
 """
 
 import concurrent.futures
-import dataclasses
 import glob
 import json
-import math
 import os
 import subprocess
 import sys
@@ -40,12 +39,18 @@ import time
 
 from absl import app, flags, logging
 
+from benchmarks import results_json, training_curves
+from benchmarks.training_curves import (
+    IMPLEMENTATIONS,
+    METRICS,
+    RunResult,
+    count_diverged,
+    format_report,
+    mark_non_finite,
+)
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_WORKER = os.path.join(REPO_ROOT, "benchmarks", "reference_worker.py")
-IMPLEMENTATIONS = ("official", "jem_tf")
-METRICS = ("xent", "accuracy", "log_px_data", "log_px_samples")
-METRIC_TITLES = {"xent": "cross-entropy", "accuracy": "accuracy (batch)", "log_px_data": "log p~(x) data",
-                 "log_px_samples": "log p~(x) samples"}
 # jem_tf.train's exit code for a diverged run.
 EXIT_DIVERGED = 3
 EXIT_RUN_FAILED, EXIT_BAD_INPUT = 1, 2
@@ -87,144 +92,9 @@ def define_flags(flag_values=flags.FLAGS):
            "must have ended 'finished' or 'diverged' (its run_status.json).")
     define("bool", "parallel", False, "Run the two implementations of a seed at the same time (each with "
            "--threads threads): the curves do not depend on it, the wall time does.")
-
-
-@dataclasses.dataclass
-class RunResult:
-    implementation: str
-    seed: int
-    curves: dict  # step (updates done before the batch) -> {metric: value}
-    steps: int = 0
-    diverged: bool = False
-    diverged_at: int | None = None
-    reason: str = ""
-    test_accuracy: float | None = None
-    seconds: float = 0.0
-    log: str = ""
-
-    def to_dict(self):
-        return dict(dataclasses.asdict(self), curves={str(k): v for k, v in sorted(self.curves.items())})
-
-
-# ------------------------------------------------------------------------------------------------
-# Curves, divergence and tables (no TensorFlow, no torch: tested on fake runs).
-
-
-def mark_non_finite(run: RunResult) -> RunResult:
-    """A run whose logged values become NaN or infinite diverged there, whatever its own guard said
-    (the reference's |L| > 1e8 check lets NaN through)."""
-    for step in sorted(run.curves):
-        if any(not math.isfinite(v) for v in run.curves[step].values()):
-            if not run.diverged or (run.diverged_at is not None and step < run.diverged_at):
-                run.diverged, run.diverged_at = True, step
-                run.reason = run.reason or "non-finite logged values"
-            break
-    return run
-
-
-def count_diverged(runs) -> dict:
-    """implementation -> (diverged runs, runs)."""
-    return {impl: (sum(r.diverged for r in runs if r.implementation == impl),
-                   sum(r.implementation == impl for r in runs))
-            for impl in IMPLEMENTATIONS if any(r.implementation == impl for r in runs)}
-
-
-def window_means(run: RunResult, every: int, steps: int) -> dict:
-    """metric -> {window end: mean of the finite values at steps in [end - every, end)}."""
-    windows = {}
-    for metric in METRICS:
-        for end in range(every, steps + every, every):
-            values = [run.curves[s][metric] for s in range(end - every, min(end, steps))
-                      if s in run.curves and metric in run.curves[s] and math.isfinite(run.curves[s][metric])]
-            if values:
-                windows.setdefault(metric, {})[min(end, steps)] = sum(values) / len(values)
-    return windows
-
-
-def curve_table(runs, every: int, steps: int) -> str:
-    """Markdown: per window, each metric as 'official | jem_tf' means over the seeds' window means."""
-    implementations = [impl for impl in IMPLEMENTATIONS if any(r.implementation == impl for r in runs)]
-    means = {id(run): window_means(run, every, steps) for run in runs}
-    ends = sorted({end for m in means.values() for w in m.values() for end in w})
-    header = ["steps"] + [f"{METRIC_TITLES[m]}: {impl}" for m in METRICS for impl in implementations]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
-    for end in ends:
-        cells = [f"{max(0, end - every)}–{end - 1}"]
-        for metric in METRICS:
-            for impl in implementations:
-                values = [means[id(r)][metric][end] for r in runs
-                          if r.implementation == impl and end in means[id(r)].get(metric, {})]
-                cells.append(f"{sum(values) / len(values):.4g} ({len(values)})" if values else "–")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def run_table(runs) -> str:
-    lines = ["| implementation | seed | steps run | diverged | final test accuracy | minutes |",
-             "|---|---:|---:|---|---:|---:|"]
-    for run in runs:
-        diverged = f"yes, at step {run.diverged_at} ({run.reason})" if run.diverged else "no"
-        accuracy = "–" if run.test_accuracy is None else f"{run.test_accuracy:.4f}"
-        lines.append(f"| {run.implementation} | {run.seed} | {run.steps} | {diverged} | {accuracy} | "
-                     f"{run.seconds / 60:.1f} |")
-    return "\n".join(lines)
-
-
-def format_report(runs, settings: dict) -> str:
-    diverged = count_diverged(runs)
-    s = settings
-    lines = [
-        f"### Official JEM vs jem_tf, training: WRN-{s['depth']}-{s['width']}, batch {s['batch_size']}, "
-        f"{s['sgld_steps']} SGLD steps, lr {s['learning_rate']:g} (warm-up {s['warmup_steps']}), buffer "
-        f"{s['buffer_size']}, {s['steps']} steps, seeds {', '.join(map(str, s['seeds']))}",
-        "",
-        f"Data: {s['data']} ({s['validation_size']} random validation images held out).",
-        "Diverged: " + "; ".join(f"{impl} {d} of {n}" for impl, (d, n) in diverged.items()) + ".",
-        "",
-        run_table(runs),
-        "",
-        f"Curves: per-step values averaged over windows of {s['report_every']} steps, then over the seeds still "
-        "running (their number in parentheses).",
-        "",
-        curve_table(runs, s["report_every"], s["steps"]),
-    ]
-    return "\n".join(lines)
-
-
-def plot_curves(runs, path: str, every: int) -> str:
-    """Four panels (one per metric), a running mean over `every` // 5 steps for every run."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
-    colours = {"official": "tab:blue", "jem_tf": "tab:orange"}
-    styles = ["-", "--", ":", "-."]
-    smoothing = max(1, every // 5)
-    seeds = sorted({r.seed for r in runs})
-    for axis, metric in zip(axes.flat, METRICS):
-        for run in runs:
-            steps = [s for s in sorted(run.curves) if metric in run.curves[s]
-                     and math.isfinite(run.curves[s][metric])]
-            values = [run.curves[s][metric] for s in steps]
-            smoothed = [sum(values[max(0, i - smoothing + 1):i + 1]) / len(values[max(0, i - smoothing + 1):i + 1])
-                        for i in range(len(values))]
-            label = f"{run.implementation}, seed {run.seed}" + (" (diverged)" if run.diverged else "")
-            axis.plot(steps, smoothed, styles[seeds.index(run.seed) % len(styles)],
-                      color=colours[run.implementation], label=label)
-        axis.set_title(METRIC_TITLES[metric])
-        axis.set_xlabel("step")
-    axes.flat[0].legend(fontsize="small")
-    figure.suptitle(f"Official JEM vs jem_tf (running mean over {smoothing} steps)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-# ------------------------------------------------------------------------------------------------
-# Runs
+    define("string", "results_json", None, "Also write the docs tables docs/results/NAME_runs.json and "
+           "NAME_curves.json (e.g. training_dynamics) with commit, machine, date and this command line, and "
+           "re-render the docs from them.")
 
 
 def export_images(data: str, output_dir: str) -> dict:
@@ -397,6 +267,13 @@ def check_inputs(flag_values) -> list:
     return seeds
 
 
+def write_results(name, runs, settings, flag_values, results_dir=results_json.results_tables.RESULTS):
+    """docs/results/NAME_runs.json and NAME_curves.json (`training_curves.dynamics_tables`), provenance from here."""
+    provenance = results_json.provenance(results_json.command_line("benchmarks.compare_training", flag_values))
+    tables = training_curves.dynamics_tables(runs, settings, provenance)
+    return [results_json.write(f"{name}_{part}", table, results=results_dir) for part, table in tables.items()]
+
+
 def main(argv, flag_values=None):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -459,8 +336,10 @@ def main(argv, flag_values=None):
     with open(os.path.join(output_dir, "compare_training.json"), "w") as f:
         json.dump(dict(settings=settings, runs=[run.to_dict() for run in runs],
                        diverged={k: list(v) for k, v in count_diverged(runs).items()}, report=report), f, indent=1)
-    plot = plot_curves(runs, os.path.join(output_dir, "compare_training.png"), flag_values.report_every)
+    plot = training_curves.plot_curves(runs, os.path.join(output_dir, "compare_training.png"), flag_values.report_every)
     logging.info("Wrote %s and %s.", os.path.join(output_dir, "compare_training.json"), plot)
+    if flag_values.results_json:
+        write_results(flag_values.results_json, runs, settings, flag_values)
     print(report, flush=True)
     return 0
 

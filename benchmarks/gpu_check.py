@@ -111,7 +111,7 @@ def list_devices() -> dict:
 
 
 def run_timings(sizes: Plan) -> dict:
-    from benchmarks import train_step  # noqa: PLC0415
+    from benchmarks import train_step, train_step_report  # noqa: PLC0415
 
     settings = train_step.Settings(
         depth=sizes.depth, width=sizes.width, batch_size=sizes.batch_size, sgld_steps=sizes.sgld_steps,
@@ -120,7 +120,7 @@ def run_timings(sizes: Plan) -> dict:
         precisions=PRECISIONS, classifier_rows=False,
     )
     results = train_step.run_benchmark(settings)
-    results["table"] = train_step.format_table(results)
+    results["table"] = train_step_report.format_table(results)
     return results
 
 

@@ -41,10 +41,10 @@ def pack(data: str, output: str) -> dict:
     differing values)."""
     if __package__ in (None, ""):
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from jem_tf.data import sources  # noqa: PLC0415
+    from jem_tf.data import folder, sources  # noqa: PLC0415
 
     images = sources.load(f"folder:{data}", validation_fraction=0.0)
-    listing = sources._list_folder(os.path.expanduser(data))  # the order the loader's datasets keep
+    listing = folder.list_folder(os.path.expanduser(data))  # the order the loader's datasets keep
     arrays, counts = {}, {}
     for split, dataset in (("train", images.train), ("test", images.test)):
         paths = [path for path, _ in listing.examples[split]]

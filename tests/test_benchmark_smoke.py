@@ -9,7 +9,7 @@ import os
 import pytest
 from absl import app, flags
 
-from benchmarks import train_step
+from benchmarks import flop_count, op_profile, step_cases, train_step
 
 TINY = [
     "--depth=10", "--width=1", "--image_size=8", "--channels=1", "--num_classes=4", "--batch_size=4",
@@ -76,7 +76,7 @@ def test_flop_count_of_a_known_graph():
         return tf.linalg.matmul(tf.reshape(hidden, [1, 80]), tf.ones([80, 7]))
 
     graph = tf.function(network).get_concrete_function(tf.TensorSpec([1, 8, 8, 2])).graph
-    assert train_step.count_graph_flops(graph) == 2 * (4 * 4 * 5 * 3 * 3 * 2) + 2 * (80 * 7)
+    assert flop_count.count_graph_flops(graph) == 2 * (4 * 4 * 5 * 3 * 3 * 2) + 2 * (80 * 7)
 
 
 def test_compare_jit_measures_xla_off_then_on():
@@ -93,7 +93,7 @@ def test_the_timed_jem_uses_the_requested_sampler_compilation(jit):
     # The XLA rows must time the sampler they are labelled with.
     settings = train_step.Settings(depth=10, width=1, batch_size=4, sgld_steps=1, image_size=8, channels=1,
                                    num_classes=4)
-    model, _ = train_step.build_for_timing(train_step.train_config(settings, "jem", jit), settings)
+    model, _ = step_cases.build_for_timing(step_cases.train_config(settings, "jem", jit), settings)
     assert model.sgld_jit_compile is jit
 
 
@@ -119,7 +119,7 @@ def test_precisions_get_their_own_rows_and_matmul_ceilings_and_profiles(tmp_path
         assert "Conv2D" in op_types[0], op_types
         assert sum(op["fraction"] for op in profile["op_types"]) == pytest.approx(1.0)
         assert all(op["milliseconds"] > 0 and op["count"] > 0 for op in profile["op_types"])
-        assert not set(op_types) & train_step.CONTAINER_OP_TYPES
+        assert not set(op_types) & op_profile.CONTAINER_OP_TYPES
         assert os.listdir(os.path.join(profile["trace_dir"], "plugins", "profile"))
     assert "#### Op types of one JEM iteration (mixed_bfloat16, XLA off)" in output
 
@@ -133,7 +133,7 @@ def test_precisions_get_their_own_rows_and_matmul_ceilings_and_profiles(tmp_path
     ("MemoryAllocation", None),
 ])
 def test_op_type_of_trace_events(event, op_type):
-    assert train_step._op_type(event) == op_type
+    assert op_profile._op_type(event) == op_type
 
 
 def test_unknown_precision_is_a_usage_error():

@@ -13,7 +13,7 @@ import pytest
 from absl import flags
 from reference_env import REFERENCE_DIR, TORCH_PYTHON, torch_and_reference_missing
 
-from benchmarks import compare_reference, machine_load
+from benchmarks import compare_reference, machine_load, reference_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_ratio_uses_only_quiet_samples():
         "official": [_sample(10.0, 0.02), _sample(12.0, 0.05), _sample(1.0, 0.9), _sample(11.0, None)],
         "jem_tf": [_sample(5.0, 0.0), _sample(6.0, 0.08), _sample(50.0, 0.5)],
     }
-    report = compare_reference.build_report(samples, SETTINGS, CPU, {}, max_other_load=0.1, min_quiet_samples=2)
+    report = reference_report.build_report(samples, SETTINGS, CPU, {}, max_other_load=0.1, min_quiet_samples=2)
     official, ours = report["sides"]["official"], report["sides"]["jem_tf"]
     assert (official["num_quiet"], official["num_samples"], ours["num_quiet"]) == (2, 4, 2)
     assert official["iteration_quiet"]["median"] == pytest.approx(11.0)
@@ -42,7 +42,7 @@ def test_ratio_uses_only_quiet_samples():
     assert report["valid"] and report["iteration_ratio"] == pytest.approx(0.5)
     assert report["sgld_step_ratio"] == pytest.approx(0.5)
     assert official["iteration_all"]["median"] == pytest.approx(10.5)
-    text = compare_reference.format_report(report)
+    text = reference_report.format_report(report)
     assert "Ratio jem_tf / official, JEM iteration (quiet medians): 0.500" in text and "2.00x as fast" in text
     assert "| official (PyTorch) | 2 / 4 | 11 s (min 10)" in text
     assert "Test CPU, 2 CPU(s); ISA: avx2 avx512f" in text and "WRN-16-2, batch 64, 20 SGLD steps" in text
@@ -50,15 +50,15 @@ def test_ratio_uses_only_quiet_samples():
 
 def test_a_busy_machine_gives_no_ratio_and_says_so():
     samples = {"official": [_sample(10.0, 0.02), _sample(9.0, 0.5)], "jem_tf": [_sample(5.0, 0.6)]}
-    report = compare_reference.build_report(samples, SETTINGS, CPU, {}, max_other_load=0.1, min_quiet_samples=1)
+    report = reference_report.build_report(samples, SETTINGS, CPU, {}, max_other_load=0.1, min_quiet_samples=1)
     assert not report["valid"] and report["iteration_ratio"] is None
     assert report["iteration_ratio_all_samples"] == pytest.approx(5.0 / 9.5)
-    text = compare_reference.format_report(report)
+    text = reference_report.format_report(report)
     assert "No valid ratio" in text and "NOT a speed claim" in text and "Ratio jem_tf / official" not in text
 
 
 def test_rounds_alternate_abba():
-    assert [compare_reference.round_order(r)[0] for r in range(4)] == ["official", "jem_tf", "official", "jem_tf"]
+    assert [reference_report.round_order(r)[0] for r in range(4)] == ["official", "jem_tf", "official", "jem_tf"]
 
 
 @pytest.mark.parametrize("flag", ["--depth=28", "--nocompare_jit", "--threads=4", "jit_compile", "--precision=x"])

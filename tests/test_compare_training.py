@@ -16,40 +16,40 @@ from absl import flags
 from PIL import Image
 from reference_env import REFERENCE_DIR, TORCH_PYTHON, torch_and_reference_missing
 
-from benchmarks import compare_training, reference_worker
-from benchmarks.compare_training import RunResult
+from benchmarks import compare_training, reference_worker, training_curves
+from benchmarks.training_curves import RunResult
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _curve(values):
     """{step: all four metrics = value}."""
-    return {step: dict.fromkeys(compare_training.METRICS, value) for step, value in enumerate(values)}
+    return {step: dict.fromkeys(training_curves.METRICS, value) for step, value in enumerate(values)}
 
 
 def test_divergence_counts_guards_and_non_finite_values():
     runs = [
         RunResult("official", 1, _curve([1.0, 2.0, 3.0])),
         # The reference's |L| > 1e8 check lets NaN through: a NaN logged at step 1 is a divergence there.
-        compare_training.mark_non_finite(RunResult("official", 2, _curve([1.0, float("nan"), 2.0]))),
+        training_curves.mark_non_finite(RunResult("official", 2, _curve([1.0, float("nan"), 2.0]))),
         RunResult("jem_tf", 1, _curve([1.0, 2.0]), diverged=True, diverged_at=2, reason="guard"),
-        compare_training.mark_non_finite(RunResult("jem_tf", 2, _curve([1.0, 1.0, 1.0]))),
+        training_curves.mark_non_finite(RunResult("jem_tf", 2, _curve([1.0, 1.0, 1.0]))),
     ]
     assert runs[1].diverged and runs[1].diverged_at == 1 and runs[1].reason == "non-finite logged values"
     assert not runs[3].diverged
-    assert compare_training.count_diverged(runs) == {"official": (1, 2), "jem_tf": (1, 2)}
+    assert training_curves.count_diverged(runs) == {"official": (1, 2), "jem_tf": (1, 2)}
     # An earlier non-finite value moves a guard's divergence step back; a later one does not.
-    late = compare_training.mark_non_finite(RunResult("jem_tf", 3, _curve([1.0, 1.0, math.inf]), diverged=True,
+    late = training_curves.mark_non_finite(RunResult("jem_tf", 3, _curve([1.0, 1.0, math.inf]), diverged=True,
                                                       diverged_at=1, reason="guard"))
     assert (late.diverged_at, late.reason) == (1, "guard")
 
 
 def test_window_means_skip_non_finite_values_and_average_seeds():
     run = RunResult("official", 1, _curve([1.0, 3.0, float("nan"), 5.0, 7.0]))
-    assert compare_training.window_means(run, every=2, steps=5)["xent"] == {2: 2.0, 4: 5.0, 5: 7.0}
+    assert training_curves.window_means(run, every=2, steps=5)["xent"] == {2: 2.0, 4: 5.0, 5: 7.0}
     other = RunResult("official", 2, _curve([3.0, 5.0]))
     ours = RunResult("jem_tf", 1, _curve([10.0, 20.0, 30.0, 40.0]))
-    table = compare_training.curve_table([run, other, ours], every=2, steps=4)
+    table = training_curves.curve_table([run, other, ours], every=2, steps=4)
     rows = [line.split("|")[1:-1] for line in table.splitlines()[2:]]
     # steps 0-1: official (2 + 4) / 2 = 3 over 2 seeds; jem_tf 15. Steps 2-3: official only seed 1 (5).
     assert [cell.strip() for cell in rows[0][:3]] == ["0–1", "3 (2)", "15 (1)"]
@@ -61,7 +61,7 @@ def test_report_lists_runs_divergence_and_settings():
             RunResult("jem_tf", 1, _curve([1.0] * 2), steps=2, diverged=True, diverged_at=2, reason="guard")]
     settings = dict(depth=10, width=2, batch_size=64, sgld_steps=10, learning_rate=1e-4, warmup_steps=100,
                     buffer_size=10000, steps=4, seeds=[1], data="DATA", validation_size=1000, report_every=2)
-    text = compare_training.format_report(runs, settings)
+    text = training_curves.format_report(runs, settings)
     assert "Diverged: official 0 of 1; jem_tf 1 of 1." in text
     assert "| official | 1 | 4 | no | 0.2500 | 1.0 |" in text and "| jem_tf | 1 | 2 | yes, at step 2 (guard) |" in text
     assert "WRN-10-2, batch 64, 10 SGLD steps, lr 0.0001 (warm-up 100)" in text
@@ -153,7 +153,7 @@ def test_smoke_both_implementations_train_a_few_steps(tmp_path):
         correct = run["test_accuracy"] * 10
         assert correct == pytest.approx(round(correct), abs=1e-6) and 0 <= round(correct) <= 10, run["test_accuracy"]
         assert sorted(run["curves"]) == ["0", "1", "2"]
-        assert set(run["curves"]["0"]) == set(compare_training.METRICS)
+        assert set(run["curves"]["0"]) == set(training_curves.METRICS)
         # Ten classes, nothing learned in 3 steps: the cross-entropy starts near log(10).
         assert abs(run["curves"]["0"]["xent"] - math.log(10)) < 0.5
     assert (output / "compare_training.png").stat().st_size > 0

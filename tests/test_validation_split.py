@@ -16,7 +16,7 @@ from PIL import Image
 
 from jem_tf import data
 from jem_tf.configs import get_preset
-from jem_tf.data import sources
+from jem_tf.data import splits
 from jem_tf.evaluation import suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,10 +40,10 @@ def test_indices_are_the_reference_codes_draw():
     all_inds = list(range(1000))
     np.random.shuffle(all_inds)
     expected = sorted(all_inds[:50])
-    np.testing.assert_array_equal(sources.random_validation_indices(1000, 50), expected)
+    np.testing.assert_array_equal(splits.random_validation_indices(1000, 50), expected)
     # The global numpy state is not what makes it reproducible: another state, the same draw.
     np.random.seed(7)
-    np.testing.assert_array_equal(sources.random_validation_indices(1000, 50), expected)
+    np.testing.assert_array_equal(splits.random_validation_indices(1000, 50), expected)
 
 
 def test_too_large_a_validation_size_is_refused_naming_it():
@@ -66,7 +66,7 @@ def test_digits_random_hold_out_partitions_the_training_split():
     assert sorted(_hashes(train) + _hashes(validation)) == sorted(_hashes(_arrays(everything.train)[0]))
     # The chosen images are those at the reference's indices of the full training split.
     full = _arrays(everything.train)[0]
-    np.testing.assert_array_equal(validation, full[sources.random_validation_indices(1437, 100)])
+    np.testing.assert_array_equal(validation, full[splits.random_validation_indices(1437, 100)])
     np.testing.assert_array_equal(_arrays(held_out.test)[0], _arrays(everything.test)[0])
     # Not the fraction's hold-out.
     by_fraction = data.load("digits", validation_fraction=100 / 1437)
@@ -91,7 +91,7 @@ def test_folder_random_hold_out_has_exact_counts_and_cardinality(tmp_path):
     assert (int(held_out.train.cardinality()), int(held_out.validation.cardinality())) == (5, 3)
     full = _arrays(everything.train)[0]
     validation, train = _arrays(held_out.validation)[0], _arrays(held_out.train)[0]
-    indices = sources.random_validation_indices(8, 3)
+    indices = splits.random_validation_indices(8, 3)
     np.testing.assert_array_equal(validation, full[indices])
     np.testing.assert_array_equal(train, np.delete(full, indices, axis=0))
     # Batches for training work on the filtered split (known size, shuffled, augmented).
@@ -105,7 +105,7 @@ def test_tfds_random_hold_out_under_mock_data(tmp_path):
         held_out = data.load("cifar10", data_dir=str(tmp_path), validation_fraction=0.0, validation_size=6)
         assert (held_out.num_train, held_out.num_validation) == (14, 6)
         full = _arrays(everything.train)[0]
-        indices = sources.random_validation_indices(20, 6)
+        indices = splits.random_validation_indices(20, 6)
         np.testing.assert_array_equal(_arrays(held_out.validation)[0], full[indices])
         np.testing.assert_array_equal(_arrays(held_out.train)[0], np.delete(full, indices, axis=0))
 

@@ -8,8 +8,9 @@
 """
 
 from jem_tf.data.download import DatasetDownloadError, is_downloadable, prepare
+from jem_tf.data.image_data import DatasetUnavailableError, ImageData, InvalidDatasetError
 from jem_tf.data.pipeline import AUGMENTATIONS, crop_padding, make_batches, to_model_range
-from jem_tf.data.sources import DATASETS, DatasetUnavailableError, ImageData, InvalidDatasetError, load
+from jem_tf.data.sources import DATASETS, load
 from jem_tf.data.training import labelled_training_examples, make_training_batches, training_data_record
 
 __all__ = [

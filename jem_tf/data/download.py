@@ -28,7 +28,7 @@ import urllib.request
 
 from absl import logging
 
-from jem_tf.data.sources import DatasetUnavailableError
+from jem_tf.data.image_data import DatasetUnavailableError
 
 # Our dataset names (training datasets and evaluation OOD sets) -> tfds builder names.
 TFDS_BUILDERS = {"svhn": "svhn_cropped", "cifar10": "cifar10", "cifar100": "cifar100", "celeb_a": "celeb_a"}
