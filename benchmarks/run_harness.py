@@ -237,7 +237,8 @@ def result_record(spec: RunSpec, output_dir: str, data: str) -> dict | None:
         name=spec.name, group=spec.group, why=spec.why, flags=train_rc.get("flags", " ".join(spec.flags)),
         command=provenance.get("command"),
         commit=provenance.get("commit") or train_rc.get("commit") or "unknown",
-        machine=provenance.get("machine") or train_rc.get("machine"),
+        # A run adopted from another runner in this layout has no provenance.json: it ran here.
+        machine=provenance.get("machine") or train_rc.get("machine") or dict(machine(), source="adopting machine"),
         date=provenance.get("date") or train_rc.get("date"),
         data=provenance.get("data") or config.get("dataset", f"folder:{data}").removeprefix("folder:"),
         budget_steps=spec.steps or config.get("max_steps"),

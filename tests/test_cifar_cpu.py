@@ -162,6 +162,7 @@ def test_the_page_and_its_claims_come_from_the_numbers(tmp_path):
     assert _claim(page, "log p(x) AUROC ≥ 0.95").endswith("| 0.980 | 0.300 | **shows** |")
     assert _claim(page, "ECE no worse").endswith("| 0.050 | 0.070 | **shows** |")
     assert _claim(page, "stable across seeds").endswith("**shows** |")
+    assert _claim(page, "the budget trains within 60").endswith("| 50.0 min, 50.0 min, 50.0 min |  | **shows** |")
     assert "| test accuracy | 0.410 ± 0.010 (3 runs) | 0.440 | -0.030 |" in page
     assert "PGD L-inf ε=0.0314, 0 refinement steps: accuracy" in page and "The classifier trained 21000 steps" in page
     # One number changed in the JSON: the page changes with it.
@@ -172,11 +173,13 @@ def test_the_page_and_its_claims_come_from_the_numbers(tmp_path):
     seed = json.loads((results / "recipe_seed1.json").read_text())
     seed["recoveries"] = [{"step": 10}]
     seed["recovery_count"] = 1
+    seed["train_wall_s"] = 3900
     (results / "recipe_seed1.json").write_text(json.dumps(seed))
     changed = _page(results, tmp_path)
     assert _claim(changed, "JEM's test accuracy within 5 points").endswith("| 0.410 | 0.500 | **does not show** |")
     assert _claim(changed, "log p(x) AUROC against a real other dataset").endswith("**does not show** |")
     assert _claim(changed, "stable across seeds").endswith("**does not show** |")
+    assert _claim(changed, "the budget trains within 60").endswith("65.0 min, 50.0 min |  | **does not show** |")
     assert _claim(changed, "log p(x) AUROC against constant").endswith("**shows** |")
 
 
