@@ -155,9 +155,10 @@ def train_command(spec: RunSpec, paths: dict, data: str, base_flags=()) -> list:
 
 
 def run(spec: RunSpec, output_dir: str, data: str, eval_flags=(), base_flags=(), rerun: bool = False,
-        runner=run_logged) -> str:
+        runner=None) -> str:
     """Trains and evaluates `spec` unless finished; returns its status: reused | done | diverged |
     failed: why. A diverged run (exit 3) is still evaluated at its last good checkpoint."""
+    runner = runner or run_logged
     paths = run_paths(output_dir, spec.name)
     if rerun:
         _move_aside(paths["root"])

@@ -220,6 +220,48 @@ def test_the_variants_cifar_rows_parse_and_are_rebuilt_from_committed_json(tmp_p
     assert "| jem | 0.310 |" in table and "| sada_jem | 0.310 |" in table and "diverged at step 412" in table
 
 
+def _fake_runner(calls):
+    """Stands in for run_logged: a training writes metrics.json (JEM 1 s per step; the classifier
+    10 s start-up + 0.1 s per step), an evaluation results.json."""
+
+    def run(command, log_path, label=""):
+        arguments = dict(a[2:].split("=", 1) for a in command[3:] if a.startswith("--") and "=" in a)
+        calls.append((command[2], os.path.basename(os.path.dirname(arguments.get("workdir", arguments.get("output"))))))
+        if command[2] == "jem_tf.train":
+            steps = int(arguments.get("max_steps", 6000))
+            seconds = 10 + 0.1 * steps if arguments.get("objective") == "classifier" else float(steps)
+            os.makedirs(arguments["workdir"], exist_ok=True)
+            Path(arguments["workdir"], "metrics.json").write_text(json.dumps(
+                {"global_step": steps, "seconds_this_session": seconds, "steps_this_session": steps}))
+        else:
+            os.makedirs(arguments["output"], exist_ok=True)
+            Path(arguments["output"], "results.json").write_text(json.dumps({"accuracy": 0.3}))
+        return 0, 1.0
+
+    return run
+
+
+def test_the_command_runs_everything_in_order_once_and_gives_the_classifier_the_recipes_time(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(run_harness, "run_logged", _fake_runner(calls))
+    settings = types.SimpleNamespace(
+        output_dir=str(tmp_path / "runs"), data="subset", full_data="full", only=None, rerun=False,
+        classifier_steps=None, results_dir=str(tmp_path / "results"), figures_dir=str(tmp_path / "figures"),
+        family_results_dir=str(tmp_path / "family"), compare_training_json=None, page=str(tmp_path / "page.md"))
+    assert cifar_cpu.run_all(settings) == 0
+    trained = [name for module, name in calls if module == "jem_tf.train"]
+    assert trained == cifar_cpu.all_names()
+    assert [name for module, name in calls if module == "jem_tf.evaluate"] == [
+        n for n in cifar_cpu.all_names() if not n.startswith("calib_")]
+    classifier = json.loads((tmp_path / "results" / "classifier.json").read_text())
+    # (6000 s of recipe - 10 s of classifier start-up) / 0.1 s per classifier step.
+    assert classifier["budget"]["steps"] == 59900 and classifier["steps_reached"] == 59900
+    assert json.loads((tmp_path / "results" / "classifier_full.json").read_text())["data"] == "full"
+    assert "`recipe_seed2`" in (tmp_path / "page.md").read_text()
+    calls.clear()
+    assert cifar_cpu.run_all(settings) == 0 and calls == []  # every run finished: nothing runs again
+
+
 def test_bad_flags_exit_2(tmp_path):
     settings = types.SimpleNamespace(page_only=False, output_dir=None, only=None, data=str(tmp_path),
                                      full_data=str(tmp_path), classifier_steps=None)
