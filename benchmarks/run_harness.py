@@ -240,7 +240,8 @@ def result_record(spec: RunSpec, output_dir: str, data: str) -> dict | None:
         commit=provenance.get("commit") or train_rc.get("commit") or "unknown",
         # A run adopted from another runner in this layout has no provenance.json: it ran here.
         machine=provenance.get("machine") or train_rc.get("machine") or dict(machine(), source="adopting machine"),
-        date=provenance.get("date") or train_rc.get("date"),
+        # Adopted runs: when the workdir's status was last written (the end of training).
+        date=provenance.get("date") or train_rc.get("date") or status.get("time"),
         data=provenance.get("data") or config.get("dataset", f"folder:{data}").removeprefix("folder:"),
         budget_steps=spec.steps or config.get("max_steps"),
         steps_reached=steps, train_exit_code=train_rc["rc"], train_wall_s=train_rc["wall_s"],
