@@ -359,11 +359,56 @@ def render_page(records: dict, family: dict, compare: dict | None, results_dir: 
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_page(results_dir: str, family_dir: str, compare_json: str | None, page: str) -> str:
+SUMMARY_FIGURE = "summary.png"
+SUMMARY_MEASURES = (("accuracy", ACCURACY), ("ECE", ECE), ("log p(x) AUROC uniform", "ood/uniform/log_px/auroc"),
+                    ("log p(x) AUROC constant", "ood/constant/log_px/auroc"),
+                    ("log p(x) AUROC digits", "ood/digits/log_px/auroc"))
+
+
+def summary_figure(records, path: str) -> str | None:
+    """Grouped bars, one group per run (search rows, seeds, classifier, whole set, family), of the
+    SUMMARY_MEASURES; None when no run has numbers."""
+    runs = [r for r in records if any(_get(r, key) is not None for _, key in SUMMARY_MEASURES)]
+    if not runs:
+        return None
+    import matplotlib  # noqa: PLC0415 (only the figure needs it)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    width = 0.8 / len(SUMMARY_MEASURES)
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(runs) + 2), 3.6))
+    for index, (title, key) in enumerate(SUMMARY_MEASURES):
+        values = [_get(r, key) for r in runs]
+        axis.bar([i + index * width for i in range(len(runs))], [v if v is not None else 0 for v in values], width,
+                 label=title)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(runs))])
+    axis.set_xticklabels([r["name"] for r in runs], rotation=35, ha="right", fontsize=7)
+    axis.axhline(TARGET_UNIFORM_AUROC, color="grey", linewidth=0.6, linestyle="--")
+    axis.set_ylim(0, 1.05)
+    axis.legend(fontsize=7, ncol=3, loc="upper left")
+    axis.set_title("Every run's test numbers (dashed: the 0.95 AUROC target)", fontsize=9)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def write_page(results_dir: str, family_dir: str, compare_json: str | None, page: str,
+               figures_dir: str | None = None) -> str:
+    """The page (and, with figures_dir, its summary figure) from the JSON files alone."""
     records = run_harness.load_results(results_dir)
     family = run_harness.load_results(family_dir)
     compare = run_harness.read_json(compare_json) if compare_json else None
-    text = render_page(records, family, compare, results_dir, os.path.dirname(os.path.abspath(page)))
+    page_dir = os.path.dirname(os.path.abspath(page))
+    text = render_page(records, family, compare, results_dir, page_dir)
+    if figures_dir:
+        order = {"search": 0, "seeds": 1, "baseline": 2, "full": 3}
+        runs = sorted(records.values(), key=lambda r: order.get(r.get("group"), 4)) + list(family.values())
+        figure = summary_figure(runs, os.path.join(figures_dir, SUMMARY_FIGURE))
+        if figure:
+            text += f"\n![Every run's test numbers]({os.path.relpath(figure, page_dir)})\n"
     with open(page, "w") as f:
         f.write(text)
     logging.info("Wrote %s from %d run records.", page, len(records))
@@ -411,7 +456,8 @@ def run_and_record(spec: RunSpec, settings, extra: dict | None = None) -> str:
         record = dict(record, num_classes=run_info.get("num_classes"), **(extra or {}))
         path = run_harness.write_result(record, spec, settings.output_dir, settings.results_dir, settings.figures_dir)
         logging.info("%s: %s; wrote %s", spec.name, status, path)
-        write_page(settings.results_dir, settings.family_results_dir, settings.compare_training_json, settings.page)
+        write_page(settings.results_dir, settings.family_results_dir, settings.compare_training_json, settings.page,
+                   settings.figures_dir)
     else:
         logging.info("%s: %s", spec.name, status)
     return status
@@ -474,7 +520,8 @@ def main(argv, settings=None):
         return 2
     settings = settings or flags.FLAGS
     if settings.page_only:
-        write_page(settings.results_dir, settings.family_results_dir, settings.compare_training_json, settings.page)
+        write_page(settings.results_dir, settings.family_results_dir, settings.compare_training_json, settings.page,
+                   settings.figures_dir)
         return 0
     if not settings.output_dir:
         logging.error("--output_dir is required (the runs' directory), unless --page_only.")

@@ -183,6 +183,18 @@ def test_the_page_and_its_claims_come_from_the_numbers(tmp_path):
     assert _claim(changed, "log p(x) AUROC against constant").endswith("**shows** |")
 
 
+def test_write_page_adds_the_summary_figure_and_large_figures_are_shrunk(tmp_path):
+    page = tmp_path / "page.md"
+    cifar_cpu.write_page(str(FIXTURES), str(tmp_path / "none"), None, str(page), str(tmp_path / "figures"))
+    assert "![Every run's test numbers](figures/summary.png)" in page.read_text()
+    assert (tmp_path / "figures" / "summary.png").stat().st_size > 0
+    noisy = tmp_path / "noisy.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(noisy)
+    assert noisy.stat().st_size > run_harness.FIGURE_MAX_BYTES
+    written = run_harness.shrink_figure(str(noisy), str(tmp_path / "small"))
+    assert written.endswith(".jpg") and os.path.getsize(written) <= run_harness.FIGURE_MAX_BYTES
+
+
 def test_the_page_shows_missing_parts_as_not_measured_and_the_official_comparison(tmp_path):
     page = _page(tmp_path / "empty", tmp_path)
     assert _claim(page, "JEM's test accuracy").endswith("| not measured |") and "No search row" in page
@@ -246,7 +258,7 @@ def test_the_command_runs_everything_in_order_once_and_gives_the_classifier_the_
     monkeypatch.setattr(run_harness, "run_logged", _fake_runner(calls))
     settings = types.SimpleNamespace(
         output_dir=str(tmp_path / "runs"), data="subset", full_data="full", only=None, rerun=False,
-        classifier_steps=None, results_dir=str(tmp_path / "results"), figures_dir=str(tmp_path / "figures"),
+        classifier_steps=None, results_dir=str(tmp_path / "results"), figures_dir=None,
         family_results_dir=str(tmp_path / "family"), compare_training_json=None, page=str(tmp_path / "page.md"))
     assert cifar_cpu.run_all(settings) == 0
     trained = [name for module, name in calls if module == "jem_tf.train"]
