@@ -129,11 +129,15 @@ def classifier_budget(output_dir: str, given_steps: int | None = None) -> dict:
         raise ValueError(f"the calibration runs measured {per_step:.4f} s per classifier step; rerun them "
                          "(--rerun --only=calib_classifier_50,calib_classifier_250) on a quieter machine")
     startup = max(0.0, short["seconds_this_session"] - short["global_step"] * per_step)
+    # How busy the machine was as each measurement started (a shared machine makes steps slower).
+    loads = {name: ((run_harness.read_json(os.path.join(output_dir, name, run_harness.PROVENANCE_FILE)) or {})
+                    .get("machine") or {}).get("load_average_1min")
+             for name in ("recipe_seed0", *(f"calib_classifier_{steps}" for steps in CALIBRATION_STEPS))}
     steps = max(1, round((recipe_seconds - startup) / per_step))
     return dict(steps=int(steps), method="(recipe seconds - classifier start-up) / classifier seconds per step, "
                 "from two calibration runs", recipe_seconds=recipe_seconds, recipe_source=recipe_source,
                 classifier_seconds_per_step=round(per_step, 5), classifier_startup_seconds=round(startup, 1),
-                calibration_steps=list(CALIBRATION_STEPS))
+                calibration_steps=list(CALIBRATION_STEPS), load_average_1min_at_start=loads)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ def test_the_preset_is_the_issues_starting_recipe_with_a_step_budget():
     assert config.epochs * 703 > config.max_steps and min(config.lr_decay_epochs) * 140 > config.max_steps
 
 
+@pytest.mark.slow
 def test_the_preset_trains_exports_and_evaluates_through_the_harness(tmp_path):
     """A few steps of the preset on a CIFAR-shaped folder, its export, every evaluation the page
     uses, the run's JSON, a figure and the page, as the benchmark makes them."""
@@ -140,6 +141,7 @@ def test_the_classifier_budget_comes_from_measured_times(tmp_path):
     metrics("calib_classifier_250", 250, 35.0)
     budget = cifar_cpu.classifier_budget(str(tmp_path))
     assert budget["steps"] == 30000 and budget["classifier_seconds_per_step"] == pytest.approx(0.1)
+    assert set(budget["load_average_1min_at_start"]) == {"recipe_seed0", "calib_classifier_50", "calib_classifier_250"}
     assert cifar_cpu.classifier_budget(str(tmp_path), given_steps=7)["method"] == "given by --classifier_steps"
 
 
