@@ -544,6 +544,7 @@ def main(argv, settings=None):
     if settings.classifier_steps is not None and settings.classifier_steps < 1:
         logging.error("--classifier_steps=%s: expected a positive number of steps.", settings.classifier_steps)
         return 2
+    run_harness.stop_on_sigterm()
     return run_all(settings)
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -131,13 +132,36 @@ def run_logged(command, log_path: str, label: str = "") -> tuple:
         # From the caller's directory (relative data paths stay as given), with this checkout importable.
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        while process.poll() is None:
-            time.sleep(1.0)
-            if time.monotonic() - last_report >= PROGRESS_EVERY_S:
-                last_report = time.monotonic()
-                logging.info("%s: %.0f s, step %s (%s)", label or command[2], last_report - started,
-                             _last_progress(log_path) or "?", log_path)
+        try:
+            while process.poll() is None:
+                time.sleep(1.0)
+                if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                    last_report = time.monotonic()
+                    logging.info("%s: %.0f s, step %s (%s)", label or command[2], last_report - started,
+                                 _last_progress(log_path) or "?", log_path)
+        except BaseException:
+            # Stopped (Ctrl-C, SIGTERM via stop_on_sigterm): the run stops too, saving a checkpoint
+            # (jem_tf.train resumes from it when the command is run again).
+            if process.poll() is None:
+                logging.warning("Stopping %s (pid %d); rerun the command to resume it.", label, process.pid)
+                process.terminate()
+                try:
+                    process.wait(timeout=300)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            raise
     return process.returncode, time.monotonic() - started
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt in the benchmark's process, so `run_logged` stops its child
+    run instead of leaving it training on its own."""
+
+    def interrupt(signal_number, frame):
+        del signal_number, frame
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _move_aside(root: str) -> None:

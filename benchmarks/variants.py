@@ -276,6 +276,7 @@ def main(argv):
             logging.error("--data=%s is not an image folder with train/ and test/ class folders.", FLAGS.data)
             return 2
         os.makedirs(FLAGS.output_dir, exist_ok=True)
+        run_harness.stop_on_sigterm()
         return run_cifar(chosen, FLAGS.output_dir, FLAGS.data, FLAGS.results_dir, FLAGS.rerun)
     rows = []
     for index, name in enumerate(chosen, 1):

@@ -6,6 +6,9 @@ numbers in the JSON."""
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 import types
 from pathlib import Path
 
@@ -114,6 +117,20 @@ def test_a_finished_run_is_reused_and_an_unevaluated_one_is_only_evaluated(tmp_p
     run_harness.run(other, str(tmp_path), "data", rerun=True, runner=lambda c, log, label="": calls.append(c[2])
                     or (1, 1.0))
     assert calls == ["jem_tf.train"] and any(p.name.startswith(other.name + ".replaced-") for p in tmp_path.iterdir())
+
+
+def test_a_stopped_benchmark_stops_its_run(tmp_path):
+    """Ctrl-C (or SIGTERM through stop_on_sigterm) reaches the training run: it must not keep
+    training on its own."""
+    pid_file = tmp_path / "pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    timer = threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_harness.run_logged([sys.executable, "-c", child], str(tmp_path / "log"), "child")
+    timer.cancel()
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
 
 
 def test_a_divergence_is_recorded_with_its_step_and_recoveries(tmp_path):
