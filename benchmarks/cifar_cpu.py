@@ -490,10 +490,11 @@ def run_all(settings) -> int:
                 failed.append(name)
                 continue
             spec, extra = classifier_spec(budget["steps"], full=name == "classifier_full"), dict(budget=budget)
-            _store_budget(settings, name, budget)
         else:
             spec = item
         status = run_and_record(spec, settings, extra)
+        if extra:  # after the run: --rerun moves the old run directory (and its budget) aside first
+            _store_budget(settings, name, extra["budget"])
         if status.startswith("failed"):
             failed.append(f"{name} ({status})")
     if failed:
@@ -515,7 +516,7 @@ def _stored_budget(settings, name):
 
 def _store_budget(settings, name, budget):
     os.makedirs(os.path.dirname(_budget_path(settings, name)), exist_ok=True)
-    run_harness._write_json(_budget_path(settings, name), budget)
+    run_harness.write_json(_budget_path(settings, name), budget)
 
 
 def main(argv, settings=None):

@@ -71,7 +71,7 @@ def read_json(path: str, default=None):
         return json.load(f)
 
 
-def _write_json(path: str, value) -> None:
+def write_json(path: str, value) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1, sort_keys=True)
@@ -193,14 +193,14 @@ def run(spec: RunSpec, output_dir: str, data: str, eval_flags=(), base_flags=(),
     train_rc = read_json(paths["train_rc"])
     if train_rc is None or train_rc.get("rc") not in (0, DIVERGED_EXIT):
         command = train_command(spec, paths, data, base_flags)
-        _write_json(paths["provenance"], dict(commit=code_version(), machine=machine(),
+        write_json(paths["provenance"], dict(commit=code_version(), machine=machine(),
                                               date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                               data=data, command=" ".join(command[1:])))
         logging.info("Training %s: %s", spec.name, " ".join(command[3:]))
         code, seconds = runner(command, paths["train_log"], f"train {spec.name}")
         run_flags = [*spec.flags, *([f"--max_steps={spec.steps}"] if spec.steps is not None else [])]
         train_rc = dict(rc=code, wall_s=round(seconds, 1), flags=" ".join(run_flags))
-        _write_json(paths["train_rc"], train_rc)
+        write_json(paths["train_rc"], train_rc)
         if code not in (0, DIVERGED_EXIT):
             open(paths["failed"], "w").close()
             return f"failed: training exit {code} ({paths['train_log']})"
@@ -313,7 +313,7 @@ def write_result(record: dict, spec: RunSpec, output_dir: str, results_dir: str,
                 figures[stem] = os.path.relpath(written, REPO_ROOT) if written.startswith(REPO_ROOT) else written
     record = dict(record, figures=figures)
     path = os.path.join(results_dir, f"{spec.name}.json")
-    _write_json(path, record)
+    write_json(path, record)
     return path
 
 
