@@ -12,6 +12,18 @@ by side) and each run's log under OUTPUT_DIR/logs/; the runs stay under OUTPUT_D
 figures: OUTPUT_DIR/runs/NAME/eval/). A run that finished before is
 reused unless --rerun (so an interrupted table continues).
 
+CIFAR mode (issue #17, the family on natural images):
+
+    python -m benchmarks.variants --mode=cifar --output_dir=/work/runs/variants_cifar \
+        [--data=../shared/data/cifar10_jpg_subset] [--only=jem,classifier]
+
+runs CIFAR_VARIANTS (classifier, jem, jempp, sada_jem, jem_stabilised) from the cifar_cpu preset (its
+step budget; its stabilisers switched off except in jem_stabilised) on the CIFAR folder, in
+benchmarks/run_harness.py's layout (OUTPUT_DIR/NAME/{wd,eval,train_rc.json,DONE}), evaluates each as
+benchmarks.cifar_cpu does, and writes one committed JSON per row to --results_dir (default
+docs/results/variants_cifar/NAME.json). The table is rebuilt from those JSON files, so rows measured
+earlier (another day, another machine) are reused, not retyped; docs/cifar_cpu.md shows them.
+
 A variant that diverges (exit code 3) is a result and shown as such. Exit codes: 0 done; 1 a run or
 an evaluation failed otherwise (its log is named); 2 bad flags.
 """
@@ -24,6 +36,8 @@ import sys
 import time
 
 from absl import app, flags, logging
+
+from benchmarks import cifar_cpu, run_harness
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +90,17 @@ EVAL_FLAGS = ("--eval=accuracy,calibration,ood,samples", "--ood_sets=uniform,con
 DIVERGED_EXIT = 3
 PROVENANCE_FILE = "variant.json"  # in each run's workdir: the commit and flags it was trained with
 
+# CIFAR mode: the rows issue #17 asks for, from the cifar_cpu preset with its stabilisers off (each
+# variant's own flags set them where it has them).
+CIFAR_VARIANTS = ("classifier", "jem", "jempp", "sada_jem", "jem_stabilised")
+CIFAR_BASE_FLAGS = ("--preset=cifar_cpu", "--energy_l2=0", "--nosgld_clamp")
+CIFAR_RESULTS_DIR = os.path.join(run_harness.REPO_ROOT, "docs/results/variants_cifar")
+
 FLAGS = flags.FLAGS
+flags.DEFINE_enum("mode", "quick", ["quick", "cifar"], "quick: the digits table (--base_flags); cifar: CIFAR_VARIANTS "
+                  "with the cifar_cpu preset's budget on --data, rows as committed JSON in --results_dir.")
+flags.DEFINE_string("data", cifar_cpu.DEFAULT_DATA, "--mode=cifar: the CIFAR image folder (train/, test/).")
+flags.DEFINE_string("results_dir", CIFAR_RESULTS_DIR, "--mode=cifar: one JSON per row (read back for the table).")
 flags.DEFINE_string("output_dir", None, "Directory for the runs, logs and the table.")
 flags.DEFINE_list("only", None, "Variants to run (default: all): " + ", ".join(v.name for v in VARIANTS) + ".")
 flags.DEFINE_list("base_flags", ["--preset=quick"], "Training flags every variant starts from.")
@@ -194,17 +218,66 @@ def samples_figure(rows, path: str) -> str | None:
     return path
 
 
+def cifar_spec(variant: Variant) -> run_harness.RunSpec:
+    """A variant as a CIFAR-mode run: the cifar_cpu preset (stabilisers off) plus its flags."""
+    return run_harness.RunSpec(variant.name, variant.source, (*CIFAR_BASE_FLAGS, *variant.flags), group="family",
+                               evaluation="full")
+
+
+def cifar_row(record: dict) -> dict:
+    """A committed CIFAR record as a row of `markdown_table`."""
+    status = {"finished": "ok", "diverged": "diverged"}.get(record["outcome"], record["outcome"])
+    if record["outcome"] == "diverged" and record.get("divergence_step") is not None:
+        status = f"diverged at step {record['divergence_step']}"
+    return dict(name=record["name"], status=status, recoveries=record.get("recovery_count", "n/a"),
+                code=record.get("commit", "unknown"),
+                results={key: record.get("evaluation", {}).get(key) for _, key, _ in COLUMNS})
+
+
+def run_cifar(chosen, output_dir: str, data: str, results_dir: str, rerun: bool) -> int:
+    """CIFAR mode: runs (or reuses) each chosen row, writes its JSON, and rebuilds the table from
+    every JSON in results_dir."""
+    known = {v.name: v for v in VARIANTS}
+    failed = []
+    for index, name in enumerate(chosen, 1):
+        spec = cifar_spec(known[name])
+        logging.info("CIFAR variant %d of %d: %s", index, len(chosen), name)
+        status = run_harness.run(spec, output_dir, data, cifar_cpu.EVALUATIONS[spec.evaluation], rerun=rerun)
+        record = run_harness.result_record(spec, output_dir, data)
+        if record is not None:
+            logging.info("%s: %s; wrote %s", name, status,
+                         run_harness.write_result(record, spec, output_dir, results_dir, None))
+        if status.startswith("failed"):
+            failed.append(f"{name} ({status})")
+    rows = [cifar_row(record) for record in run_harness.load_results(results_dir).values()]
+    table = markdown_table(rows)
+    with open(os.path.join(output_dir, "variants_cifar.md"), "w") as f:
+        f.write(table + "\n")
+    sys.stdout.write(table + "\n")
+    if failed:
+        logging.error("Failed: %s (see their logs).", "; ".join(failed))
+        return 1
+    return 0
+
+
 def main(argv):
     del argv
     if not FLAGS.output_dir:
         logging.error("--output_dir is required: the directory for the runs, logs and the table.")
         return 2
     known = {v.name: v for v in VARIANTS}
-    chosen = FLAGS.only or list(known)
+    chosen = FLAGS.only or (list(CIFAR_VARIANTS) if FLAGS.mode == "cifar" else list(known))
     unknown = [name for name in chosen if name not in known]
     if unknown:
         logging.error("--only=%s names unknown variants %s; known: %s.", ",".join(chosen), unknown, ", ".join(known))
         return 2
+    if FLAGS.mode == "cifar":
+        if not os.path.isdir(os.path.join(FLAGS.data, "train")):
+            logging.error("--data=%s is not an image folder with train/ and test/ class folders.", FLAGS.data)
+            return 2
+        os.makedirs(FLAGS.output_dir, exist_ok=True)
+        run_harness.stop_on_sigterm()
+        return run_cifar(chosen, FLAGS.output_dir, FLAGS.data, FLAGS.results_dir, FLAGS.rerun)
     rows = []
     for index, name in enumerate(chosen, 1):
         logging.info("Variant %d of %d: %s", index, len(chosen), name)

@@ -2,7 +2,7 @@
 
 import functools
 
-from jem_tf.configs import paper, quick
+from jem_tf.configs import cifar_cpu, paper, quick
 from jem_tf.configs.base import TrainConfig, incompatible_fields, objective_defaults
 
 PRESETS = {
@@ -11,6 +11,7 @@ PRESETS = {
     "cifar10": functools.partial(paper.get_config, "cifar10", "cifar10"),
     "cifar100": functools.partial(paper.get_config, "cifar100", "cifar100"),
     "quick": quick.get_config,
+    "cifar_cpu": cifar_cpu.get_config,
 }
 
 

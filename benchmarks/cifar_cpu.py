@@ -1,0 +1,554 @@
+"""JEM on CIFAR-10 on two CPU cores (issue #17): the recipe search, the recipe on 3 seeds, the
+same-wall-clock classifier, the whole training set, and the results page written from JSON.
+
+    python -m benchmarks.cifar_cpu --output_dir=/work/runs                 # everything, reusing finished runs
+    python -m benchmarks.cifar_cpu --output_dir=/work/runs --only=recipe_seed0,classifier
+    python -m benchmarks.cifar_cpu --page_only                             # the page from the JSON alone
+
+Runs one at a time, in this order: the SEARCH rows (each a named setting with its source, flags and
+steps), the `cifar_cpu` preset on seeds 0, 1, 2, two short classifier calibration runs, the plain
+classifier (same preset, network, data and augmentation) for the step count whose training loop
+takes as long as the recipe's seed 0 (measured, see `classifier_budget`), then the recipe and the
+classifier on the whole training set (`--full_data`). Every run is evaluated with `jem_tf.evaluate`
+(search rows: accuracy, calibration and OOD; the others also samples and PGD robustness through SGLD
+refinement). The run layout is `benchmarks/run_harness.py`'s (OUTPUT_DIR/NAME/{wd,eval,train.log,
+train_rc.json,DONE}); a run with DONE is reused, whoever ran it, unless --rerun.
+
+After each run its JSON goes to --results_dir (default docs/results/cifar_cpu/NAME.json: commit,
+machine, date, data, flags, steps reached, wall seconds, seconds per step, divergence step,
+recoveries, every evaluation number) and its figures to --figures_dir (docs/cifar_cpu/); then the page
+--page (docs/cifar_cpu.md) is rewritten from those JSON files alone, with the variant table's CIFAR
+rows (docs/results/variants_cifar/, `benchmarks.variants --mode=cifar`) and the official-code
+comparison (`benchmarks.compare_training`'s JSON, --compare_training_json) where present.
+
+Exit codes: 0 done (a divergence is a result); 1 a run or evaluation failed (its log is named);
+2 bad flags.
+"""
+
+import math
+import os
+import re
+import statistics
+import sys
+
+from absl import app, flags, logging
+
+from benchmarks import run_harness
+from benchmarks.run_harness import RunSpec
+
+REPO_ROOT = run_harness.REPO_ROOT
+DEFAULT_DATA = "../shared/data/cifar10_jpg_subset"
+DEFAULT_FULL_DATA = "../shared/data/cifar10_jpg"
+
+# What the lead's search runner adds to every search row (and so do we): the same layout and cadence.
+SEARCH_BASE_FLAGS = ("--noexport", "--sample_every_steps=250", "--checkpoint_every_steps=250",
+                     "--summary_every_steps=25")
+OOD_SETS = ("digits", "uniform", "constant", "interp")
+EVALUATIONS = {
+    # Cheap enough for every search row (the search runner's own evaluation).
+    "search": ("--eval=accuracy,calibration,ood", "--ood_sets=" + ",".join(OOD_SETS)),
+    # The paper's section 5 on the 2,000 test images; PGD on a few hundred images, few radii.
+    "full": ("--eval=accuracy,calibration,ood,samples,robustness", "--ood_sets=" + ",".join(OOD_SETS),
+             "--num_examples=2000", "--attack_examples=200", "--attack_refine_steps=0,1,10", "--pgd_steps=10",
+             "--linf_epsilons=0,0.0314,0.0627", "--l2_epsilons=0,0.5,1", "--boundary_examples=0"),
+}
+FIGURES = ("reliability_diagram", "ood_histograms_digits", "ood_histograms_uniform", "samples_fresh_unconditional",
+           "samples_fresh_conditional", "robustness")
+
+# Every setting tried in the recipe search, in the order tried. Steps: each row's own budget.
+SEARCH = (
+    RunSpec("s01_jem_stab_lr3e-4", "JEM + energy L2 0.1 + clamped chains (wgrathwohl/JEM issue #4, JEM++), Adam "
+            "3e-4, 10 SGLD steps, bf16",
+            ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
+             "--learning_rate=3e-4", "--warmup_steps=200", "--buffer_size=10000", "--energy_l2=0.1", "--sgld_clamp",
+             "--precision=mixed_bfloat16", "--seed=0"), steps=1000),
+    RunSpec("s02_sada_bn_lr1e-3", "SADA-JEM (Yang, Su & Ji 2023): batch norm, ASAM rho 2, un-augmented log p(x), "
+            "5 noiseless SGLD steps; Adam 1e-3",
+            ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--norm=batch", "--sam_rho=2",
+             "--sam_adaptive", "--generative_augmentation=none", "--sgld_steps=5", "--sgld_noise=0", "--data_noise=0",
+             "--learning_rate=1e-3", "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16",
+             "--seed=0"), steps=1000),
+    RunSpec("s03_jempp_lr3e-4", "JEM++ (Yang & Ji 2021): proximal sampler, informative initialisation; Adam 3e-4",
+            ("--objective=jempp", "--depth=10", "--width=2", "--batch_size=64", "--learning_rate=3e-4",
+             "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16", "--seed=0"), steps=1000),
+)
+
+SEEDS = (0, 1, 2)
+RECIPE_WHY = "the chosen recipe: --preset=cifar_cpu"
+CALIBRATION_STEPS = (50, 250)  # two classifier lengths: their difference is the per-step time without start-up
+
+
+def recipe_specs():
+    return tuple(RunSpec(f"recipe_seed{seed}", f"{RECIPE_WHY}, seed {seed}", ("--preset=cifar_cpu", f"--seed={seed}"),
+                         group="seeds", evaluation="full", figures=FIGURES if seed == 0 else ())
+                 for seed in SEEDS)
+
+
+def calibration_specs():
+    return tuple(RunSpec(f"calib_classifier_{steps}", "per-step time of the classifier (not a result)",
+                         ("--preset=cifar_cpu", "--objective=classifier", "--export=false"), steps=steps,
+                         group="calibration", evaluation=None) for steps in CALIBRATION_STEPS)
+
+
+def classifier_spec(steps: int, full: bool = False) -> RunSpec:
+    return RunSpec("classifier_full" if full else "classifier",
+                   "plain classifier: the recipe's network, data and augmentation, cross-entropy only, the same "
+                   "wall-clock budget", ("--preset=cifar_cpu", "--objective=classifier"), steps=steps,
+                   group="full" if full else "baseline", data="full" if full else "subset", evaluation="full",
+                   figures=() if full else FIGURES)
+
+
+def recipe_full_spec() -> RunSpec:
+    return RunSpec("recipe_full", f"{RECIPE_WHY}, seed 0, on the whole training set", ("--preset=cifar_cpu",),
+                   group="full", data="full", evaluation="full")
+
+
+def classifier_budget(output_dir: str, given_steps: int | None = None) -> dict:
+    """The classifier's step count for the recipe's wall-clock budget, and how it was chosen.
+
+    Measured: (training-loop seconds of recipe_seed0 - the classifier's start-up seconds) / the
+    classifier's seconds per step, both classifier figures from the two calibration runs
+    (CALIBRATION_STEPS): per step = difference of their loop seconds / difference of their steps;
+    start-up = the short run's loop seconds - its steps x per step. Raises ValueError naming what is
+    missing."""
+    if given_steps:
+        return dict(steps=int(given_steps), method="given by --classifier_steps")
+    recipe = run_harness.read_json(os.path.join(output_dir, "recipe_seed0", "wd", "metrics.json"))
+    recipe_rc = run_harness.read_json(os.path.join(output_dir, "recipe_seed0", run_harness.TRAIN_RC_FILE))
+    short, long = (run_harness.read_json(os.path.join(output_dir, f"calib_classifier_{steps}", "wd", "metrics.json"))
+                   for steps in CALIBRATION_STEPS)
+    if not (short and long) or (recipe is None and recipe_rc is None):
+        raise ValueError("the classifier's budget needs recipe_seed0 and both calibration runs finished")
+    if recipe is not None:
+        recipe_seconds, recipe_source = recipe["seconds_this_session"], "recipe_seed0 training-loop seconds"
+    else:
+        recipe_seconds, recipe_source = recipe_rc["wall_s"], "recipe_seed0 training command wall seconds (diverged)"
+    per_step = ((long["seconds_this_session"] - short["seconds_this_session"])
+                / (long["global_step"] - short["global_step"]))
+    if per_step <= 0:
+        raise ValueError(f"the calibration runs measured {per_step:.4f} s per classifier step; rerun them "
+                         "(--rerun --only=calib_classifier_50,calib_classifier_250) on a quieter machine")
+    startup = max(0.0, short["seconds_this_session"] - short["global_step"] * per_step)
+    # How busy the machine was as each measurement started (a shared machine makes steps slower).
+    loads = {name: ((run_harness.read_json(os.path.join(output_dir, name, run_harness.PROVENANCE_FILE)) or {})
+                    .get("machine") or {}).get("load_average_1min")
+             for name in ("recipe_seed0", *(f"calib_classifier_{steps}" for steps in CALIBRATION_STEPS))}
+    steps = max(1, round((recipe_seconds - startup) / per_step))
+    return dict(steps=int(steps), method="(recipe seconds - classifier start-up) / classifier seconds per step, "
+                "from two calibration runs", recipe_seconds=recipe_seconds, recipe_source=recipe_source,
+                classifier_seconds_per_step=round(per_step, 5), classifier_startup_seconds=round(startup, 1),
+                calibration_steps=list(CALIBRATION_STEPS), load_average_1min_at_start=loads)
+
+
+# ------------------------------------------------------------------------------------------------
+# The results page: from the per-run JSON alone (no TensorFlow).
+
+ACCURACY, ECE = "accuracy", "calibration/ece"
+REFINED = ("refinement/steps_1/accuracy", "refinement/steps_10/accuracy")
+SCORES = ("log_px", "max_prob", "grad_norm")
+SCORE_TITLES = {"log_px": "log p(x)", "max_prob": "max p(y|x)", "grad_norm": "grad-norm"}
+RUN_COLUMNS = (("accuracy", ACCURACY), ("JEM-10 accuracy", REFINED[1]), ("ECE", ECE),
+               *((f"log p(x) AUROC {s}", f"ood/{s}/log_px/auroc") for s in OOD_SETS))
+ROBUSTNESS_KEY = re.compile(r"^robustness/(l2|linf)/refine_(\d+)/eps_([^/]+)/accuracy$")
+TARGET_ACCURACY_GAP, TARGET_UNIFORM_AUROC, TARGET_TRAINING_MINUTES = 0.05, 0.95, 60
+
+PAGE_HEADER = """# CIFAR-10 on two cores: JEM's recipe, its search and the paper's section 5 at CPU scale
+
+*Generated by `python -m benchmarks.cifar_cpu --page_only` from the JSON under `{results_dir}`; do not edit.*
+
+## CIFAR-10 on two cores
+
+`python -m jem_tf.train --preset=cifar_cpu --dataset=folder:../shared/data/cifar10_jpg_subset` trains JEM on
+32x32 CIFAR-10 JPEGs within a fixed step budget on a 2-core CPU (the preset: `jem_tf/configs/cifar_cpu.py`).
+Everything below is measured by one command, which reruns what is missing and reuses finished runs:
+
+    python -m benchmarks.cifar_cpu --output_dir=DIR [--data=../shared/data/cifar10_jpg_subset] \\
+        [--full_data=../shared/data/cifar10_jpg] [--only=NAME,...] [--rerun]
+
+It trains the search rows, the recipe on 3 seeds, the plain classifier for the same wall-clock budget
+and both on the whole training set, evaluates each with `python -m jem_tf.evaluate`, writes one JSON per
+run and rewrites this page. Rows of the variant table on CIFAR come from
+`python -m benchmarks.variants --mode=cifar`. Runs that shared the CPU with other work are slower, not
+shorter: each row's seconds per step and the machine's load are in its JSON.
+"""
+
+
+def _get(record, key):
+    value = (record or {}).get("evaluation", {}).get(key)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _mean_sd(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 run)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({len(values)} runs)"
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
+def outcome_text(record) -> str:
+    if record["outcome"] == "diverged":
+        step = record.get("divergence_step")
+        return f"diverged at step {step}" if step is not None else "diverged"
+    return record["outcome"]
+
+
+def recoveries_text(record) -> str:
+    steps = [str(r.get("step")) for r in record.get("recoveries", [])]
+    return f"{len(steps)} (at {', '.join(steps)})" if steps else "0"
+
+
+def _table(header, rows) -> list:
+    cell = lambda value: str(value).replace("|", "\\|")  # noqa: E731
+    return (["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(map(cell, row)) + " |" for row in rows] + [""])
+
+
+def run_table(records, with_why=True) -> list:
+    header = ["run", *(["setting (source / why)"] if with_why else []), "outcome", "steps", "recoveries",
+              "s/step", *(title for title, _ in RUN_COLUMNS), "commit"]
+    rows = []
+    for record in records:
+        steps = f"{record.get('steps_reached')} / {record.get('budget_steps')}"
+        rows.append([f"`{record['name']}`", *([f"{record['why']}: `{record['flags']}`"] if with_why else []),
+                     outcome_text(record), steps, recoveries_text(record), _fmt(record.get("seconds_per_step")),
+                     *(_fmt(_get(record, key)) for _, key in RUN_COLUMNS), f"`{record.get('commit', 'unknown')}`"])
+    return _table(header, rows)
+
+
+def section5_table(jem_records, classifier) -> list:
+    keys = [("test accuracy", ACCURACY), ("accuracy after 1 SGLD refinement step", REFINED[0]),
+            ("accuracy after 10 SGLD refinement steps", REFINED[1]), ("ECE (lower is better)", ECE)]
+    keys += [(f"{SCORE_TITLES[score]} AUROC vs {name}", f"ood/{name}/{score}/auroc")
+             for name in OOD_SETS for score in SCORES]
+    robustness = sorted({key for record in [*jem_records, classifier] if record for key in record["evaluation"]
+                         if ROBUSTNESS_KEY.match(key)},
+                        key=lambda k: (ROBUSTNESS_KEY.match(k).group(1), int(ROBUSTNESS_KEY.match(k).group(2)),
+                                       float(ROBUSTNESS_KEY.match(k).group(3))))
+    for key in robustness:
+        norm, refine, eps = ROBUSTNESS_KEY.match(key).groups()
+        keys.append((f"PGD {norm.replace('linf', 'L-inf').replace('l2', 'L2')} ε={eps}, {refine} refinement steps: "
+                     "accuracy", key))
+    rows = []
+    for title, key in keys:
+        jem_value, classifier_value = _mean([_get(r, key) for r in jem_records]), _get(classifier, key)
+        difference = (_fmt(jem_value - classifier_value) if None not in (jem_value, classifier_value) else "n/a")
+        rows.append([title, _mean_sd([_get(r, key) for r in jem_records]), _fmt(classifier_value), difference])
+    return _table(["measure", "JEM recipe (mean ± sd over seeds)", "classifier, same wall clock",
+                   "JEM − classifier"], rows)
+
+
+def claims(jem_records, classifier) -> list:
+    """(claim and target, JEM, classifier, shows / does not show / not measured) from the numbers."""
+    def verdict(condition):
+        return "not measured" if condition is None else ("**shows**" if condition else "**does not show**")
+
+    def value(key, records):
+        return _mean([_get(r, key) for r in records])
+
+    rows = []
+    jem_accuracy, classifier_accuracy = value(ACCURACY, jem_records), _get(classifier, ACCURACY)
+    both = None not in (jem_accuracy, classifier_accuracy)
+    rows.append(["JEM's test accuracy within 5 points of the same-budget classifier", _fmt(jem_accuracy),
+                 _fmt(classifier_accuracy),
+                 verdict(jem_accuracy >= classifier_accuracy - TARGET_ACCURACY_GAP if both else None)])
+    num_classes = next((r.get("num_classes") for r in jem_records if r.get("num_classes")), 10)
+    rows.append([f"JEM beats chance ({1 / num_classes:.2f})", _fmt(jem_accuracy), "",
+                 verdict(jem_accuracy > 1 / num_classes if jem_accuracy is not None else None)])
+    uniform = value("ood/uniform/log_px/auroc", jem_records)
+    rows.append([f"log p(x) AUROC ≥ {TARGET_UNIFORM_AUROC} against uniform noise", _fmt(uniform),
+                 _fmt(_get(classifier, "ood/uniform/log_px/auroc")),
+                 verdict(uniform >= TARGET_UNIFORM_AUROC if uniform is not None else None)])
+    for name, words in (("constant", "constant images"), ("digits", "a real other dataset (digits, 32x32x3)")):
+        key = f"ood/{name}/log_px/auroc"
+        jem_value, classifier_value = value(key, jem_records), _get(classifier, key)
+        rows.append([f"log p(x) AUROC against {words} above the classifier's", _fmt(jem_value),
+                     _fmt(classifier_value),
+                     verdict(jem_value > classifier_value if None not in (jem_value, classifier_value) else None)])
+    jem_ece, classifier_ece = value(ECE, jem_records), _get(classifier, ECE)
+    rows.append(["ECE no worse than the classifier's", _fmt(jem_ece), _fmt(classifier_ece),
+                 verdict(jem_ece <= classifier_ece if None not in (jem_ece, classifier_ece) else None)])
+    diverged = sum(r["outcome"] != "finished" for r in jem_records)
+    recovered = sum(r.get("recovery_count", 0) > 0 for r in jem_records)
+    seeds_outcome = f"{diverged} diverged, {recovered} with recoveries" if jem_records else "n/a"
+    rows.append([f"stable across seeds: every seed finishes its budget, recoveries on fewer than 2 of "
+                 f"{len(jem_records) or 3}", seeds_outcome, "",
+                 verdict(diverged == 0 and recovered < 2 if jem_records else None)])
+    walls = [r["train_wall_s"] / 60 for r in jem_records if r.get("train_wall_s")]
+    loads = sorted({(r.get("machine") or {}).get("load_average_1min") for r in jem_records} - {None})
+    rows.append([f"the budget trains within {TARGET_TRAINING_MINUTES} minutes on the 2-core machine (each seed's "
+                 "training command, wall clock" + (f"; 1-minute load average at its start: "
+                                                   f"{', '.join(map(str, loads))}" if loads else "") + ")",
+                 ", ".join(f"{w:.1f} min" for w in walls) or "n/a", "",
+                 verdict(max(walls) <= TARGET_TRAINING_MINUTES if walls else None)])
+    return _table(["claim (issue #17's target)", "JEM", "classifier", "at this scale"], rows)
+
+
+def compare_training_section(compare) -> list:
+    if not compare:
+        return ["Not run yet (`python -m benchmarks.compare_training ... --output_dir=DIR`, then copy its "
+                "`compare_training.json` to the path given by `--compare_training_json`).", ""]
+    settings = compare.get("settings", {})
+    lines = [f"Settings: `{', '.join(f'{k}={v}' for k, v in sorted(settings.items()))}`", ""]
+    rows = [[run["implementation"], run["seed"], run.get("steps"),
+             f"step {run.get('diverged_at')}" if run.get("diverged") else "no", _fmt(run.get("test_accuracy"))]
+            for run in compare.get("runs", [])]
+    lines += _table(["implementation", "seed", "steps", "diverged", "test accuracy"], rows)
+    counts = compare.get("diverged", {})
+    if counts:
+        lines += ["Diverged runs: " + "; ".join(f"{impl} {d} of {n}" for impl, (d, n) in sorted(counts.items())), ""]
+    return lines
+
+
+def figures_section(records, page_dir: str) -> list:
+    lines = []
+    for record in records:
+        for stem, path in sorted((record or {}).get("figures", {}).items()):
+            relative = os.path.relpath(os.path.join(REPO_ROOT, path), page_dir)
+            lines += [f"![{record['name']}: {stem}]({relative})", ""]
+    return lines
+
+
+def render_page(records: dict, family: dict, compare: dict | None, results_dir: str, page_dir: str) -> str:
+    """The results page from the per-run records (name -> record), the variant table's CIFAR
+    records and the official-code comparison's JSON."""
+    by_group = lambda group: [r for r in records.values() if r.get("group") == group]  # noqa: E731
+    jem = by_group("seeds")
+    baseline = next(iter(by_group("baseline")), None)
+    lines = [PAGE_HEADER.format(results_dir=os.path.relpath(results_dir, REPO_ROOT))]
+    lines += ["## Which of the paper's claims show at this scale", "",
+              "Computed from the numbers below (JEM: the recipe's mean over its seeds; classifier: the same "
+              "network, data and augmentation for the same wall-clock time).", ""]
+    lines += claims(jem, baseline)
+    lines += ["## The recipe search", "", "Every setting tried, in order, with its outcome.", ""]
+    lines += run_table(by_group("search")) if by_group("search") else ["No search row has finished yet.", ""]
+    lines += ["## The recipe on 3 seeds", ""]
+    if jem:
+        lines += run_table(jem, with_why=False)
+        lines += [f"Test accuracy {_mean_sd([_get(r, ACCURACY) for r in jem])}; recoveries "
+                  f"{sum(r.get('recovery_count', 0) for r in jem)} in all; training wall time "
+                  + ", ".join(f"{r['train_wall_s'] / 60:.1f} min" for r in jem) + " (the machine: "
+                  + "; ".join(sorted({f"{(r.get('machine') or {}).get('cpu')}, {(r.get('machine') or {}).get('cores')}"
+                                      " cores" for r in jem})) + ").", ""]
+    else:
+        lines += ["Not run yet.", ""]
+    lines += ["## JEM against the classifier with the same budget (the paper's section 5)", ""]
+    if baseline:
+        budget = baseline.get("budget") or {}
+        lines += [f"The classifier trained {baseline.get('steps_reached')} steps: {budget.get('method', 'n/a')}"
+                  + (f" ({budget['recipe_seconds']:.0f} s of recipe training, "
+                     f"{budget['classifier_seconds_per_step']:.3f} s per classifier step)"
+                     if "recipe_seconds" in budget else "") + ".", ""]
+    lines += section5_table(jem, baseline)
+    lines += ["## The whole training set (50,000 images)", ""]
+    lines += run_table(by_group("full"), with_why=False) if by_group("full") else ["Not run yet.", ""]
+    lines += ["## The family on CIFAR (`benchmarks.variants --mode=cifar`)", ""]
+    lines += run_table(list(family.values())) if family else ["Not run yet.", ""]
+    lines += ["## Against the official code (`benchmarks.compare_training`)", ""]
+    lines += compare_training_section(compare)
+    lines += ["## Figures", ""]
+    lines += figures_section([*jem, baseline], page_dir) or ["None yet.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+SUMMARY_FIGURE = "summary.png"
+SUMMARY_MEASURES = (("accuracy", ACCURACY), ("ECE", ECE), ("log p(x) AUROC uniform", "ood/uniform/log_px/auroc"),
+                    ("log p(x) AUROC constant", "ood/constant/log_px/auroc"),
+                    ("log p(x) AUROC digits", "ood/digits/log_px/auroc"))
+
+
+def summary_figure(records, path: str) -> str | None:
+    """Grouped bars, one group per run (search rows, seeds, classifier, whole set, family), of the
+    SUMMARY_MEASURES; None when no run has numbers."""
+    runs = [r for r in records if any(_get(r, key) is not None for _, key in SUMMARY_MEASURES)]
+    if not runs:
+        return None
+    import matplotlib  # noqa: PLC0415 (only the figure needs it)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    width = 0.8 / len(SUMMARY_MEASURES)
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(runs) + 2), 3.6))
+    for index, (title, key) in enumerate(SUMMARY_MEASURES):
+        values = [_get(r, key) for r in runs]
+        axis.bar([i + index * width for i in range(len(runs))], [v if v is not None else 0 for v in values], width,
+                 label=title)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(runs))])
+    axis.set_xticklabels([r["name"] for r in runs], rotation=35, ha="right", fontsize=7)
+    axis.axhline(TARGET_UNIFORM_AUROC, color="grey", linewidth=0.6, linestyle="--")
+    axis.set_ylim(0, 1.3)  # room for the legend above the bars
+    axis.legend(fontsize=7, ncol=3, loc="upper left")
+    axis.set_title("Every run's test numbers (dashed: the 0.95 AUROC target)", fontsize=9)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def write_page(results_dir: str, family_dir: str, compare_json: str | None, page: str,
+               figures_dir: str | None = None) -> str:
+    """The page (and, with figures_dir, its summary figure) from the JSON files alone."""
+    records = run_harness.load_results(results_dir)
+    family = run_harness.load_results(family_dir)
+    compare = run_harness.read_json(compare_json) if compare_json else None
+    page_dir = os.path.dirname(os.path.abspath(page))
+    text = render_page(records, family, compare, results_dir, page_dir)
+    if figures_dir:
+        order = {"search": 0, "seeds": 1, "baseline": 2, "full": 3}
+        runs = sorted(records.values(), key=lambda r: order.get(r.get("group"), 4)) + list(family.values())
+        figure = summary_figure(runs, os.path.join(figures_dir, SUMMARY_FIGURE))
+        if figure:
+            text += f"\n![Every run's test numbers]({os.path.relpath(figure, page_dir)})\n"
+    with open(page, "w") as f:
+        f.write(text)
+    logging.info("Wrote %s from %d run records.", page, len(records))
+    return page
+
+
+# ------------------------------------------------------------------------------------------------
+# The command.
+
+
+def define_flags(flag_values=flags.FLAGS):
+    def define(kind, name, default, text):
+        getattr(flags, f"DEFINE_{kind}")(name, default, text, flag_values=flag_values)
+
+    define("string", "output_dir", None, "Directory of the runs (OUTPUT_DIR/NAME/...); required unless --page_only.")
+    define("string", "data", DEFAULT_DATA, "Image folder (train/ and test/ class folders) of the subset runs.")
+    define("string", "full_data", DEFAULT_FULL_DATA, "Image folder of the whole-training-set runs.")
+    define("list", "only", None, "Runs to (re)run, by name (default: all, in order).")
+    define("bool", "rerun", False, "Train and evaluate the chosen runs again (old run directories are moved aside).")
+    define("bool", "page_only", False, "Only rewrite the page from the JSON under --results_dir.")
+    define("integer", "classifier_steps", None, "The classifier's steps (default: measured, see classifier_budget).")
+    define("string", "results_dir", os.path.join(REPO_ROOT, "docs/results/cifar_cpu"), "Per-run JSON folder.")
+    define("string", "figures_dir", os.path.join(REPO_ROOT, "docs/cifar_cpu"), "Figures copied for the page.")
+    define("string", "family_results_dir", os.path.join(REPO_ROOT, "docs/results/variants_cifar"),
+           "The variant table's CIFAR rows (benchmarks.variants --mode=cifar).")
+    define("string", "compare_training_json", os.path.join(REPO_ROOT, "docs/results/compare_training_cifar.json"),
+           "benchmarks.compare_training's JSON for the official-code comparison (shown when present).")
+    define("string", "page", os.path.join(REPO_ROOT, "docs/cifar_cpu.md"), "The results page to write.")
+
+
+def all_names() -> list:
+    return [s.name for s in (*SEARCH, *recipe_specs(), *calibration_specs())] + [
+        "classifier", "recipe_full", "classifier_full"]
+
+
+def run_and_record(spec: RunSpec, settings, extra: dict | None = None) -> str:
+    """Runs one spec (or reuses it), writes its JSON and the page; returns its status."""
+    data = settings.full_data if spec.data == "full" else settings.data
+    base = SEARCH_BASE_FLAGS if spec.group == "search" else ()
+    status = run_harness.run(spec, settings.output_dir, data, EVALUATIONS.get(spec.evaluation, ()), base,
+                             rerun=settings.rerun)
+    record = run_harness.result_record(spec, settings.output_dir, data)
+    if record is not None and spec.evaluation is not None:
+        run_info = run_harness.read_json(os.path.join(settings.output_dir, spec.name, "wd", "run_info.json"), {})
+        record = dict(record, num_classes=run_info.get("num_classes"), **(extra or {}))
+        path = run_harness.write_result(record, spec, settings.output_dir, settings.results_dir, settings.figures_dir)
+        logging.info("%s: %s; wrote %s", spec.name, status, path)
+        write_page(settings.results_dir, settings.family_results_dir, settings.compare_training_json, settings.page,
+                   settings.figures_dir)
+    else:
+        logging.info("%s: %s", spec.name, status)
+    return status
+
+
+def run_all(settings) -> int:
+    """Every run in order (or those of settings.only); 1 when one failed."""
+    chosen = set(settings.only or all_names())
+    failed = []
+    # The specs whose definition does not depend on measurements first.
+    fixed = [*SEARCH, *recipe_specs(), *calibration_specs()]
+    planned = [s for s in fixed if s.name in chosen] + [n for n in ("classifier", "recipe_full", "classifier_full")
+                                                         if n in chosen]
+    for index, item in enumerate(planned, 1):
+        name = item if isinstance(item, str) else item.name
+        logging.info("Run %d of %d: %s", index, len(planned), name)
+        extra = None
+        if name == "recipe_full":
+            spec = recipe_full_spec()
+        elif isinstance(item, str):
+            try:
+                budget = _stored_budget(settings, name) or classifier_budget(settings.output_dir,
+                                                                             settings.classifier_steps)
+            except ValueError as error:
+                logging.error("%s: %s", name, error)
+                failed.append(name)
+                continue
+            spec, extra = classifier_spec(budget["steps"], full=name == "classifier_full"), dict(budget=budget)
+        else:
+            spec = item
+        status = run_and_record(spec, settings, extra)
+        if extra:  # after the run: --rerun moves the old run directory (and its budget) aside first
+            _store_budget(settings, name, extra["budget"])
+        if status.startswith("failed"):
+            failed.append(f"{name} ({status})")
+    if failed:
+        logging.error("Failed: %s", "; ".join(failed))
+        return 1
+    return 0
+
+
+def _budget_path(settings, name):
+    return os.path.join(settings.output_dir, name, "budget.json")
+
+
+def _stored_budget(settings, name):
+    """The budget a classifier run was started with (kept so a resumed or reused run keeps it)."""
+    if settings.rerun or settings.classifier_steps:
+        return None
+    return run_harness.read_json(_budget_path(settings, name))
+
+
+def _store_budget(settings, name, budget):
+    os.makedirs(os.path.dirname(_budget_path(settings, name)), exist_ok=True)
+    run_harness.write_json(_budget_path(settings, name), budget)
+
+
+def main(argv, settings=None):
+    if len(argv) > 1:
+        logging.error("Unexpected arguments %s: every setting is a flag.", argv[1:])
+        return 2
+    settings = settings or flags.FLAGS
+    if settings.page_only:
+        write_page(settings.results_dir, settings.family_results_dir, settings.compare_training_json, settings.page,
+                   settings.figures_dir)
+        return 0
+    if not settings.output_dir:
+        logging.error("--output_dir is required (the runs' directory), unless --page_only.")
+        return 2
+    unknown = [name for name in settings.only or () if name not in all_names()]
+    if unknown:
+        logging.error("--only names unknown runs %s; known: %s.", unknown, ", ".join(all_names()))
+        return 2
+    for flag_name in ("data", "full_data"):
+        folder = getattr(settings, flag_name)
+        needed = flag_name == "data" or any(n in (settings.only or all_names()) for n in ("recipe_full",
+                                                                                            "classifier_full"))
+        if needed and not os.path.isdir(os.path.join(folder, "train")):
+            logging.error("--%s=%s is not an image folder with train/ and test/ class folders.", flag_name, folder)
+            return 2
+    if settings.classifier_steps is not None and settings.classifier_steps < 1:
+        logging.error("--classifier_steps=%s: expected a positive number of steps.", settings.classifier_steps)
+        return 2
+    run_harness.stop_on_sigterm()
+    return run_all(settings)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(lambda argv: sys.exit(main(argv)))
