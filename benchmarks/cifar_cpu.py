@@ -210,8 +210,10 @@ def _mean(values):
 def outcome_text(record) -> str:
     if record["outcome"] == "diverged":
         step = record.get("divergence_step")
-        return f"diverged at step {step}" if step is not None else "diverged"
-    return record["outcome"]
+        text = f"diverged at step {step}" if step is not None else "diverged"
+    else:
+        text = record["outcome"]
+    return f"{text}: {record['note']}" if record.get("note") else text
 
 
 def recoveries_text(record) -> str:

@@ -55,6 +55,9 @@ class RunSpec:
     figures: tuple = ()  # evaluation figures (file stems) copied next to the results page
 
 
+NOTE_FILE = "NOTE"
+
+
 def run_paths(output_dir: str, name: str) -> dict:
     root = os.path.join(output_dir, name)
     return dict(root=root, workdir=os.path.join(root, WORKDIR), eval=os.path.join(root, EVAL_DIR),
@@ -275,7 +278,17 @@ def result_record(spec: RunSpec, output_dir: str, data: str) -> dict | None:
         test_accuracy_trainer=metrics.get("test_accuracy"),
         config={k: config[k] for k in sorted(config)},
         evaluation=results, evaluated=os.path.exists(paths["done"]),
+        # A person's account of what happened (e.g. why a run was stopped by hand): OUTPUT_DIR/NAME/NOTE.
+        note=read_note(os.path.join(paths["root"], NOTE_FILE)),
     )
+
+
+def read_note(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def shrink_figure(source: str, target_stem: str, max_bytes: int = FIGURE_MAX_BYTES) -> str:

@@ -143,6 +143,10 @@ def test_a_divergence_is_recorded_with_its_step_and_recoveries(tmp_path):
     assert record["steps_reached"] == 750 and record["seconds_per_step"] == pytest.approx(120 / 966, abs=1e-4)
     assert cifar_cpu.outcome_text(record) == "diverged at step 966"
     assert cifar_cpu.recoveries_text(record) == "1 (at 700)"
+    # A run stopped by hand carries the person's account (NOTE) into its JSON and its outcome.
+    (root / "NOTE").write_text("Stopped by hand at step 108: samples ran away.\n")
+    record = run_harness.result_record(spec, str(tmp_path), "data")
+    assert cifar_cpu.outcome_text(record) == "diverged at step 966: Stopped by hand at step 108: samples ran away."
 
 
 def test_the_classifier_budget_comes_from_measured_times(tmp_path):
