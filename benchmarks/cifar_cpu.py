@@ -312,19 +312,28 @@ def claims(jem_records, classifier) -> list:
     return _table(["claim (issue #17's target)", "JEM", "classifier", "at this scale"], rows)
 
 
-def compare_training_section(compare) -> list:
-    if not compare:
+def compare_training_section(compares) -> list:
+    """One block per `benchmarks.compare_training` JSON (e.g. the recipe's budget, the paper's settings
+    on the whole set): its settings, each run with the device it ran on, the divergence counts."""
+    compares = [c for c in compares if c]
+    if not compares:
         return ["Not run yet (`python -m benchmarks.compare_training ... --output_dir=DIR`, then copy its "
-                "`compare_training.json` to the path given by `--compare_training_json`).", ""]
-    settings = compare.get("settings", {})
-    lines = [f"Settings: `{', '.join(f'{k}={v}' for k, v in sorted(settings.items()))}`", ""]
-    rows = [[run["implementation"], run["seed"], run.get("steps"),
-             f"step {run.get('diverged_at')}" if run.get("diverged") else "no", _fmt(run.get("test_accuracy"))]
-            for run in compare.get("runs", [])]
-    lines += _table(["implementation", "seed", "steps", "diverged", "test accuracy"], rows)
-    counts = compare.get("diverged", {})
-    if counts:
-        lines += ["Diverged runs: " + "; ".join(f"{impl} {d} of {n}" for impl, (d, n) in sorted(counts.items())), ""]
+                "`compare_training.json` to a path given by `--compare_training_json`).", ""]
+    lines = []
+    for compare in compares:
+        settings = compare.get("settings", {})
+        lines += [f"### {settings.get('steps')} steps at Adam {settings.get('learning_rate')} on "
+                  f"`{settings.get('data')}`", "",
+                  f"Settings: `{', '.join(f'{k}={v}' for k, v in sorted(settings.items()))}`", ""]
+        rows = [[run["implementation"], run["seed"], run.get("steps"),
+                 f"step {run.get('diverged_at')}" if run.get("diverged") else "no", _fmt(run.get("test_accuracy")),
+                 run.get("device") or "not recorded"]
+                for run in compare.get("runs", [])]
+        lines += _table(["implementation", "seed", "steps", "diverged", "test accuracy", "ran on"], rows)
+        counts = compare.get("diverged", {})
+        if counts:
+            lines += ["Diverged runs: " + "; ".join(f"{impl} {d} of {n}" for impl, (d, n) in sorted(counts.items())),
+                      ""]
     return lines
 
 
@@ -337,7 +346,7 @@ def figures_section(records, page_dir: str) -> list:
     return lines
 
 
-def render_page(records: dict, family: dict, compare: dict | None, results_dir: str, page_dir: str) -> str:
+def render_page(records: dict, family: dict, compares: list, results_dir: str, page_dir: str) -> str:
     """The results page from the per-run records (name -> record), the variant table's CIFAR
     records and the official-code comparison's JSON."""
     by_group = lambda group: [r for r in records.values() if r.get("group") == group]  # noqa: E731
@@ -373,7 +382,7 @@ def render_page(records: dict, family: dict, compare: dict | None, results_dir: 
     lines += ["## The family on CIFAR (`benchmarks.variants --mode=cifar`)", ""]
     lines += run_table(list(family.values())) if family else ["Not run yet.", ""]
     lines += ["## Against the official code (`benchmarks.compare_training`)", ""]
-    lines += compare_training_section(compare)
+    lines += compare_training_section(compares)
     lines += ["## Figures", ""]
     lines += figures_section([*jem, baseline], page_dir) or ["None yet.", ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -415,14 +424,14 @@ def summary_figure(records, path: str) -> str | None:
     return path
 
 
-def write_page(results_dir: str, family_dir: str, compare_json: str | None, page: str,
+def write_page(results_dir: str, family_dir: str, compare_jsons: list, page: str,
                figures_dir: str | None = None) -> str:
     """The page (and, with figures_dir, its summary figure) from the JSON files alone."""
     records = run_harness.load_results(results_dir)
     family = run_harness.load_results(family_dir)
-    compare = run_harness.read_json(compare_json) if compare_json else None
+    compares = [run_harness.read_json(path) for path in compare_jsons or ()]
     page_dir = os.path.dirname(os.path.abspath(page))
-    text = render_page(records, family, compare, results_dir, page_dir)
+    text = render_page(records, family, compares, results_dir, page_dir)
     if figures_dir:
         order = {"search": 0, "seeds": 1, "baseline": 2, "full": 3}
         runs = sorted(records.values(), key=lambda r: order.get(r.get("group"), 4)) + list(family.values())
@@ -454,8 +463,10 @@ def define_flags(flag_values=flags.FLAGS):
     define("string", "figures_dir", os.path.join(REPO_ROOT, "docs/cifar_cpu"), "Figures copied for the page.")
     define("string", "family_results_dir", os.path.join(REPO_ROOT, "docs/results/variants_cifar"),
            "The variant table's CIFAR rows (benchmarks.variants --mode=cifar).")
-    define("string", "compare_training_json", os.path.join(REPO_ROOT, "docs/results/compare_training_cifar.json"),
-           "benchmarks.compare_training's JSON for the official-code comparison (shown when present).")
+    define("list", "compare_training_json", [os.path.join(REPO_ROOT, "docs/results/compare_training_cifar.json"),
+                                             os.path.join(REPO_ROOT, "docs/results/compare_training_cifar_full.json")],
+           "benchmarks.compare_training JSON files for the official-code comparisons (each shown when present): the "
+           "recipe's budget on the subset, the paper's settings scaled to a CPU on the whole set.")
     define("string", "page", os.path.join(REPO_ROOT, "docs/cifar_cpu.md"), "The results page to write.")
 
 

@@ -39,7 +39,7 @@ import time
 
 from absl import app, flags, logging
 
-from benchmarks import results_json, training_curves
+from benchmarks import machine_load, results_json, training_curves
 from benchmarks.training_curves import (
     IMPLEMENTATIONS,
     METRICS,
@@ -139,7 +139,8 @@ def read_official(output: str, seed: int, seconds: float, log_path: str) -> RunR
         result = json.load(f)
     run = RunResult("official", seed, {int(k): v for k, v in result["curves"].items()}, steps=result["steps"],
                     diverged=result["diverged"], diverged_at=result.get("step"), reason=result.get("reason", ""),
-                    test_accuracy=result.get("test_accuracy"), seconds=seconds, log=log_path)
+                    test_accuracy=result.get("test_accuracy"), seconds=seconds, log=log_path,
+                    device=result.get("device", "cpu"))
     return mark_non_finite(run)
 
 
@@ -204,7 +205,8 @@ def run_ours(flag_values, seed: int, run_dir: str, log_dir: str) -> RunResult:
 def read_ours(workdir: str, seed: int, diverged: bool, seconds: float, log_path: str) -> RunResult:
     """A finished jem_tf workdir (trained with --max_recoveries=0, as run_ours does) as a RunResult."""
     curves = read_tensorboard_curves(os.path.join(workdir, "tensorboard"))
-    run = RunResult("jem_tf", seed, curves, steps=(max(curves) + 1) if curves else 0, seconds=seconds, log=log_path)
+    run = RunResult("jem_tf", seed, curves, steps=(max(curves) + 1) if curves else 0, seconds=seconds, log=log_path,
+                    device=f"cpu ({machine_load.cpu_description()['model']})")
     if diverged:
         # The guard stops before anything of the diverged step is logged.
         run.diverged, run.diverged_at = True, run.steps

@@ -21,6 +21,7 @@ class RunResult:
     test_accuracy: float | None = None
     seconds: float = 0.0
     log: str = ""
+    device: str = ""  # where it ran: the reference's result names its device; jem_tf runs on this machine's CPU
 
     def to_dict(self):
         return dict(dataclasses.asdict(self), curves={str(k): v for k, v in sorted(self.curves.items())})

@@ -168,7 +168,7 @@ def test_the_classifier_budget_comes_from_measured_times(tmp_path):
 
 def _page(results_dir, tmp_path, family_dir=None, compare=None) -> str:
     return cifar_cpu.render_page(run_harness.load_results(str(results_dir)),
-                                 run_harness.load_results(str(family_dir)) if family_dir else {}, compare,
+                                 run_harness.load_results(str(family_dir)) if family_dir else {}, [compare],
                                  str(results_dir), str(tmp_path))
 
 
@@ -225,8 +225,10 @@ def test_the_page_shows_missing_parts_as_not_measured_and_the_official_compariso
         {"implementation": "official", "seed": 0, "steps": 1500, "diverged": False, "test_accuracy": 0.22},
         {"implementation": "jem_tf", "seed": 0, "steps": 966, "diverged": True, "diverged_at": 966}],
         "diverged": {"official": [0, 1], "jem_tf": [1, 1]}}
+    compare["runs"][0]["device"] = "NVIDIA H200"
     page = _page(tmp_path / "empty", tmp_path, compare=compare)
-    assert "| official | 0 | 1500 | no | 0.220 |" in page and "| jem_tf | 0 | 966 | step 966 | n/a |" in page
+    assert "| official | 0 | 1500 | no | 0.220 | NVIDIA H200 |" in page
+    assert "| jem_tf | 0 | 966 | step 966 | n/a | not recorded |" in page
     assert "jem_tf 1 of 1; official 0 of 1" in page
 
 
