@@ -22,7 +22,7 @@ from jem_tf import train as train_cli
 from jem_tf.configs import TrainConfig, get_preset, objective_defaults
 from jem_tf.configs.base import OBJECTIVE_DEFAULTS
 from jem_tf.sampling import informative_init
-from trainers import loop, objectives
+from trainers import distribution, loop, objectives
 from trainers.jem import JEM
 from trainers.jempp import JEMPP
 
@@ -285,7 +285,7 @@ def _jempp_steps(strategy, initial_weights, steps=2):
         model.set_weights(initial_weights)
     images = jem_data.to_model_range(uint8).numpy()
     dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32))).batch(8).repeat(steps)
-    train_step = loop.distributed_train_step(model, strategy)
+    train_step = distribution.distributed_train_step(model, strategy)
     losses = [float(train_step(batch)["loss"]) for batch in strategy.experimental_distribute_dataset(dataset)]
     buffers = np.stack([v.numpy() for v in strategy.experimental_local_results(model.replay_buffer.images)])
     return model, losses, buffers
