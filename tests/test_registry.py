@@ -28,7 +28,7 @@ def test_an_unknown_objective_is_refused_naming_the_registered_ones():
 
 
 def test_registering_a_second_class_under_a_taken_name_is_refused():
-    with pytest.raises(ValueError, match="registered twice"):
+    with pytest.raises(ValueError, match="The objective .jem. is already registered"):
         registry.register("jem")(type("Other", (Classifier,), {}))
 
 

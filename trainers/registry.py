@@ -18,31 +18,28 @@ The loop asks the model through these hooks and never checks which objective it 
 TensorFlow is imported; a test keeps the two equal.
 """
 
-_OBJECTIVES = {}
+from jem_tf.registry import Registry
+
+
+def _unknown(name, names) -> str:
+    return f"--objective={name!r} is not a registered objective; registered: {', '.join(sorted(names))}."
+
+
+_OBJECTIVES = Registry("objective", name_attribute="objective_name", unknown=_unknown)
 
 
 def register(name: str):
     """Class decorator: makes the class the objective `name`."""
-
-    def add(cls):
-        if name in _OBJECTIVES and _OBJECTIVES[name] is not cls:
-            raise ValueError(f"Objective {name!r} is registered twice ({_OBJECTIVES[name].__name__}, {cls.__name__}).")
-        cls.objective_name = name
-        _OBJECTIVES[name] = cls
-        return cls
-
-    return add
+    return _OBJECTIVES.register(name)
 
 
 def names() -> tuple:
-    return tuple(sorted(_OBJECTIVES))
+    return tuple(sorted(_OBJECTIVES.names()))
 
 
 def get(name: str):
     """The objective class registered as `name` (ValueError naming the registered ones otherwise)."""
-    if name not in _OBJECTIVES:
-        raise ValueError(f"--objective={name!r} is not a registered objective; registered: {', '.join(names())}.")
-    return _OBJECTIVES[name]
+    return _OBJECTIVES.get(name)
 
 
 def build_model(config, image_shape, num_classes: int):
