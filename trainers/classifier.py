@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from jem_tf import energy
-from jem_tf.models import WideResNet
+from jem_tf.models import WideResNet, network_arguments
 from trainers import registry, sharpness
 
 
@@ -213,7 +213,7 @@ class Classifier(WideResNet):
     def to_wide_resnet(self) -> WideResNet:
         """A plain WideResNet with this model's weights and none of its training state (no replay
         buffer, no optimizer), e.g. for export."""
-        network = WideResNet(**self.network_config())
+        network = WideResNet(**network_arguments(self, self.num_classes))
         network.build((None,) + self.input_image_shape)
         network.set_weights(self.get_weights())
         return network
@@ -222,7 +222,3 @@ class Classifier(WideResNet):
         config = super().get_config()
         config.update(seed=self.seed, sam_rho=self.sam_rho, sam_adaptive=self.sam_adaptive)
         return config
-
-    def network_config(self) -> dict:
-        return dict(depth=self.depth, width=self.width, num_classes=self.num_classes, norm=self.norm,
-                    activation=self.activation, dropout_rate=self.dropout_rate, dtype=self.dtype_policy.name)

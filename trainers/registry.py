@@ -45,13 +45,8 @@ def get(name: str):
 def build_model(config, image_shape, num_classes: int):
     """The model for `config.objective`, built (weights, and state such as a replay buffer, created)
     in `config.precision`. Call inside the strategy scope so variables are mirrored."""
-    from jem_tf import precision  # noqa: PLC0415
+    from jem_tf.models import network_arguments  # noqa: PLC0415 (Keras: the registry itself stays light)
 
-    network = dict(
-        depth=config.depth, width=config.width, num_classes=num_classes, norm=config.norm,
-        activation=config.activation, dropout_rate=config.dropout_rate, seed=config.seed,
-        dtype=precision.dtype_policy(config.precision),
-    )
-    model = get(config.objective).from_config(config, **network)
+    model = get(config.objective).from_config(config, seed=config.seed, **network_arguments(config, num_classes))
     model.build((None,) + tuple(image_shape))
     return model
