@@ -10,6 +10,7 @@ import tensorflow as tf
 from jem_tf import energy
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs import get_preset
+from jem_tf.configs import objectives as objective_configs
 from jem_tf.configs.base import OBJECTIVES
 from jem_tf.models.wide_resnet import ARCHITECTURE_FIELDS, network_arguments
 from trainers import objectives, registry
@@ -22,6 +23,13 @@ SHAPE = (8, 8, 1)
 def test_the_config_lists_exactly_the_registered_objectives():
     # configs keeps the names so flags are checked before TensorFlow loads; they must not drift.
     assert tuple(sorted(OBJECTIVES)) == objectives.names()
+    for name in objectives.names():  # each registered class points at its objective's config
+        assert objectives.get(name).config_class is objective_configs.config_class(name)
+
+
+def test_an_objective_without_a_declared_config_cannot_register():
+    with pytest.raises(ValueError, match=r"--objective='ebm' is invalid: expected one of"):
+        registry.register("ebm")
 
 
 def test_an_unknown_objective_is_refused_naming_the_registered_ones():

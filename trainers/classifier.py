@@ -43,9 +43,6 @@ class Classifier(WideResNet):
 
     # -- the hooks the training loop calls (trainers/registry.py) -----------------------------
 
-    # Whether the objective has a log p(x) term (which `--generative_augmentation` is about).
-    models_log_px = False
-
     @classmethod
     def from_config(cls, config, **network):
         """The objective's model from its TrainConfig fields; `network` holds the WideResNet's."""
@@ -60,7 +57,7 @@ class Classifier(WideResNet):
     def check_config(cls, config, num_train: int) -> None:
         """Checks that need the training set's size; ValueError naming the flag to change."""
         del num_train
-        if config.generative_augmentation != "same" and not cls.models_log_px:
+        if config.generative_augmentation != "same" and "generative_augmentation" not in cls.config_class.field_names():
             raise ValueError(
                 f"--generative_augmentation={config.generative_augmentation} changes the images of the log p(x) "
                 f"term, which --objective={config.objective} does not have. Leave it at 'same', or choose an "

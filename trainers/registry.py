@@ -14,10 +14,12 @@ holds what they share and documents the hooks the loop calls: `from_config`, `ch
 `prepare_for_data`).
 The loop asks the model through these hooks and never checks which objective it runs.
 
-`jem_tf.configs.base.OBJECTIVES` lists the same names so a bad --objective is refused before
-TensorFlow is imported; a test keeps the two equal.
+Each objective's settings (fields, help, defaults, checks) are declared with it in
+`jem_tf/configs/objectives.py` (its `config_class` here), where the config and the command line
+read them before TensorFlow is imported; a test keeps the two lists of names equal.
 """
 
+from jem_tf.configs import objectives as objective_configs
 from jem_tf.registry import Registry
 
 
@@ -29,8 +31,15 @@ _OBJECTIVES = Registry("objective", name_attribute="objective_name", unknown=_un
 
 
 def register(name: str):
-    """Class decorator: makes the class the objective `name`."""
-    return _OBJECTIVES.register(name)
+    """Class decorator: makes the class the objective `name`, whose settings are declared in
+    `jem_tf.configs.objectives` (the class's `config_class`; an objective without one is refused)."""
+    config_class = objective_configs.config_class(name)
+
+    def add(cls):
+        cls.config_class = config_class
+        return _OBJECTIVES.register(name)(cls)
+
+    return add
 
 
 def names() -> tuple:
