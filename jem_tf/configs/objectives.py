@@ -64,7 +64,7 @@ class JEMConfig(ClassifierConfig):
     (Grathwohl et al. 2020). Defaults: the paper's Table 4 (the quick preset sets a 1000-chain buffer)."""
 
     name: ClassVar[str] = "jem"
-    summary: ClassVar[str] = "classifier + log p(x) via SGLD (the paper)"
+    summary: ClassVar[str] = "classifier + log p(x) via SGLD, the paper"
 
     sgld_steps: int = dataclasses.field(default=20, metadata=dict(
         help="SGLD steps per training iteration (paper: 20; --objective=jempp's default: JEM++'s 10)."))
@@ -251,7 +251,10 @@ def objective_defaults(preset_objective: str, objective: str) -> dict:
 
 def unused_flags(objective: str, names) -> list:
     """Messages for the fields in `names` (flags given on the command line) that `objective` does not read."""
-    return [f"--{name} is read by --objective={' and '.join(readers(name))} only, not by --objective={objective}"
+    def listed(owners):  # "jem and jempp", "a, b and c"
+        return " and ".join(filter(None, [", ".join(owners[:-1]), owners[-1]]))
+
+    return [f"--{name} is read by --objective={listed(readers(name))} only, not by --objective={objective}"
             for name in names if not reads(objective, name)]
 
 
