@@ -69,6 +69,11 @@ def test_incompatible_fields_lists_what_changed():
     saved = get_preset("quick")
     assert incompatible_fields(saved, dataclasses.replace(saved, max_steps=5, learning_rate=0.1)) == []
     assert incompatible_fields(saved, dataclasses.replace(saved, width=3)) == ["width: 2 -> 3"]
+    # An objective's own resume-invariant fields count for that objective only (the classifier has no buffer).
+    assert incompatible_fields(saved, dataclasses.replace(saved, buffer_size=500)) == ["buffer_size: 1000 -> 500"]
+    classifier = dataclasses.replace(saved, objective="classifier")
+    assert incompatible_fields(classifier, dataclasses.replace(classifier, buffer_size=500)) == []
+    assert objectives.resume_invariant_fields("jempp") == ("buffer_size", "chain_init")
 
 
 FLOAT_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.type in (float, "float")]

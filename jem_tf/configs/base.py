@@ -30,9 +30,9 @@ ACTIVATIONS = ("leaky_relu", "swish")
 # take more. One documented range that every consumer accepts.
 MAX_SEED = 2**31 - 1
 
-# Settings that define what a checkpoint *is*; resuming a workdir with any of them changed would
-# silently mix two different runs, so it is refused (an objective's own field only when the run's
-# objective reads it).
+# Settings every run has that define what a checkpoint *is*; resuming a workdir with any of them
+# changed would silently mix two different runs, so it is refused. An objective's own such fields
+# (JEM's buffer size) carry `resume_invariant=True` in their metadata (jem_tf/configs/objectives.py).
 RESUME_INVARIANT_FIELDS = (
     "dataset",
     "objective",
@@ -41,13 +41,10 @@ RESUME_INVARIANT_FIELDS = (
     "norm",
     "activation",
     "dropout_rate",
-    "buffer_size",
     "batch_size",
     "seed",
     # Which images are labelled (with the seed, it fixes the subset).
     "labels_per_class",
-    # The checkpoint holds the class Gaussians only with informative chains.
-    "chain_init",
     # A resumed run must compute what the uninterrupted run would have (bit-identical resume), and
     # a mixed_float16 checkpoint holds the loss-scale state the others lack. Evaluation and export
     # may still choose another precision: the weights are float32 in every precision.
@@ -292,12 +289,13 @@ class TrainConfig(ObjectiveFields):
 
 
 def incompatible_fields(saved: TrainConfig, requested: TrainConfig) -> list:
-    """The resume-invariant settings that differ, as 'name: saved -> requested' strings (an
-    objective's own field only when the saved run's objective reads it)."""
+    """The resume-invariant settings that differ, as 'name: saved -> requested' strings: the shared
+    ones and those of the saved run's objective (another objective's fields take part in no check)."""
+    names = RESUME_INVARIANT_FIELDS + objectives.resume_invariant_fields(saved.objective)
     return [
         f"{name}: {getattr(saved, name)!r} -> {getattr(requested, name)!r}"
-        for name in RESUME_INVARIANT_FIELDS
-        if getattr(saved, name) != getattr(requested, name) and objectives.reads(saved.objective, name)
+        for name in names
+        if getattr(saved, name) != getattr(requested, name)
     ]
 
 

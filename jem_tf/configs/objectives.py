@@ -72,7 +72,8 @@ class JEMConfig(ClassifierConfig):
         help="SGLD step size alpha on d log p(x)/dx (paper: 1; --objective=jempp's default: JEM++'s 0.2)."))
     sgld_noise: float = dataclasses.field(default=0.01, metadata=dict(
         help="SGLD noise standard deviation sigma (paper: 0.01; --objective=jempp's default: JEM++'s 0)."))
-    buffer_size: int = dataclasses.field(default=10000, metadata=dict(help=(
+    # resume_invariant: part of what a checkpoint is (a resumed run must keep it; configs.base).
+    buffer_size: int = dataclasses.field(default=10000, metadata=dict(resume_invariant=True, help=(
         "Replay buffer size: persistent chains (paper: 10000; quick preset: 1000). 0: short-run training "
         "(Nijkamp et al. 2019; the reference's --buffer_size 0): every step starts its chains from fresh U(-1, 1) "
         "noise and keeps none, so use many more --sgld_steps (the reference's help: 100; the paper found 80 the "
@@ -173,7 +174,9 @@ class JEMPPConfig(JEMConfig):
         "JEM++ (--objective=jempp): clipped updates per sampler step, all with that step's gradient "
         "(JEM++'s --in_steps: 5); a sampler step moves a pixel by at most this x --sgld_step_size x "
         "--proximal_max_grad.")))
-    chain_init: str = dataclasses.field(default="informative", metadata=dict(choices=CHAIN_INITS, help=(
+    # The checkpoint holds the class Gaussians only with informative chains.
+    chain_init: str = dataclasses.field(default="informative", metadata=dict(
+        resume_invariant=True, choices=CHAIN_INITS, help=(
         "uniform | informative. Where replay-buffer chains start and restart: U(-1, 1) noise, or (JEM++, "
         "--objective=jempp's default) class-wise Gaussians fitted on the training images, kept in the "
         "checkpoint and checked against the data on resume.")))
@@ -226,6 +229,12 @@ def objective_fields() -> list:
     return list(fields.values())
 
 
+def resume_invariant_fields(objective: str) -> tuple:
+    """The fields of `objective` that define what its checkpoint is (`resume_invariant` metadata)."""
+    return tuple(field.name for field in dataclasses.fields(config_class(objective))
+                 if field.metadata.get("resume_invariant"))
+
+
 def readers(field_name: str) -> tuple:
     """The objectives that read `field_name`; () for a field every run has (or no field)."""
     return tuple(name for name in OBJECTIVES if field_name in fields_of(name))
@@ -267,4 +276,5 @@ def flag_group(command: str, field_name: str):
 
 __all__ = ["CHAIN_INITS", "DEFAULT_OBJECTIVE", "GENERATIVE_AUGMENTATIONS", "OBJECTIVES", "OBJECTIVE_CONFIGS",
            "ClassifierConfig", "JEMConfig", "JEMPPConfig", "config_class", "fields_of", "flag_group",
-           "objective_defaults", "objective_fields", "readers", "reads", "require", "unused_flags"]
+           "objective_defaults", "objective_fields", "readers", "reads", "require", "resume_invariant_fields",
+           "unused_flags"]
