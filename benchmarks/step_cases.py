@@ -99,7 +99,8 @@ def build_for_timing(config, settings):
     import tensorflow as tf  # noqa: PLC0415
 
     from jem_tf import precision  # noqa: PLC0415
-    from trainers.loop import build_model, distributed_train_step  # noqa: PLC0415
+    from trainers.distribution import distributed_train_step  # noqa: PLC0415
+    from trainers.objectives import build_model  # noqa: PLC0415
 
     strategy = tf.distribute.get_strategy()
     with strategy.scope():

@@ -22,7 +22,7 @@ Rows (B = --batch_size, F = forward FLOPs of one image), for each --precision an
   forward           the network at batch B, training=False, in one tf.function: F * B.
   SGLD step         `jem_tf.sampling.compiled_sgld` (what JEM trains with) running --sgld_steps
                     steps on log p~(x) at batch B; times are per step (chain time / steps): 3 F B.
-  JEM iteration     `trainers.loop.distributed_train_step` on the default strategy for the JEM
+  JEM iteration     `trainers.distribution.distributed_train_step` on the default strategy for the JEM
                     built by `build_model`: buffer draw, --sgld_steps SGLD steps, one training
                     forward/backward over [data; samples] (2B images), Adam update, buffer write:
                     steps * 3 F B + 3 F (2B).

@@ -6,7 +6,6 @@
   export.ood_threshold  the log p~(x) threshold behind `is_out_of_distribution`, from validation images
   export.client       requests built with tensorflow-serving-api, `python -m export.client`
   export.serving_check  builds and runs the C++ loader check (TF Serving's load and predict path)
-  export.reference    what each signature must return, computed from the in-memory network
   export.graph_audit  fails on Python-backed or unregistered ops anywhere in an export
   export.torch_checkpoint      reads the official PyTorch code's checkpoints without torch, running no pickled code
   export.reference_state_dict  its network's state dict <-> our WideResNet, both directions

@@ -148,15 +148,21 @@ def flag_fields(config_class) -> list:
     return result
 
 
-def define_dataclass_flags(config_class, flag_values=flags.FLAGS, *, field_defaults: bool = False) -> list:
+def define_dataclass_flags(config_class, flag_values=flags.FLAGS, *, field_defaults: bool = False,
+                           group=None) -> list:
     """Defines one flag per field of `config_class` (see `flag_fields`) in `flag_values`; returns their names.
 
     field_defaults=False: every flag's default is None, i.e. "not given" (TrainConfig: the preset's
     value stays); True: the field's own default (a dataclass whose defaults are the defaults).
+    group: `group(field_name)` -> the heading `--helpfull` lists the flag under (absl's module
+    name), or None for the calling module (the default for every flag).
     """
     names = []
     for field, kind in flag_fields(config_class):
         default = _field_default(field) if field_defaults else None
+        heading = group(field.name) if group is not None else None
+        # absl attributes a flag to the module that defines it unless told otherwise.
+        where = dict(flag_values=flag_values, **({"module_name": heading} if heading else {}))
         help_text = field.metadata["help"]
         choices = field.metadata.get("choices")
         base_kind = typing.get_origin(kind) or kind
@@ -164,17 +170,20 @@ def define_dataclass_flags(config_class, flag_values=flags.FLAGS, *, field_defau
             if choices is not None:
                 help_text = f"{help_text} Any of: {', '.join(map(str, choices))}."
             flags.DEFINE_list(field.name, None if default is None else [str(value) for value in default], help_text,
-                              flag_values=flag_values)
+                              **where)
         elif choices is not None:
-            flags.DEFINE_enum(field.name, default, list(choices), help_text, flag_values=flag_values)
+            flags.DEFINE_enum(field.name, default, list(choices), help_text, **where)
         elif base_kind is bool:
-            flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
+            flags.DEFINE_bool(field.name, default, help_text, **where)
         elif base_kind is int:
-            flags.DEFINE_integer(field.name, default, help_text, flag_values=flag_values)
+            flags.DEFINE_integer(field.name, default, help_text, **where)
         elif base_kind is float:
-            flags.DEFINE_float(field.name, default, help_text, flag_values=flag_values)
+            flags.DEFINE_float(field.name, default, help_text, **where)
         else:
-            flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
+            flags.DEFINE_string(field.name, default, help_text, **where)
+        if heading:
+            # Listed under its heading by --helpfull, and still a key flag of the calling module (--helpshort).
+            flags.declare_key_flag(field.name, flag_values=flag_values)
         names.append(field.name)
     return names
 

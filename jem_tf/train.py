@@ -5,7 +5,8 @@
 
 Re-running the same command on the same workdir resumes from the newest checkpoint that verifies.
 Every TrainConfig field is a flag of the same name, made from the field's metadata (jem_tf/cli.py);
-`--helpfull` lists them all.
+`--helpfull` lists them all, an objective's own flags under its name (jem_tf/configs/objectives.py).
+A flag the chosen --objective does not read is refused (exit 2), naming the objectives that read it.
 
 Everything that can refuse the command is checked before anything is written (flags, data files,
 workdir, replay-buffer memory), so a refused command leaves the workdir as it was. Exit codes
@@ -15,6 +16,7 @@ workdir, replay-buffer memory), so a refused command leaves the workdir as it wa
      absl's `--help` / `--helpshort` / `--helpfull`, which print the flags and exit 1.
   2  the command cannot run as given, one message saying what to change and nothing written: an
      unknown flag or a value absl cannot parse, a bad flag value (range, inf/nan, --lr_decay_epochs),
+     a flag the --objective does not read (e.g. --sgld_steps with --objective=classifier),
      data unavailable offline or unusable (undecodable files, < 2 classes, empty class, symlinks
      out of the folder), a --workdir that is a file or a run with other settings, --max_steps /
      --epochs before the workdir's latest step, a replay buffer that does not fit in memory; also
@@ -37,12 +39,14 @@ from jem_tf import cli
 def define_flags(flag_values=flags.FLAGS):
     """Defines the command's flags in `flag_values` (absl's global FLAGS when run as a program)."""
     from jem_tf.configs import PRESETS, TrainConfig  # noqa: PLC0415
+    from jem_tf.configs import objectives as objective_configs  # noqa: PLC0415
 
     flags.DEFINE_enum("preset", "paper", sorted(PRESETS), "Experiment preset; other flags override its fields.",
                       flag_values=flag_values)
     # One flag per TrainConfig field, help text from the field's metadata; every default is None:
-    # an unset flag keeps the preset's value.
-    cli.define_dataclass_flags(TrainConfig, flag_values)
+    # an unset flag keeps the preset's value. An objective's own fields are listed under its name.
+    cli.define_dataclass_flags(TrainConfig, flag_values,
+                               group=lambda name: objective_configs.flag_group("jem_tf.train", name))
     flags.DEFINE_bool("download", False, "If the tfds dataset (svhn, cifar10, cifar100) is not prepared in --data_dir, "
                       "download and prepare it there first (needs internet access; off by default).",
                       flag_values=flag_values)
@@ -50,11 +54,18 @@ def define_flags(flag_values=flags.FLAGS):
 
 def config_from_flags(flag_values):
     """The preset's config with every explicitly set flag applied, validated (ValueError naming
-    the flag otherwise)."""
+    the flag otherwise). A flag given on the command line that the chosen objective does not read
+    is refused, naming the objectives that read it (never ignored silently)."""
     from jem_tf.configs import TrainConfig, get_preset, objective_defaults  # noqa: PLC0415
+    from jem_tf.configs import objectives as objective_configs  # noqa: PLC0415
 
     config = get_preset(flag_values.preset)
     overrides = cli.values_from_flags(TrainConfig, flag_values)
+    objective = overrides.get("objective", config.objective)
+    unused = objective_configs.unused_flags(objective, [name for name in overrides if flag_values[name].present])
+    if unused:
+        raise ValueError("; ".join(unused) + ". Drop " + ("it" if len(unused) == 1 else "them")
+                         + ", or choose an objective that reads " + ("it" if len(unused) == 1 else "them") + ".")
     if "validation_size" in overrides:
         if "validation_fraction" in overrides:
             raise ValueError(
@@ -64,7 +75,7 @@ def config_from_flags(flag_values):
         # The size replaces the preset's fraction.
         overrides["validation_fraction"] = 0.0
     # An objective other than the preset's brings its own defaults (e.g. JEM++'s few proximal steps).
-    overrides = {**objective_defaults(config.objective, overrides.get("objective", config.objective)), **overrides}
+    overrides = {**objective_defaults(config.objective, objective), **overrides}
     if "dataset" in overrides and "workdir" not in overrides and flag_values.preset == "paper":
         overrides["workdir"] = f"runs/{overrides['dataset'].replace(':', '_').replace('/', '_')}"
     return dataclasses.replace(config, **overrides).validate()
@@ -80,6 +91,7 @@ def main(argv):
         sys.exit(cli.EXIT_BAD_INPUT)
     from export import savedmodel  # noqa: PLC0415 (imports TensorFlow)
     from jem_tf import data as data_lib  # noqa: PLC0415
+    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
     from jem_tf.data import DatasetUnavailableError  # noqa: PLC0415
     from trainers import loop  # noqa: PLC0415
 
@@ -96,7 +108,7 @@ def main(argv):
     except loop.TrainingDivergedError as error:
         logging.error("%s", error)
         sys.exit(cli.EXIT_DIVERGED)
-    except loop.RunStopped as stop:  # preempted, workdir locked or not writable
+    except workdir_lib.RunStopped as stop:  # preempted, workdir locked or not writable
         logging.error("%s", stop)
         sys.exit(stop.exit_code)
     except KeyboardInterrupt:  # Ctrl-C before training caught signals: nothing was trained yet

@@ -468,14 +468,11 @@ def build_network(config: TrainConfig, run_info: dict, *, replay_buffer_size: in
     buffer of that many chains to restore into (else None). Their checkpoint object graph is the
     trainer's minus the training state (optimizer, metrics), so `restore_run` restores every object
     of it."""
-    from jem_tf import precision as jem_precision  # noqa: PLC0415 (Keras; keep importing this module light)
-    from jem_tf.models import WideResNet  # noqa: PLC0415
+    from jem_tf.models import WideResNet, network_arguments  # noqa: PLC0415 (Keras; keep importing this module light)
     from jem_tf.sampling import ReplayBuffer  # noqa: PLC0415
 
     image_shape = tuple(int(d) for d in run_info["image_shape"])
-    network = WideResNet(depth=config.depth, width=config.width, num_classes=int(run_info["num_classes"]),
-                         norm=config.norm, activation=config.activation, dropout_rate=config.dropout_rate,
-                         dtype=jem_precision.dtype_policy(precision or config.precision))
+    network = WideResNet(**network_arguments(config, run_info["num_classes"], precision))
     network.build((None,) + image_shape)
     buffer = None
     if replay_buffer_size > 0:

@@ -15,6 +15,7 @@ from absl import flags, logging
 
 from jem_tf import cli, evaluate, train
 from jem_tf.configs import TrainConfig
+from jem_tf.configs import objectives as objective_configs
 from jem_tf.configs.base import RECOVERY_STATE_FIELDS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +60,11 @@ def test_every_flag_field_has_a_flag_with_its_help_defined_by_the_command(comman
     for name, help_text in help_texts.items():
         assert name in flag_values, name
         assert flag_values[name].help.endswith(help_text)  # enum flags: "<a|b>: " first
-        # Attributed to the command, so its --helpshort lists them (not to jem_tf.cli).
-        assert flag_values.find_module_defining_flag(name) == command
+        # Attributed to the command (not to jem_tf.cli), an objective's own field under the
+        # objective's heading (--helpfull), and a key flag of the command either way (--helpshort).
+        group = objective_configs.flag_group(command, name) if command == "jem_tf.train" else None
+        assert flag_values.find_module_defining_flag(name) == (group or command)
+        assert name in {flag.name for flag in flag_values.get_key_flags_for_module(command)}
 
 
 def test_the_non_flag_fields_have_no_flag():
@@ -76,11 +80,56 @@ def test_unset_train_flags_keep_the_preset_and_set_ones_are_typed():
     assert train.config_from_flags(train_flags("--preset=quick")) == get_preset("quick")
     config = train.config_from_flags(train_flags(
         "--preset=quick", "--lr_decay_epochs=3,9", "--learning_rate=2e-3", "--nojit_compile", "--export=false",
-        "--max_steps=7", "--augmentation=crop", "--objective=classifier", "--data_dir=/somewhere"))
+        "--max_steps=7", "--augmentation=crop", "--objective=jempp", "--data_dir=/somewhere"))
     assert config.lr_decay_epochs == (3, 9) and config.learning_rate == 2e-3
     assert config.jit_compile is False and config.export is False
-    assert config.max_steps == 7 and config.augmentation == "crop" and config.objective == "classifier"
+    assert config.max_steps == 7 and config.augmentation == "crop" and config.objective == "jempp"
     assert config.data_dir == "/somewhere" and config.depth == get_preset("quick").depth
+
+
+def test_a_flag_the_objective_does_not_read_is_refused_naming_the_objectives_that_do():
+    message = "--sgld_steps is read by --objective=jem and jempp only, not by --objective=classifier"
+    with pytest.raises(ValueError, match=message):
+        train.config_from_flags(train_flags("--objective=classifier", "--sgld_steps=5"))
+    # Given on the command line counts, even at the default's value (it was meant to do something).
+    with pytest.raises(ValueError, match=message):
+        train.config_from_flags(train_flags("--objective=classifier", "--sgld_steps=20"))
+    with pytest.raises(ValueError, match=r"--sgld_clamp is read .*; --chain_init is read by --objective=jempp only, "
+                                         r"not by --objective=classifier\. Drop them"):
+        train.config_from_flags(train_flags("--objective=classifier", "--sgld_clamp", "--chain_init=uniform"))
+    # The preset's own values of fields the objective does not read are not the user's: accepted.
+    config = train.config_from_flags(train_flags("--preset=quick", "--objective=classifier", "--depth=10"))
+    assert config.objective == "classifier" and config.buffer_size == 1000
+    # Fields every objective reads, and the objective's own, are accepted.
+    assert train.config_from_flags(train_flags("--objective=jem", "--sgld_steps=5")).sgld_steps == 5
+    assert train.config_from_flags(train_flags("--objective=jempp", "--chain_init=uniform")).chain_init == "uniform"
+
+
+def test_train_main_exits_2_naming_the_unread_flag_and_its_objectives(monkeypatch, tmp_path):
+    errors = logged_errors(monkeypatch)
+    flag_values = train_flags("--objective=classifier", "--sgld_steps=5", f"--workdir={tmp_path / 'run'}")
+    monkeypatch.setattr(flags, "FLAGS", flag_values)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["jem_tf.train"])
+    assert exit_info.value.code == cli.EXIT_BAD_INPUT
+    assert len(errors) == 1 and "--sgld_steps is read by --objective=jem and jempp only" in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_helpfull_groups_the_flags_by_objective():
+    flag_values = train_flags()
+    groups = {module: {flag.name for flag in module_flags}
+              for module, module_flags in flag_values.flags_by_module_dict().items()}
+    jem_family = groups.pop("jem_tf.train: --objective=jem, jempp only")
+    jempp = groups.pop("jem_tf.train: --objective=jempp only")
+    assert {"sgld_steps", "buffer_size", "p_x_weight", "energy_l2", "jit_compile"} <= jem_family
+    assert jempp == {"proximal_max_grad", "proximal_inner_steps", "chain_init", "chain_init_jitter"}
+    assert not any(name.startswith("jem_tf.train: ") for name in groups), "no heading for the classifier: no fields"
+    shared = groups["jem_tf.train"]
+    assert {"depth", "learning_rate", "objective", "sam_rho", "labels_per_class"} <= shared
+    assert not shared & (jem_family | jempp)
+    help_text = flag_values.get_help()
+    assert help_text.index("jem_tf.train: --objective=jem, jempp only:") < help_text.index("--sgld_steps:")
 
 
 def test_validation_size_replaces_the_presets_fraction_and_both_are_refused():

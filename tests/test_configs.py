@@ -1,11 +1,18 @@
 """Every preset loads and validates; broken settings are refused by name; flags override presets."""
 
 import dataclasses
+import json
 import re
+from pathlib import Path
 
 import pytest
 
-from jem_tf.configs import PRESETS, TrainConfig, get_preset, incompatible_fields
+from jem_tf.configs import PRESETS, TrainConfig, get_preset, incompatible_fields, objectives
+from jem_tf.configs import base as configs_base
+
+# config.json files written by the code before the objectives declared their own fields (the quick
+# preset as jem, as classifier with recovery state, and as jempp with its defaults).
+OLD_CONFIGS = Path(__file__).resolve().parent / "data" / "configs_before_objective_fields"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -62,6 +69,11 @@ def test_incompatible_fields_lists_what_changed():
     saved = get_preset("quick")
     assert incompatible_fields(saved, dataclasses.replace(saved, max_steps=5, learning_rate=0.1)) == []
     assert incompatible_fields(saved, dataclasses.replace(saved, width=3)) == ["width: 2 -> 3"]
+    # An objective's own resume-invariant fields count for that objective only (the classifier has no buffer).
+    assert incompatible_fields(saved, dataclasses.replace(saved, buffer_size=500)) == ["buffer_size: 1000 -> 500"]
+    classifier = dataclasses.replace(saved, objective="classifier")
+    assert incompatible_fields(classifier, dataclasses.replace(classifier, buffer_size=500)) == []
+    assert objectives.resume_invariant_fields("jempp") == ("buffer_size", "chain_init")
 
 
 FLOAT_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.type in (float, "float")]
@@ -91,3 +103,53 @@ def test_a_batch_larger_than_the_training_set_blames_batch_size_not_buffer_size(
     with pytest.raises(ValueError, match=r"--batch_size=2000 is larger than the 1293 training examples.*1293 or less"):
         config.validate_for_data(1293)
 
+
+
+# -- the objectives' own fields ---------------------------------------------------------------
+
+
+def test_the_shared_config_declares_no_objective_field_and_names_no_objective():
+    shared = set(TrainConfig.__dataclass_fields__) - set(configs_base.ObjectiveFields.__dataclass_fields__)
+    own = {name for objective in objectives.OBJECTIVES for name in objectives.fields_of(objective)}
+    assert not shared & own and own == set(configs_base.ObjectiveFields.__dataclass_fields__)
+    assert {"sgld_steps", "buffer_size", "proximal_max_grad", "chain_init"} <= own
+    source = Path(configs_base.__file__).read_text()
+    for name in objectives.OBJECTIVES:
+        assert f'"{name}"' not in source, f"configs/base.py names the objective {name!r}"
+    assert "JEMPP_FIELDS" not in source and "OBJECTIVE_DEFAULTS" not in source
+
+
+def test_each_objective_declares_its_fields_defaults_and_checks():
+    assert objectives.fields_of("classifier") == ()
+    assert set(objectives.fields_of("jem")) < set(objectives.fields_of("jempp"))
+    assert (objectives.JEMConfig().sgld_steps, objectives.JEMPPConfig().sgld_steps) == (20, 10)
+    # TrainConfig's default is the default objective's (the paper's JEM), not JEM++'s.
+    assert TrainConfig().objective == objectives.DEFAULT_OBJECTIVE == "jem" and TrainConfig().sgld_steps == 20
+    assert objectives.readers("sgld_steps") == ("jem", "jempp") and objectives.readers("depth") == ()
+    # A run checks the fields of its objective, and only those.
+    quick = get_preset("quick")
+    with pytest.raises(ValueError, match=r"--buffer_size=-1 is invalid"):
+        dataclasses.replace(quick, buffer_size=-1).validate()
+    dataclasses.replace(quick, objective="classifier", buffer_size=-1).validate()
+    with pytest.raises(ValueError, match=r"--proximal_inner_steps=0 is invalid"):
+        dataclasses.replace(quick, objective="jempp", proximal_inner_steps=0).validate()
+    dataclasses.replace(quick, proximal_inner_steps=0).validate()
+    # A value no objective accepts is refused whatever the objective.
+    with pytest.raises(ValueError, match=r"--chain_init='gaussian' is invalid: expected one of"):
+        dataclasses.replace(quick, objective="classifier", chain_init="gaussian").validate()
+
+
+@pytest.mark.parametrize("objective", ["classifier", "jem", "jempp"])
+def test_an_old_config_json_still_loads_and_resumes_with_the_same_flags(objective):
+    path = OLD_CONFIGS / f"{objective}.json"
+    saved = TrainConfig.load(str(path)).validate()
+    assert saved.objective == objective and json.loads(saved.to_json()) == json.loads(path.read_text())
+    # The same command today makes a config the old run resumes under (an objective's field the
+    # run does not read, e.g. a jem run's chain_init, takes part in no resume check).
+    requested = dataclasses.replace(get_preset("quick"), objective=objective,
+                                    **objectives.objective_defaults("jem", objective))
+    assert incompatible_fields(saved, requested) == []
+    assert incompatible_fields(saved, dataclasses.replace(requested, depth=16)) == ["depth: 10 -> 16"]
+    if objective == "jempp":
+        assert incompatible_fields(saved, dataclasses.replace(requested, chain_init="uniform")) == [
+            "chain_init: 'informative' -> 'uniform'"]

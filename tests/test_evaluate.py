@@ -320,7 +320,9 @@ def workdirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     jem_dir, baseline_dir = str(root / "jem"), str(root / "baseline")
     _run("jem_tf.train", *TINY_TRAINING, f"--workdir={jem_dir}")
-    _run("jem_tf.train", *TINY_TRAINING, "--objective=classifier", f"--workdir={baseline_dir}")
+    # The classifier reads no SGLD or buffer flag (it refuses them).
+    classifier_flags = [flag for flag in TINY_TRAINING if not flag.startswith(("--buffer_size=", "--sgld_steps="))]
+    _run("jem_tf.train", *classifier_flags, "--objective=classifier", f"--workdir={baseline_dir}")
     return jem_dir, baseline_dir
 
 

@@ -101,7 +101,7 @@ def test_register_refuses_bad_names_duplicates_and_non_evaluations(temporary_eva
     for bad in ("", "all", "a-b", "two words"):
         with pytest.raises(ValueError, match="is invalid"):
             registry.register(bad)
-    with pytest.raises(ValueError, match="'accuracy' is already registered"):
+    with pytest.raises(ValueError, match="The evaluation 'accuracy' is already registered"):
         registry.register("accuracy")(MeanLogPx)
     with pytest.raises(TypeError, match="expects an Evaluation subclass"):
         registry.register("not_an_evaluation")(object)

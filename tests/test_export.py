@@ -10,9 +10,10 @@ import re
 import keras
 import numpy as np
 import pytest
+import serving_oracle
 import tensorflow as tf
 
-from export import archive, client, graph_audit, ood_threshold, reference, serving_check
+from export import archive, client, graph_audit, ood_threshold, serving_check
 from export import signatures as sig
 from jem_tf.models import WideResNet
 
@@ -118,7 +119,7 @@ def test_reloaded_signature_matches_in_memory_model(network, loaded, name):
     if name == sig.REFINE_THEN_CLASSIFY:
         inputs.update(REFINE)
     got = call(loaded, name, inputs)
-    want = reference.expected_outputs(network, name, inputs, OOD_THRESHOLD)
+    want = serving_oracle.expected_outputs(network, name, inputs, OOD_THRESHOLD)
     assert set(got) == set(want)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4, err_msg=f"{name}.{key}")
@@ -186,7 +187,7 @@ def test_colour_jpeg_is_converted_to_the_model_channels(loaded):
 def test_every_advertised_format_is_decoded_on_a_one_channel_model(network, loaded, case):
     inputs = serving_check.format_inputs(IMAGE_SHAPE)[case]
     got = call(loaded, sig.CLASSIFY_IMAGE_BYTES, inputs)
-    want = reference.expected_outputs(network, sig.CLASSIFY_IMAGE_BYTES, inputs, OOD_THRESHOLD)
+    want = serving_oracle.expected_outputs(network, sig.CLASSIFY_IMAGE_BYTES, inputs, OOD_THRESHOLD)
     for key, value in want.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
 
@@ -343,7 +344,7 @@ def test_batch_norm_network_exports_its_moving_statistics(tmp_path):
     path = archive.export_model(network, tmp_path, 1)
     images = random_images(2, seed=8)
     got = call(tf.saved_model.load(path), sig.CLASSIFY, {sig.IMAGES: images})
-    want = reference.expected_outputs(network, sig.CLASSIFY, {sig.IMAGES: images})
+    want = serving_oracle.expected_outputs(network, sig.CLASSIFY, {sig.IMAGES: images})
     np.testing.assert_allclose(got[sig.LOGITS], want[sig.LOGITS], rtol=1e-5, atol=1e-5)
 
 
@@ -447,7 +448,7 @@ def test_rest_examples_answer_like_the_in_memory_model(network, loaded):
         if sig.IMAGE_BYTES in inputs:
             inputs[sig.IMAGE_BYTES] = list(inputs[sig.IMAGE_BYTES])
         got = call(loaded, name, inputs)
-        want = reference.expected_outputs(network, name, inputs, OOD_THRESHOLD)
+        want = serving_oracle.expected_outputs(network, name, inputs, OOD_THRESHOLD)
         for key in want:
             np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4, err_msg=f"{file}: {key}")
 

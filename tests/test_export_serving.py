@@ -6,7 +6,7 @@
     (export/serving_check), including every malformed request the signatures must refuse,
   * the tensorflow-serving-api client, against the SignatureDefs and a local gRPC server,
 
-and everything it returns matches the in-memory model (`export.reference`).
+and everything it returns matches the in-memory model (`tests/serving_oracle.py`).
 """
 
 import json
@@ -21,9 +21,10 @@ from concurrent import futures
 import keras
 import numpy as np
 import pytest
+import serving_oracle
 import tensorflow as tf
 
-from export import archive, client, reference, serving_check
+from export import archive, client, serving_check
 from export import signatures as sig
 from jem_tf.models import WideResNet
 
@@ -61,7 +62,7 @@ def inputs_for(name, batch_size, seed=0):
 
 
 def assert_matches_reference(network, name, inputs, outputs, where):
-    want = reference.expected_outputs(network, name, inputs, OOD_THRESHOLD)
+    want = serving_oracle.expected_outputs(network, name, inputs, OOD_THRESHOLD)
     assert set(outputs) == set(want), where
     for key, value in want.items():
         np.testing.assert_allclose(outputs[key], value, rtol=RTOL, atol=ATOL, err_msg=f"{where}: {name}.{key}")
@@ -575,7 +576,7 @@ def test_tensorflow_only_process_enforces_every_limit_and_serves_every_format(
             assert error is None, f"{where}: {error}"
             inputs = {key: tf.make_ndarray(proto) for key, proto in case.request.inputs.items()}
             inputs[sig.IMAGE_BYTES] = list(inputs[sig.IMAGE_BYTES])
-            want = reference.expected_outputs(model, sig.CLASSIFY_IMAGE_BYTES, inputs, None)
+            want = serving_oracle.expected_outputs(model, sig.CLASSIFY_IMAGE_BYTES, inputs, None)
             for key, value in want.items():
                 np.testing.assert_allclose(outputs[key], value, rtol=RTOL, atol=ATOL, err_msg=f"{where}: {key}")
 
@@ -590,7 +591,7 @@ def test_cpp_loader_refuses_out_of_bound_and_non_finite_answers(gray_network, pe
     for case, path in zip(cases, paths, strict=True):
         if case.name.startswith("bytes_"):
             inputs = {sig.IMAGE_BYTES: list(tf.make_ndarray(case.request.inputs[sig.IMAGE_BYTES]))}
-            want = reference.expected_outputs(gray_network, sig.CLASSIFY_IMAGE_BYTES, inputs, None)
+            want = serving_oracle.expected_outputs(gray_network, sig.CLASSIFY_IMAGE_BYTES, inputs, None)
             got = serving_check.read_response(path)
             for key, value in want.items():
                 np.testing.assert_allclose(got[key], value, rtol=RTOL, atol=ATOL, err_msg=f"C++ {case.name}: {key}")

@@ -214,7 +214,7 @@ def test_training_resumes_from_an_imported_workdir(tmp_path):
 
     workdir = tmp_path / "imported"
     from_reference.import_checkpoint(os.path.join(DATA, "wrn10x1_zip.pt"), "cifar10", str(workdir))
-    config = TrainConfig.load(str(workdir / loop.CONFIG_FILE))
+    config = TrainConfig.load(str(workdir / workdir_lib.CONFIG_FILE))
     config.max_steps, config.sgld_steps, config.export = 1, 2, False
     with tfds.testing.mock_data(num_examples=24):
         metrics = loop.train(config)

@@ -9,8 +9,9 @@ import tensorflow as tf
 from jem_tf import energy
 from jem_tf.configs import get_preset
 from trainers.classifier import Classifier
+from trainers.distribution import distributed_train_step
 from trainers.jem import JEM
-from trainers.loop import build_model, distributed_train_step
+from trainers.objectives import build_model
 
 SHAPE = (8, 8, 1)
 RNG = np.random.default_rng(0)
@@ -141,7 +142,7 @@ def test_xla_compiled_sampler_trains():
 
 
 def test_auto_strategy_is_the_default_strategy_without_gpus():
-    from trainers.loop import make_strategy
+    from trainers.distribution import make_strategy
 
     if tf.config.list_logical_devices("GPU"):
         pytest.skip("this machine has GPUs")

@@ -17,8 +17,8 @@ from jem_tf import energy
 from jem_tf.configs import get_preset
 from jem_tf.sampling import sgld_sample
 from trainers import jem as jem_module
+from trainers.distribution import distributed_train_step
 from trainers.jem import JEM
-from trainers.loop import distributed_train_step
 
 SHAPE = (8, 8, 1)
 NUM_CLASSES = 4

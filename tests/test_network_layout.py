@@ -10,18 +10,19 @@ import tensorflow as tf
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import TrainConfig
 from jem_tf.models import wide_resnet
-from trainers import loop
+from trainers import loop, objectives
 
 
 def write_workdir(path, with_layout_marker):
     config = TrainConfig(dataset="digits", workdir=str(path), objective="classifier", depth=10, width=1)
-    os.makedirs(path / loop.CHECKPOINT_DIR)
-    (path / loop.CONFIG_FILE).write_text(config.to_json())
-    (path / loop.RUN_INFO_FILE).write_text(json.dumps(dict(dataset="digits", image_shape=[8, 8, 1], num_classes=10)))
-    model = loop.build_model(config, (8, 8, 1), 10)
+    os.makedirs(path / workdir_lib.CHECKPOINT_DIR)
+    (path / workdir_lib.CONFIG_FILE).write_text(config.to_json())
+    run_info = dict(dataset="digits", image_shape=[8, 8, 1], num_classes=10)
+    (path / workdir_lib.RUN_INFO_FILE).write_text(json.dumps(run_info))
+    model = objectives.build_model(config, (8, 8, 1), 10)
     # Before the change, training checkpoints held the model (and optimizer/buffer) and no marker.
     checkpoint = loop._make_checkpoint(model) if with_layout_marker else tf.train.Checkpoint(model=model)
-    checkpoint.save(str(path / loop.CHECKPOINT_DIR / "ckpt"))
+    checkpoint.save(str(path / workdir_lib.CHECKPOINT_DIR / "ckpt"))
 
 
 def test_a_checkpoint_without_the_layout_marker_is_refused_naming_the_change(tmp_path):

@@ -15,7 +15,7 @@ from jem_tf import energy, precision
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import TrainConfig, incompatible_fields
 from jem_tf.models import WideResNet
-from trainers import loop
+from trainers import distribution, loop
 from trainers.jem import JEM
 
 SHAPE = (8, 8, 1)
@@ -161,7 +161,7 @@ def test_skipped_float16_step_counts_once_under_two_replicas(two_logical_cpus):
     with strategy.scope():
         model = _jem("mixed_float16")
     model.optimizer.dynamic_scale.assign(2.0**120)
-    step = loop.distributed_train_step(model, strategy)
+    step = distribution.distributed_train_step(model, strategy)
     dataset = tf.data.Dataset.from_tensors((IMAGES, LABELS))
     for batch in strategy.experimental_distribute_dataset(dataset):
         step(batch)

@@ -14,7 +14,8 @@ from PIL import Image
 
 from jem_tf import cli, preflight, train
 from jem_tf.configs import TrainConfig, get_preset
-from trainers import loop
+from jem_tf.configs import objectives as objective_configs
+from trainers import loop, objectives
 
 
 def tiny_config(workdir, **overrides) -> TrainConfig:
@@ -227,8 +228,10 @@ FLOAT_FLAGS = [field.name for field, kind in cli.flag_fields(TrainConfig) if kin
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
 @pytest.mark.parametrize("name", FLOAT_FLAGS)
 def test_every_float_flag_refuses_inf_and_nan(name, value):
+    # With an objective that reads the flag (another refuses the flag itself, test_cli_flags).
+    objective = [f"--objective={readers[0]}"] if (readers := objective_configs.readers(name)) else []
     with pytest.raises(ValueError, match=f"--{name}=.*finite"):
-        train.config_from_flags(parsed_flags(f"--{name}={value}"))
+        train.config_from_flags(parsed_flags(*objective, f"--{name}={value}"))
 
 
 def test_float_flags_are_found():
@@ -268,7 +271,7 @@ def test_a_model_that_fails_to_build_leaves_no_config_behind(tmp_path, monkeypat
     def out_of_accelerator_memory(*args, **kwargs):
         raise MemoryError("simulated: the buffer does not fit on the accelerator")
 
-    monkeypatch.setattr(loop, "build_model", out_of_accelerator_memory)
+    monkeypatch.setattr(objectives, "build_model", out_of_accelerator_memory)
     with pytest.raises(MemoryError):
         loop.train(tiny_config(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

@@ -8,8 +8,11 @@ import pytest
 import tensorflow as tf
 
 from jem_tf import energy
+from jem_tf import workdir as workdir_lib
 from jem_tf.configs import get_preset
+from jem_tf.configs import objectives as objective_configs
 from jem_tf.configs.base import OBJECTIVES
+from jem_tf.models.wide_resnet import ARCHITECTURE_FIELDS, network_arguments
 from trainers import objectives, registry
 from trainers.classifier import Classifier
 from trainers.jem import JEM
@@ -20,6 +23,13 @@ SHAPE = (8, 8, 1)
 def test_the_config_lists_exactly_the_registered_objectives():
     # configs keeps the names so flags are checked before TensorFlow loads; they must not drift.
     assert tuple(sorted(OBJECTIVES)) == objectives.names()
+    for name in objectives.names():  # each registered class points at its objective's config
+        assert objectives.get(name).config_class is objective_configs.config_class(name)
+
+
+def test_an_objective_without_a_declared_config_cannot_register():
+    with pytest.raises(ValueError, match=r"--objective='ebm' is invalid: expected one of"):
+        registry.register("ebm")
 
 
 def test_an_unknown_objective_is_refused_naming_the_registered_ones():
@@ -28,7 +38,7 @@ def test_an_unknown_objective_is_refused_naming_the_registered_ones():
 
 
 def test_registering_a_second_class_under_a_taken_name_is_refused():
-    with pytest.raises(ValueError, match="registered twice"):
+    with pytest.raises(ValueError, match="The objective .jem. is already registered"):
         registry.register("jem")(type("Other", (Classifier,), {}))
 
 
@@ -43,6 +53,20 @@ def test_build_model_makes_the_registered_class_from_its_config_fields():
     classifier = objectives.build_model(dataclasses.replace(config, objective="classifier"), SHAPE, 4)
     assert type(classifier) is Classifier
     assert classifier.checkpoint_items() == {} and classifier.sample_images(64) is None
+
+
+def test_every_network_of_a_run_is_described_from_its_config_in_one_place():
+    config = dataclasses.replace(get_preset("quick"), depth=10, width=1, norm="group", activation="swish",
+                                 dropout_rate=0.25, precision="mixed_bfloat16")
+    expected = network_arguments(config, 4)
+    assert {name: expected[name] for name in ARCHITECTURE_FIELDS} == dict(
+        depth=10, width=1, norm="group", activation="swish", dropout_rate=0.25)
+    model = objectives.build_model(config, SHAPE, 4)  # the trainer's
+    reader, _ = workdir_lib.build_network(config, dict(image_shape=list(SHAPE), num_classes=4))  # export, evaluation
+    for network in (model, model.to_wide_resnet(), reader):
+        described = network_arguments(network, network.num_classes)
+        assert described == dict(expected, dtype=described["dtype"]) and described["num_classes"] == 4
+        assert network.dtype_policy.name == "mixed_bfloat16"
 
 
 def test_each_objective_owns_its_data_checks():

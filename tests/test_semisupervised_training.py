@@ -18,7 +18,7 @@ import tensorflow as tf
 from jem_tf import data, energy
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs import get_preset
-from trainers import loop, registry
+from trainers import distribution, loop, registry
 
 REPO = Path(__file__).resolve().parents[1]
 FINAL_STEP = 12
@@ -214,8 +214,9 @@ def _two_replica_steps(strategy, initial_weights, batches, steps=3):
         model.optimizer.build(model.trainable_variables)
     if initial_weights is not None:
         model.set_weights(initial_weights)
-    train_step = loop.distributed_train_step(model, strategy)
-    losses = [float(train_step(batch)["loss"]) for batch in loop.distribute_dataset(strategy, batches.take(steps))]
+    train_step = distribution.distributed_train_step(model, strategy)
+    batches = distribution.distribute_dataset(strategy, batches.take(steps))
+    losses = [float(train_step(batch)["loss"]) for batch in batches]
     return model, losses
 
 

@@ -13,8 +13,8 @@ from jem_tf import energy, precision
 from jem_tf.configs import get_preset
 from trainers import objectives
 from trainers.classifier import Classifier
+from trainers.distribution import distributed_train_step
 from trainers.jem import JEM
-from trainers.loop import distributed_train_step
 
 SHAPE = (8, 8, 1)
 RNG = np.random.default_rng(5)

@@ -171,7 +171,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_nothing_is_written(cop
     config_before = open(os.path.join(copy_of, "config.json")).read()
     metrics_before = open(os.path.join(copy_of, "metrics.json")).read()
     with workdir_lib.WorkdirLock(copy_of):
-        with pytest.raises(loop.WorkdirLockedError, match=rf"PID {os.getpid()} on host") as refused:
+        with pytest.raises(workdir_lib.WorkdirLockedError, match=rf"PID {os.getpid()} on host") as refused:
             loop.train(tiny_config(copy_of, learning_rate=0.02))
         # Readers do not take the lock.
         assert workdir_lib.restore_run(copy_of)[2]["global_step"] == FINAL_STEP

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from jem_tf import energy
-from jem_tf.models import WideResNet
+from jem_tf.models import WideResNet, network_arguments
 from trainers import registry, sharpness
 
 
@@ -43,9 +43,6 @@ class Classifier(WideResNet):
 
     # -- the hooks the training loop calls (trainers/registry.py) -----------------------------
 
-    # Whether the objective has a log p(x) term (which `--generative_augmentation` is about).
-    models_log_px = False
-
     @classmethod
     def from_config(cls, config, **network):
         """The objective's model from its TrainConfig fields; `network` holds the WideResNet's."""
@@ -60,7 +57,7 @@ class Classifier(WideResNet):
     def check_config(cls, config, num_train: int) -> None:
         """Checks that need the training set's size; ValueError naming the flag to change."""
         del num_train
-        if config.generative_augmentation != "same" and not cls.models_log_px:
+        if config.generative_augmentation != "same" and "generative_augmentation" not in cls.config_class.field_names():
             raise ValueError(
                 f"--generative_augmentation={config.generative_augmentation} changes the images of the log p(x) "
                 f"term, which --objective={config.objective} does not have. Leave it at 'same', or choose an "
@@ -213,7 +210,7 @@ class Classifier(WideResNet):
     def to_wide_resnet(self) -> WideResNet:
         """A plain WideResNet with this model's weights and none of its training state (no replay
         buffer, no optimizer), e.g. for export."""
-        network = WideResNet(**self.network_config())
+        network = WideResNet(**network_arguments(self, self.num_classes))
         network.build((None,) + self.input_image_shape)
         network.set_weights(self.get_weights())
         return network
@@ -222,7 +219,3 @@ class Classifier(WideResNet):
         config = super().get_config()
         config.update(seed=self.seed, sam_rho=self.sam_rho, sam_adaptive=self.sam_adaptive)
         return config
-
-    def network_config(self) -> dict:
-        return dict(depth=self.depth, width=self.width, num_classes=self.num_classes, norm=self.norm,
-                    activation=self.activation, dropout_rate=self.dropout_rate, dtype=self.dtype_policy.name)

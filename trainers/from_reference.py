@@ -37,7 +37,7 @@ from jem_tf import data as jem_data
 from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import write_json_atomically
 from jem_tf.models.wide_resnet import NETWORK_LAYOUT
-from trainers import loop
+from trainers import loop, objectives, optimization
 
 EXIT_BAD_INPUT = 2
 
@@ -105,7 +105,7 @@ def import_checkpoint(checkpoint_path: str, dataset: str, workdir: str, data_dir
                             config.buffer_size)
             config.batch_size = config.buffer_size
     config.validate()
-    model = loop.build_model(config, info["image_shape"], info["num_classes"])
+    model = objectives.build_model(config, info["image_shape"], info["num_classes"])
     skipped = reference_state_dict.check_keys(state, model)
     if skipped:
         logging.info("Skipping the reference heads JEM does not use: %s.", ", ".join(skipped))
@@ -133,7 +133,7 @@ def import_checkpoint(checkpoint_path: str, dataset: str, workdir: str, data_dir
         # A training checkpoint at step 0, fresh Adam state included (the reference saves none), so
         # resumed training starts its schedule, warm-up included, from the imported weights.
         # (The schedule is not checkpointed: training rebuilds it from the config and the data size.)
-        optimizer = loop.make_optimizer(loop.learning_rate_schedule(config, steps_per_epoch=1))
+        optimizer = optimization.make_optimizer(optimization.learning_rate_schedule(config, steps_per_epoch=1))
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)
         manager = tf.train.CheckpointManager(loop._make_checkpoint(model, optimizer),

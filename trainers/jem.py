@@ -108,8 +108,6 @@ class JEM(Classifier):
             energy_l2=config.energy_l2, sgld_clamp=config.sgld_clamp, **cls.optimisation_settings(config),
         )
 
-    models_log_px = True
-
     @classmethod
     def check_config(cls, config, num_train: int) -> None:
         super().check_config(config, num_train)

@@ -4,7 +4,7 @@ move by the proximal sampler and start from class-wise Gaussians of the training
   * Proximal sampler (`jem_tf.sampling.proximal`): each sampler step clips the input gradient to
     +-proximal_max_grad, then makes proximal_inner_steps moves of sgld_step_size times it, clipping
     the images to [-1, 1] after each, then adds sgld_noise. JEM++'s CIFAR-10 setting: 10 steps,
-    5 inner moves of 0.2, bound 1, no noise (configs.base.OBJECTIVE_DEFAULTS).
+    5 inner moves of 0.2, bound 1, no noise (jem_tf.configs.objectives.JEMPPConfig).
   * Informative initialisation (`jem_tf.sampling.informative_init`, chain_init="informative"): the
     buffer's chains, and the chains re-initialised with probability reinit_freq, are drawn from
     per-class Gaussians fitted on the training images. The Gaussians are non-trainable variables in

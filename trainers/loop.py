@@ -49,23 +49,11 @@ from trainers.distribution import (
 from trainers.optimization import ScaledSchedule, learning_rate_schedule, make_optimizer
 from trainers.preemption import AgreedStopRequests, StopRequests
 
-# File names live in jem_tf.workdir; these aliases keep the loop's callers working.
-CONFIG_FILE = workdir_lib.CONFIG_FILE
-RUN_INFO_FILE = workdir_lib.RUN_INFO_FILE
-METRICS_FILE = workdir_lib.METRICS_FILE
-CHECKPOINT_DIR = workdir_lib.CHECKPOINT_DIR
-SAMPLES_DIR = workdir_lib.SAMPLES_DIR
-TENSORBOARD_DIR = workdir_lib.TENSORBOARD_DIR
-
 # Exit codes (jem_tf/train.py documents them): preemption ends like a process killed by the signal
 # would, 128 + signal number, which schedulers (SLURM, Kubernetes) read as "terminated, requeue".
 PREEMPTED_EXIT_BASE = 128
 # The workdir could not be written (disk full, quota, permissions): free space and re-run.
 WORKDIR_WRITE_FAILED_EXIT = 4
-
-RunStopped = workdir_lib.RunStopped  # an expected end with its own exit code (`.exit_code`)
-WorkdirLockedError = workdir_lib.WorkdirLockedError
-
 
 class TrainingDivergedError(RuntimeError):
     """Training stopped because the loss became non-finite or the energy gap ran away."""
@@ -89,10 +77,6 @@ class WorkdirWriteError(workdir_lib.RunStopped):
     """A checkpoint or another run file could not be written (e.g. no space left on the device)."""
 
     exit_code = WORKDIR_WRITE_FAILED_EXIT
-
-
-# The objective's model: one registered class per --objective (trainers/objectives.py).
-build_model = objectives.build_model
 
 
 def _make_checkpoint(model, optimizer=None):
@@ -136,7 +120,7 @@ def _check_resumable(config: TrainConfig):
     Returns (resuming, config): resuming is True when the workdir already holds this run; config
     carries the saved run's recovery state (RECOVERY_STATE_FIELDS) over.
     """
-    config_path = os.path.join(config.workdir, CONFIG_FILE)
+    config_path = os.path.join(config.workdir, workdir_lib.CONFIG_FILE)
     if not os.path.exists(config_path):
         return False, config
     try:
@@ -180,7 +164,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
     Raises:
       TrainingDivergedError: divergence after --max_recoveries automatic recoveries.
       TrainingPreemptedError: SIGTERM/SIGINT; a checkpoint was saved (exit code 128 + signal).
-      WorkdirLockedError: another process trains in this workdir.
+      jem_tf.workdir.WorkdirLockedError: another process trains in this workdir.
       WorkdirWriteError: a checkpoint could not be written (e.g. disk full).
       IncompatibleWorkdirError, ValueError: bad settings, before anything is written.
     """
@@ -280,7 +264,7 @@ class _Run:
         # Seeds the weight initialisers (and TF's global seed): two runs with one --seed are one run.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            self.model = build_model(config, data.image_shape, data.num_classes)
+            self.model = objectives.build_model(config, data.image_shape, data.num_classes)
             self.schedule = ScaledSchedule(learning_rate_schedule(config, steps_per_epoch), config.learning_rate_scale)
             self.optimizer = make_optimizer(self.schedule, config.precision)
             self.model.compile(optimizer=self.optimizer)
@@ -369,7 +353,7 @@ class _Run:
         train_step = distributed_train_step(model, self.strategy)
         evaluate = classifier_evaluator(model, self.strategy)
         if self.chief:
-            writer = tf.summary.create_file_writer(os.path.join(config.workdir, TENSORBOARD_DIR))
+            writer = tf.summary.create_file_writer(os.path.join(config.workdir, workdir_lib.TENSORBOARD_DIR))
             workdir_lib.write_run_status(config.workdir, "running", self.step)
         else:
             writer = tf.summary.create_noop_writer()
@@ -447,10 +431,10 @@ class _Run:
             return metrics
         if config.export and exporter is not None:
             metrics["export"] = exporter(config.workdir, self.step)
-        write_json_atomically(os.path.join(config.workdir, METRICS_FILE), json.dumps(metrics, indent=2))
+        write_json_atomically(os.path.join(config.workdir, workdir_lib.METRICS_FILE), json.dumps(metrics, indent=2))
         workdir_lib.write_run_status(config.workdir, "finished", self.step)
         logging.info("Finished at step %d: test accuracy %.4f. Metrics in %s.", self.step, test["accuracy"],
-                     os.path.join(config.workdir, METRICS_FILE))
+                     os.path.join(config.workdir, workdir_lib.METRICS_FILE))
         return metrics
 
     def _stop_preempted(self, signal_number):
@@ -528,12 +512,11 @@ def _write_sample_grid(model, workdir, step, count=64):
         return
     grid = image_grid(images)
     tf.summary.image("train/sgld_samples", grid[None])
-    os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
-    tf.io.write_file(os.path.join(workdir, SAMPLES_DIR, f"step_{step:07d}.png"), tf.io.encode_png(grid))
+    os.makedirs(os.path.join(workdir, workdir_lib.SAMPLES_DIR), exist_ok=True)
+    tf.io.write_file(os.path.join(workdir, workdir_lib.SAMPLES_DIR, f"step_{step:07d}.png"), tf.io.encode_png(grid))
 
 
 __all__ = [
-    "IncompatibleWorkdirError", "RunStopped", "TrainingDivergedError", "TrainingPreemptedError", "WorkdirLockedError",
-    "WorkdirWriteError", "build_model", "classifier_evaluator", "distribute_dataset", "distributed_train_step",
-    "divergence_reason", "is_chief", "learning_rate_schedule", "make_optimizer", "make_strategy", "train",
+    "IncompatibleWorkdirError", "TrainingDivergedError", "TrainingPreemptedError", "WorkdirWriteError",
+    "divergence_reason", "train",
 ]

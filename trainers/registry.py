@@ -14,47 +14,48 @@ holds what they share and documents the hooks the loop calls: `from_config`, `ch
 `prepare_for_data`).
 The loop asks the model through these hooks and never checks which objective it runs.
 
-`jem_tf.configs.base.OBJECTIVES` lists the same names so a bad --objective is refused before
-TensorFlow is imported; a test keeps the two equal.
+Each objective's settings (fields, help, defaults, checks) are declared with it in
+`jem_tf/configs/objectives.py` (its `config_class` here), where the config and the command line
+read them before TensorFlow is imported; a test keeps the two lists of names equal.
 """
 
-_OBJECTIVES = {}
+from jem_tf.configs import objectives as objective_configs
+from jem_tf.registry import Registry
+
+
+def _unknown(name, names) -> str:
+    return f"--objective={name!r} is not a registered objective; registered: {', '.join(sorted(names))}."
+
+
+_OBJECTIVES = Registry("objective", name_attribute="objective_name", unknown=_unknown)
 
 
 def register(name: str):
-    """Class decorator: makes the class the objective `name`."""
+    """Class decorator: makes the class the objective `name`, whose settings are declared in
+    `jem_tf.configs.objectives` (the class's `config_class`; an objective without one is refused)."""
+    config_class = objective_configs.config_class(name)
 
     def add(cls):
-        if name in _OBJECTIVES and _OBJECTIVES[name] is not cls:
-            raise ValueError(f"Objective {name!r} is registered twice ({_OBJECTIVES[name].__name__}, {cls.__name__}).")
-        cls.objective_name = name
-        _OBJECTIVES[name] = cls
-        return cls
+        cls.config_class = config_class
+        return _OBJECTIVES.register(name)(cls)
 
     return add
 
 
 def names() -> tuple:
-    return tuple(sorted(_OBJECTIVES))
+    return tuple(sorted(_OBJECTIVES.names()))
 
 
 def get(name: str):
     """The objective class registered as `name` (ValueError naming the registered ones otherwise)."""
-    if name not in _OBJECTIVES:
-        raise ValueError(f"--objective={name!r} is not a registered objective; registered: {', '.join(names())}.")
-    return _OBJECTIVES[name]
+    return _OBJECTIVES.get(name)
 
 
 def build_model(config, image_shape, num_classes: int):
     """The model for `config.objective`, built (weights, and state such as a replay buffer, created)
     in `config.precision`. Call inside the strategy scope so variables are mirrored."""
-    from jem_tf import precision  # noqa: PLC0415
+    from jem_tf.models import network_arguments  # noqa: PLC0415 (Keras: the registry itself stays light)
 
-    network = dict(
-        depth=config.depth, width=config.width, num_classes=num_classes, norm=config.norm,
-        activation=config.activation, dropout_rate=config.dropout_rate, seed=config.seed,
-        dtype=precision.dtype_policy(config.precision),
-    )
-    model = get(config.objective).from_config(config, **network)
+    model = get(config.objective).from_config(config, seed=config.seed, **network_arguments(config, num_classes))
     model.build((None,) + tuple(image_shape))
     return model

@@ -3,7 +3,8 @@
 import functools
 
 from jem_tf.configs import cifar_cpu, paper, quick
-from jem_tf.configs.base import TrainConfig, incompatible_fields, objective_defaults
+from jem_tf.configs.base import TrainConfig, incompatible_fields
+from jem_tf.configs.objectives import objective_defaults
 
 PRESETS = {
     "paper": paper.get_config,

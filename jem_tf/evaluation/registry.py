@@ -16,11 +16,10 @@ when `jem_tf.evaluation` is imported.
 """
 
 from jem_tf.evaluation import report
+from jem_tf.registry import Registry
 
 # The built-in evaluations, in the order `--eval=all` runs them: the paper's section 5, then its appendices.
 BUILTIN_ORDER = ("accuracy", "calibration", "ood", "logp_hist", "samples", "sample_quality", "robustness", "distal")
-
-_EVALUATIONS = {}
 
 
 class Evaluation:
@@ -54,32 +53,26 @@ def register(name: str):
     """Class decorator: registers an `Evaluation` subclass under `name` (what `--eval` accepts)."""
     if not name or not all(c.isalnum() or c == "_" for c in name) or name == "all":
         raise ValueError(f"Evaluation name {name!r} is invalid: use letters, digits and '_' (and not 'all').")
-
-    def decorate(cls):
-        if not (isinstance(cls, type) and issubclass(cls, Evaluation)):
-            raise TypeError(f"@register({name!r}) expects an Evaluation subclass; received {cls!r}.")
-        if name in _EVALUATIONS and _EVALUATIONS[name] is not cls:
-            raise ValueError(f"An evaluation named {name!r} is already registered ({_EVALUATIONS[name].__qualname__}).")
-        cls.name = name
-        _EVALUATIONS[name] = cls
-        return cls
-
-    return decorate
+    return _EVALUATIONS.register(name)
 
 
 def unregister(name: str) -> None:
     """Removes a registered evaluation (tests register temporary ones)."""
-    _EVALUATIONS.pop(name, None)
+    _EVALUATIONS.unregister(name)
 
 
 def get(name: str):
     """The Evaluation class registered as `name`; ValueError naming the registered ones."""
-    if name not in _EVALUATIONS:
-        raise ValueError(f"Unknown evaluation {name!r}; choose from {', '.join(names())} or 'all'.")
-    return _EVALUATIONS[name]
+    return _EVALUATIONS.get(name)
 
 
 def names() -> tuple:
     """The registered names: the built-in ones in the paper's order, then the others as registered."""
-    builtin = [name for name in BUILTIN_ORDER if name in _EVALUATIONS]
-    return tuple(builtin + [name for name in _EVALUATIONS if name not in BUILTIN_ORDER])
+    registered = _EVALUATIONS.names()
+    builtin = [name for name in BUILTIN_ORDER if name in registered]
+    return tuple(builtin + [name for name in registered if name not in BUILTIN_ORDER])
+
+
+_EVALUATIONS = Registry(
+    "evaluation", base=Evaluation,
+    unknown=lambda name, _: f"Unknown evaluation {name!r}; choose from {', '.join(names())} or 'all'.")

@@ -1,5 +1,5 @@
 """Network architectures."""
 
-from jem_tf.models.wide_resnet import WideResNet
+from jem_tf.models.wide_resnet import WideResNet, network_arguments
 
-__all__ = ["WideResNet"]
+__all__ = ["WideResNet", "network_arguments"]

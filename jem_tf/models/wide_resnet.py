@@ -11,6 +11,9 @@ import tensorflow as tf
 
 NORMALIZATIONS = ("none", "batch", "group")
 ACTIVATIONS = ("leaky_relu", "swish")
+# The constructor arguments that define the architecture; a run's TrainConfig has fields of the
+# same names (and a built WideResNet attributes), so `network_arguments` reads them from either.
+ARCHITECTURE_FIELDS = ("depth", "width", "norm", "activation", "dropout_rate")
 MIN_INPUT_SIZE = 8
 # The reference code's LeakyReLU slope.
 LEAKY_RELU_SLOPE = 0.2
@@ -144,6 +147,20 @@ class WideBasicBlock(keras.layers.Layer):
         out = self.conv2(out)
         residual = self.shortcut(x) if self.shortcut is not None else x
         return out + residual
+
+
+def network_arguments(source, num_classes: int, precision: str = None) -> dict:
+    """WideResNet's constructor arguments: the architecture of `source` (a run's TrainConfig, or a
+    built WideResNet), `num_classes` logits, and the dtype policy of `precision` (default: the
+    config's `precision`, or the network's own policy). The one place a network is described from a
+    config: the objectives' models (trainers/registry.py), the readers' network (jem_tf/workdir.py)
+    and the export copy (Classifier.to_wide_resnet) all build from it."""
+    from jem_tf import precision as jem_precision  # noqa: PLC0415 (jem_tf.precision imports nothing of ours)
+
+    if precision is None:
+        precision = source.dtype_policy.name if isinstance(source, keras.Model) else source.precision
+    return dict({name: getattr(source, name) for name in ARCHITECTURE_FIELDS}, num_classes=int(num_classes),
+                dtype=jem_precision.dtype_policy(precision))
 
 
 class WideResNet(keras.Model):
