@@ -37,6 +37,12 @@ EXIT_UNEXPECTED = 1
 EXIT_BAD_INPUT = 2
 # Training diverged (non-finite loss or runaway generative loss).
 EXIT_DIVERGED = 3
+# A file could not be written (disk full, quota, read-only, permissions): free space or choose
+# another output and re-run; nothing half-written is left.
+EXIT_WRITE_FAILED = 4
+# Training: the workdir's run had progressed but none of its checkpoints restores (all moved to
+# checkpoints/broken/); restore one, or re-run with --restart_from_scratch.
+EXIT_NO_USABLE_CHECKPOINT = 5
 
 
 class UsageError(ValueError):
@@ -190,5 +196,6 @@ def values_from_flags(config_class, flag_values=flags.FLAGS) -> dict:
     return values
 
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_OK", "EXIT_UNEXPECTED", "UsageError", "define_dataclass_flags",
+__all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_NO_USABLE_CHECKPOINT", "EXIT_OK", "EXIT_UNEXPECTED",
+           "EXIT_WRITE_FAILED", "UsageError", "define_dataclass_flags",
            "flag_fields", "parse_flags", "parse_number_list", "run", "values_from_flags"]
