@@ -18,6 +18,7 @@ help in `--helpfull`, without any other edit:
 """
 
 import dataclasses
+import errno
 import sys
 import types
 import typing
@@ -43,6 +44,26 @@ EXIT_WRITE_FAILED = 4
 # Training: the workdir's run had progressed but none of its checkpoints restores (all moved to
 # checkpoints/broken/); restore one, or re-run with --restart_from_scratch.
 EXIT_NO_USABLE_CHECKPOINT = 5
+
+
+# OS errors that mean "this path cannot be written": EXIT_WRITE_FAILED, not a bug.
+WRITE_FAILED_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+_WRITE_FAILED_TEXT = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied")
+
+
+def write_failure(error) -> bool:
+    """Whether `error` (an OSError, or a TensorFlow error from its own file system) says a file
+    could not be written for lack of space, quota or permission."""
+    if isinstance(error, OSError):
+        return error.errno in WRITE_FAILED_ERRNOS
+    return type(error).__module__.startswith("tensorflow") and any(text in str(error) for text in _WRITE_FAILED_TEXT)
+
+
+def exit_write_failed(error, what: str, fix: str):
+    """Logs one message (no traceback) and exits with EXIT_WRITE_FAILED."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    logging.error("Could not write %s: %s. %s Nothing half-written was left.", what, first_line, fix)
+    sys.exit(EXIT_WRITE_FAILED)
 
 
 class UsageError(ValueError):
@@ -197,5 +218,5 @@ def values_from_flags(config_class, flag_values=flags.FLAGS) -> dict:
 
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_NO_USABLE_CHECKPOINT", "EXIT_OK", "EXIT_UNEXPECTED",
-           "EXIT_WRITE_FAILED", "UsageError", "define_dataclass_flags",
-           "flag_fields", "parse_flags", "parse_number_list", "run", "values_from_flags"]
+           "EXIT_WRITE_FAILED", "UsageError", "WRITE_FAILED_ERRNOS", "define_dataclass_flags", "exit_write_failed",
+           "flag_fields", "parse_flags", "parse_number_list", "run", "values_from_flags", "write_failure"]

@@ -114,6 +114,9 @@ def write_run_info(workdir: str, run_info: dict) -> None:
 
 
 def _require_workdir(workdir: str) -> None:
+    if not str(workdir or "").strip():
+        raise FileNotFoundError(f"--workdir={workdir!r} is empty; pass a training workdir (the --workdir of "
+                                "`python -m jem_tf.train`), e.g. --workdir=runs/quick.")
     if not is_workdir(workdir):
         raise FileNotFoundError(
             f"{workdir!r} is not a jem_tf training workdir: expected {CONFIG_FILE} and {RUN_INFO_FILE} in it "
