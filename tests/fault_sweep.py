@@ -271,7 +271,7 @@ def fault_links_planted_at_run_file_names(sweep):
     os.symlink(target, os.path.join(workdir, f"config.json.tmp-{os.getpid()}"))
     os.symlink(target, os.path.join(workdir, "samples", "step_0000011.png"))
     _resume(workdir, max_steps=FINAL_STEP + 1)
-    expect(open(target).read() == "keep me", "a run file was written through a planted link")
+    expect(open(target, "rb").read() == b"keep me", "a run file was written through a planted link")
     return "config.json and the sample grid written beside the links, targets untouched"
 
 

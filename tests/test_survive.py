@@ -401,7 +401,7 @@ def test_every_checkpoint_damaged_stops_instead_of_restarting_from_step_0(copy_o
         _truncate(_data_file(copy_of, step))
     kept = {name: open(os.path.join(copy_of, name)).read() for name in ("config.json", "run_status.json")}
     for _attempt in range(2):  # the evidence of progress survives the first refusal
-        with pytest.raises(workdir_lib.NoUsableCheckpointError,
+        with pytest.raises(loop.RunStopped,
                            match=r"made progress.*checkpoints/broken/.*--restart_from_scratch") as stopped:
             loop.train(tiny_config(copy_of))
         assert stopped.value.exit_code == 5
@@ -433,7 +433,7 @@ def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path, link
     workdir = tmp_path / "run"
     workdir.mkdir()
     (os.symlink if link == "symbolic" else os.link)(target, workdir / ".lock")
-    with pytest.raises(workdir_lib.UnsafeWorkdirError, match=r"\.lock.*(symbolic link|not a plain file)") as refused:
+    with pytest.raises(loop.RunStopped, match=r"\.lock.*(symbolic link|not a plain file)") as refused:
         loop.train(tiny_config(str(workdir), max_steps=1))
     assert refused.value.exit_code == 2
     assert target.read_text() == "keep me"
@@ -441,18 +441,18 @@ def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path, link
 
 
 def test_run_files_are_never_written_through_a_planted_link(tmp_path):
-    from jem_tf.configs.base import write_file_atomically  # noqa: PLC0415
+    from jem_tf.configs.base import write_json_atomically  # noqa: PLC0415
 
     target = tmp_path / "precious.txt"
     target.write_text("keep me")
     # A link under the temporary name, and a link at the name itself.
     path = tmp_path / "config.json"
     os.symlink(target, f"{path}.tmp-{os.getpid()}")
-    write_file_atomically(str(path), "{}")
+    write_json_atomically(str(path), "{}")
     assert path.read_text() == "{}" and target.read_text() == "keep me"
     os.remove(path)
     os.symlink(target, path)
-    write_file_atomically(str(path), b"{}")
+    write_json_atomically(str(path), "{}")
     assert not path.is_symlink() and path.read_text() == "{}" and target.read_text() == "keep me"
     # The trainer's sample grids (tf.io.write_file followed links).
     workdir = tmp_path / "run"
@@ -474,5 +474,5 @@ def test_a_failed_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(base.os, "replace", full_disk)
     with pytest.raises(OSError, match="No space"):
-        base.write_file_atomically(str(path), "new")
+        base.write_json_atomically(str(path), "new")
     assert sorted(os.listdir(tmp_path)) == ["report.md"] and path.read_text() == "old"
