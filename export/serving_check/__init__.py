@@ -11,7 +11,8 @@ batch sizes and `classify_image_bytes` requests in every advertised image format
 answer them all in one run, as TF Serving's Predict handler would. With --bad_inputs it also
 sends every malformed request the signatures must refuse (with the limits in the export's
 metadata: batch size, step size, noise, image size) and checks each is refused with
-INVALID_ARGUMENT and the expected message. Exits with the checker's status (0: everything served).
+INVALID_ARGUMENT and the expected message. Exits with the checker's status (0: everything served),
+or 2 with one message for a refusal (no SavedModel at --export_dir, no compiler, an unsafe binary).
 """
 
 import dataclasses
