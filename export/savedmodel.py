@@ -193,6 +193,12 @@ def main(argv):
         # ValueError includes CheckpointMismatchError; DatasetUnavailableError a failed --download.
         logging.error("%s", error)
         sys.exit(cli.EXIT_BAD_INPUT)
+    except Exception as error:
+        # A full or read-only disk, as Python's OSError or from TensorFlow's own file system (the
+        # SavedModel's variables); the export was staged in a hidden folder, removed on failure.
+        if not cli.write_failure(error):
+            raise
+        cli.exit_write_failed(error, f"the export to {output!r}", "Free space (or choose another --output) and re-run.")
     print(path)
 
 

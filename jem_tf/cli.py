@@ -18,6 +18,7 @@ help in `--helpfull`, without any other edit:
 """
 
 import dataclasses
+import errno
 import runpy
 import sys
 import types
@@ -38,6 +39,32 @@ EXIT_UNEXPECTED = 1
 EXIT_BAD_INPUT = 2
 # Training diverged (non-finite loss or runaway generative loss).
 EXIT_DIVERGED = 3
+# A file could not be written (disk full, quota, read-only, permissions): free space or choose
+# another output and re-run; nothing half-written is left.
+EXIT_WRITE_FAILED = 4
+# Training: the workdir's run had progressed but none of its checkpoints restores (all moved to
+# checkpoints/broken/); restore one, or re-run with --restart_from_scratch.
+EXIT_NO_USABLE_CHECKPOINT = 5
+
+
+# OS errors that mean "this path cannot be written": EXIT_WRITE_FAILED, not a bug.
+WRITE_FAILED_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+_WRITE_FAILED_TEXT = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied")
+
+
+def write_failure(error) -> bool:
+    """Whether `error` (an OSError, or a TensorFlow error from its own file system) says a file
+    could not be written for lack of space, quota or permission."""
+    if isinstance(error, OSError):
+        return error.errno in WRITE_FAILED_ERRNOS
+    return type(error).__module__.startswith("tensorflow") and any(text in str(error) for text in _WRITE_FAILED_TEXT)
+
+
+def exit_write_failed(error, what: str, fix: str):
+    """Logs one message (no traceback) and exits with EXIT_WRITE_FAILED."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    logging.error("Could not write %s: %s. %s Nothing half-written was left.", what, first_line, fix)
+    sys.exit(EXIT_WRITE_FAILED)
 
 
 class UsageError(ValueError):
@@ -211,5 +238,6 @@ def values_from_flags(config_class, flag_values=flags.FLAGS) -> dict:
     return values
 
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_OK", "EXIT_UNEXPECTED", "UsageError", "define_dataclass_flags",
-           "flag_fields", "parse_flags", "parse_number_list", "run", "values_from_flags"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_NO_USABLE_CHECKPOINT", "EXIT_OK", "EXIT_UNEXPECTED",
+           "EXIT_WRITE_FAILED", "UsageError", "WRITE_FAILED_ERRNOS", "define_dataclass_flags", "exit_write_failed",
+           "flag_fields", "parse_flags", "parse_number_list", "run", "values_from_flags", "write_failure"]

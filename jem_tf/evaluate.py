@@ -7,8 +7,11 @@
 Writes OUTPUT/results.json, OUTPUT/report.md, one PNG per figure and TensorBoard summaries in
 OUTPUT/tensorboard (OUTPUT defaults to WORKDIR/eval). Exit codes: 0 done; 1 an evaluation failed
 or every requested one was unavailable (also absl's --help); 2 bad or unknown flags, workdir or
-unavailable test data (jem_tf/cli.py).
+unavailable test data; 4 the outputs could not be written (full disk, read-only workdir without
+--output), nothing half-written left (jem_tf/cli.py).
 """
+
+import os
 
 from absl import flags, logging
 
@@ -85,6 +88,13 @@ def main(argv):
     except (ValueError, FileNotFoundError, data_lib.DatasetUnavailableError, common.Unavailable) as error:
         logging.error("%s", error)
         return 2
+    except OSError as error:
+        if not cli.write_failure(error):
+            raise
+        output = FLAGS.output or os.path.join(FLAGS.workdir, "eval")
+        cli.exit_write_failed(error, f"the evaluation outputs to {output!r}",
+                              "Free space, or pass --output=DIR on a writable disk (the workdir may be read-only), "
+                              "and re-run.")
     code = exit_code(results, evaluations)
     if code:
         logging.error("Evaluation incomplete: see the errors/ and unavailable entries in results.json.")

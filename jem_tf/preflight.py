@@ -21,6 +21,8 @@ BUFFER_PEAK_COPIES = 2
 
 def check_workdir_path(workdir: str) -> None:
     """--workdir must be a directory, or creatable under the nearest existing folder above it."""
+    if not str(workdir).strip():
+        raise ValueError(f"--workdir={workdir!r} is empty; pass the run's directory, e.g. --workdir=runs/quick.")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(
             f"--workdir={workdir!r} is an existing file, not a directory. Choose another --workdir "

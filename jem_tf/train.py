@@ -20,10 +20,13 @@ workdir, replay-buffer memory), so a refused command leaves the workdir as it wa
      data unavailable offline or unusable (undecodable files, < 2 classes, empty class, symlinks
      out of the folder), a --workdir that is a file or a run with other settings, --max_steps /
      --epochs before the workdir's latest step, a replay buffer that does not fit in memory; also
-     a workdir in use by another run (the message names its PID and host).
+     a workdir in use by another run (the message names its PID and host), an empty --workdir, a
+     .lock that is a symbolic or hard link.
   3  training diverged (non-finite loss or runaway generative loss) after --max_recoveries
      automatic recoveries.
   4  the workdir could not be written (disk full, quota, read-only): free space and re-run to resume.
+  5  the run had made progress but none of its checkpoints restores (each moved to
+     checkpoints/broken/): put one back and re-run, or re-run with --restart_from_scratch.
   130 / 143  stopped by SIGINT (Ctrl-C) / SIGTERM after saving a checkpoint: re-run to resume.
 """
 

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import time
 
 import numpy as np
@@ -70,6 +71,18 @@ class WorkdirLockedError(RunStopped):
     exit_code = 2
 
 
+class UnsafeWorkdirError(RunStopped):
+    """A run file the trainer writes in place is a link or otherwise not its own plain file."""
+
+    exit_code = 2
+
+
+class NoUsableCheckpointError(RunStopped):
+    """The workdir's run has made progress, but none of its checkpoints restores."""
+
+    exit_code = 5
+
+
 class CheckpointMismatchError(ValueError):
     """An intact checkpoint that does not fit the model built from the run's config."""
 
@@ -101,6 +114,9 @@ def write_run_info(workdir: str, run_info: dict) -> None:
 
 
 def _require_workdir(workdir: str) -> None:
+    if not str(workdir or "").strip():
+        raise FileNotFoundError(f"--workdir={workdir!r} is empty; pass a training workdir (the --workdir of "
+                                "`python -m jem_tf.train`), e.g. --workdir=runs/quick.")
     if not is_workdir(workdir):
         raise FileNotFoundError(
             f"{workdir!r} is not a jem_tf training workdir: expected {CONFIG_FILE} and {RUN_INFO_FILE} in it "
@@ -184,7 +200,24 @@ class WorkdirLock:
 
     def acquire(self) -> "WorkdirLock":
         os.makedirs(self.workdir, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW, and a regular file with one name only: the PID record below is written in
+        # place, so a planted symbolic or hard link would make it overwrite another file.
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise UnsafeWorkdirError(
+                f"{self.path!r} is a symbolic link (to {os.readlink(self.path)!r}); training writes its lock file in "
+                "place and does not write through links. Remove the link and re-run the same command."
+            ) from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise UnsafeWorkdirError(
+                f"{self.path!r} is not a plain file of its own (mode {stat.filemode(info.st_mode)}, {info.st_nlink} "
+                "links); training writes its lock file in place and would overwrite what it shares. Remove it and "
+                "re-run the same command.")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -269,6 +302,10 @@ def _state_file_steps(directory: str):
         return None
     if len(latest) != 1 or not listed or latest[0] != listed[-1]:
         return None
+    # Without a timestamp per checkpoint, tf.train.CheckpointManager treats the listed ones as
+    # preserved (keep_checkpoint_every_n_hours) and never rotates them away.
+    if len(re.findall(r"^all_model_checkpoint_timestamps: \S+$", text, re.MULTILINE)) != len(listed):
+        return None
     return listed
 
 
@@ -288,7 +325,20 @@ def repair_checkpoint_state(directory: str) -> list:
         logging.warning("Moved checkpoint state file %s to %s: no checkpoint is left beside it.", path, target)
         return steps
     names = [f"{CHECKPOINT_PREFIX}-{step}" for step in steps]
-    payload = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names)
+    # One timestamp per checkpoint (its index file's mtime, increasing with the step, never in the
+    # future) and a last-preserved time before them all: CheckpointManager then rotates these
+    # checkpoints like its own (--keep_checkpoints); without them it would keep them forever.
+    now, stamps = time.time(), []
+    for name in names:
+        try:
+            stamp = min(os.path.getmtime(os.path.join(directory, name + ".index")), now)
+        except OSError:
+            stamp = now
+        stamps.append(max(stamp, stamps[-1] + 1e-3) if stamps else stamp)
+    payload = (f'model_checkpoint_path: "{names[-1]}"\n'
+               + "".join(f'all_model_checkpoint_paths: "{n}"\n' for n in names)
+               + "".join(f"all_model_checkpoint_timestamps: {stamp!r}\n" for stamp in stamps)
+               + f"last_preserved_timestamp: {stamps[0] - 1.0!r}\n")
     write_json_atomically(path, payload)
     logging.warning("Rebuilt checkpoint state file %s from the checkpoints present: %s.", path, ", ".join(names))
     return steps
@@ -325,6 +375,50 @@ def move_aside(directory: str, step: int, reason: str) -> str:
             os.replace(os.path.join(directory, name), os.path.join(broken, f"{prefix}.{stamp}.{suffix}"))
     write_json_atomically(target + ".reason.txt", reason + "\n")
     return target
+
+
+def progress_evidence(workdir: str) -> list:
+    """What shows that the run in `workdir` got past step 0 (or saved a checkpoint): a step > 0 in
+    run_status.json, metrics.json, checkpoint files (also in checkpoints/broken/). Empty for a
+    workdir whose run stopped before its first checkpoint. For `require_checkpoint_or_restart`."""
+    evidence = []
+    try:
+        status = read_json(os.path.join(workdir, RUN_STATUS_FILE), {})
+        if isinstance(status, dict) and int(status.get("step") or 0) > 0:
+            evidence.append(f"{RUN_STATUS_FILE} records step {int(status['step'])}")
+    except (ValueError, TypeError, OSError):
+        pass
+    if os.path.exists(os.path.join(workdir, METRICS_FILE)):
+        evidence.append(f"{METRICS_FILE} exists")
+    directory = checkpoint_dir(workdir)
+    for where in (directory, os.path.join(directory, BROKEN_CHECKPOINT_DIR)):
+        names = os.listdir(where) if os.path.isdir(where) else []
+        files = sorted(n for n in names if n.startswith(CHECKPOINT_PREFIX + "-") and "_temp" not in n)
+        if files:
+            evidence.append(f"{os.path.relpath(where, workdir)}/ holds {len(files)} checkpoint file(s)"
+                            f" ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})")
+    return evidence
+
+
+def require_checkpoint_or_restart(workdir: str, restart_from_scratch: bool) -> None:
+    """Called when no checkpoint of `workdir` restores: raises NoUsableCheckpointError when the run
+    had progressed (`progress_evidence`), unless `restart_from_scratch`; a restart never deletes."""
+    evidence = progress_evidence(workdir)
+    if not evidence:
+        return
+    broken = os.path.join(checkpoint_dir(workdir), BROKEN_CHECKPOINT_DIR)
+    if restart_from_scratch:
+        logging.warning("No checkpoint of %s restores (%s); starting again from step 0 as "
+                        "--restart_from_scratch asks. The damaged checkpoints stay in %s.", workdir,
+                        "; ".join(evidence), broken)
+        return
+    raise NoUsableCheckpointError(
+        f"Workdir {workdir!r} holds a run that made progress ({'; '.join(evidence)}), but none of its checkpoints "
+        f"restores: each one that failed verification was moved to {broken}/ with a .reason.txt (nothing was "
+        "deleted). Put an intact copy of a checkpoint back into checkpoints/ (e.g. from a backup) and re-run the "
+        "same command to resume, or re-run it with --restart_from_scratch to train again from step 0 in this "
+        "workdir."
+    )
 
 
 def check_checkpoint_layout(path: str) -> None:

@@ -8,10 +8,12 @@ import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
 
+import hostile_pt
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -235,3 +237,59 @@ def test_a_corrupted_zip_checkpoint_is_refused_as_damaged(tmp_path):
     damaged.write_bytes(original[:start + 64] + b"\x00" * 512 + original[start + 576:])
     with pytest.raises(torch_checkpoint.CheckpointFormatError):
         torch_checkpoint.load(str(damaged))
+
+
+# -- issue #15, item 8: tiny hostile files must not exhaust the importer -----------------------------
+
+# Under this address-space limit a 4 TiB (or 16 GiB memo) allocation fails at once; the real
+# fixtures import within it.
+_MEMORY_LIMIT = 1 << 30
+_TIME_LIMIT_S = 30
+_LOAD_UNDER_LIMITS = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+from export import torch_checkpoint
+try:
+    torch_checkpoint.load(sys.argv[1])
+    print("LOADED")
+except torch_checkpoint.CheckpointFormatError as error:
+    print("REFUSED", error)
+"""
+
+
+def _load_in_bounded_process(path):
+    """torch_checkpoint.load(path) in a child with 1 GiB of address space and 30 s: (stdout, stderr)."""
+    script = _LOAD_UNDER_LIMITS.format(limit=_MEMORY_LIMIT)
+    result = subprocess.run([sys.executable, "-c", script, str(path)], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                            capture_output=True, text=True, timeout=_TIME_LIMIT_S)
+    return result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(hostile_pt.HOSTILE))
+def test_a_tiny_hostile_checkpoint_is_refused_within_bounded_memory_and_time(tmp_path, name):
+    path = hostile_pt.HOSTILE[name](str(tmp_path / "hostile.pt"))
+    assert os.path.getsize(path) < 300_000
+    stdout, stderr = _load_in_bounded_process(path)  # subprocess.TimeoutExpired fails the test
+    assert "Traceback" not in stderr, stderr[-2000:]
+    if name == "40 shared nested tuples":
+        # Shared references are read once, not 2^40 times; the state dict check refuses it later.
+        assert stdout.startswith("LOADED"), stdout
+    else:
+        assert stdout.startswith("REFUSED"), stdout
+        assert re.search(r"budget|more than|nests containers|memo slot|bytes", stdout), stdout
+
+
+def test_the_real_checkpoints_still_load_within_the_same_limits():
+    for filename, _ in FIXTURES:
+        stdout, stderr = _load_in_bounded_process(os.path.join(DATA, filename))
+        assert stdout.startswith("LOADED"), stdout + stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_a_stride_zero_checkpoint_with_exit_2_and_no_traceback(tmp_path):
+    path = hostile_pt.stride_zero(str(tmp_path / "stride0.pt"))
+    workdir = tmp_path / "imported"
+    result = run_cli(f"--checkpoint={path}", "--dataset=cifar10", f"--workdir={workdir}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Import refused" in result.stderr and "stride (0, 0)" in result.stderr
+    assert "Traceback" not in result.stderr and not workdir.exists()

@@ -372,3 +372,107 @@ def test_state_file_repair_units(tmp_path):
     assert workdir_lib.repair_checkpoint_state(directory) == []
     assert not os.path.exists(os.path.join(directory, "checkpoint"))
     assert [n.split(".")[0] for n in os.listdir(os.path.join(directory, "broken"))] == ["checkpoint"]
+
+
+# -- issue #15: no repair may quietly cost a run --------------------------------------------------
+
+
+@pytest.mark.parametrize("repair", ["state file deleted", "newest checkpoint corrupt"])
+def test_a_repaired_workdir_rotates_like_a_fresh_one(copy_of, repair):
+    """A rebuilt state file without checkpoint timestamps made CheckpointManager keep the checkpoints
+    it listed forever (--keep_checkpoints ignored), and every later start pinned them again."""
+    checkpoints = os.path.join(copy_of, "checkpoints")
+    if repair == "state file deleted":
+        os.remove(os.path.join(checkpoints, "checkpoint"))
+    else:
+        _truncate(_data_file(copy_of, FINAL_STEP))
+    loop.train(tiny_config(copy_of, max_steps=20, keep_checkpoints=2))
+    assert workdir_lib.checkpoint_steps(checkpoints) == [15, 20], "a fresh run to step 20 keeps 15 and 20"
+    # The next start reads the state file the manager wrote: still nothing pinned.
+    loop.train(tiny_config(copy_of, max_steps=25, keep_checkpoints=2))
+    assert workdir_lib.checkpoint_steps(checkpoints) == [20, 25]
+    assert sorted(n.split(".")[0] for n in os.listdir(checkpoints) if n.startswith("ckpt-")) == [
+        "ckpt-20", "ckpt-20", "ckpt-25", "ckpt-25"]
+
+
+def test_every_checkpoint_damaged_stops_instead_of_restarting_from_step_0(copy_of):
+    checkpoints = os.path.join(copy_of, "checkpoints")
+    for step in (0, 5, FINAL_STEP):
+        _truncate(_data_file(copy_of, step))
+    kept = {name: open(os.path.join(copy_of, name)).read() for name in ("config.json", "run_status.json")}
+    for _attempt in range(2):  # the evidence of progress survives the first refusal
+        with pytest.raises(workdir_lib.RunStopped,
+                           match=r"made progress.*checkpoints/broken/.*--restart_from_scratch") as stopped:
+            loop.train(tiny_config(copy_of))
+        assert stopped.value.exit_code == 5
+        assert {name: open(os.path.join(copy_of, name)).read() for name in kept} == kept
+    broken = os.listdir(os.path.join(checkpoints, "broken"))
+    assert sorted(n.split(".")[0] for n in broken if n.endswith(".index")) == ["ckpt-0", "ckpt-10", "ckpt-5"]
+    # Only the explicit flag starts over, and it deletes nothing.
+    metrics = loop.train(tiny_config(copy_of, restart_from_scratch=True))
+    assert metrics["steps_this_session"] == FINAL_STEP
+    assert sorted(os.listdir(os.path.join(checkpoints, "broken"))) == sorted(broken)
+
+
+def test_a_workdir_without_progress_still_starts_at_step_0(tmp_path):
+    """config.json and run_info.json but no checkpoint (a run killed before its first save) is not
+    a run that lost its checkpoints."""
+    workdir = str(tmp_path / "run")
+    loop.train(tiny_config(workdir, max_steps=1))
+    for name in os.listdir(os.path.join(workdir, "checkpoints")):
+        os.remove(os.path.join(workdir, "checkpoints", name))
+    for name in ("metrics.json", "run_status.json"):
+        os.remove(os.path.join(workdir, name))
+    assert loop.train(tiny_config(workdir, max_steps=1))["steps_this_session"] == 1
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path, link):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (os.symlink if link == "symbolic" else os.link)(target, workdir / ".lock")
+    with pytest.raises(workdir_lib.RunStopped, match=r"\.lock.*(symbolic link|not a plain file)") as refused:
+        loop.train(tiny_config(str(workdir), max_steps=1))
+    assert refused.value.exit_code == 2
+    assert target.read_text() == "keep me"
+    assert sorted(os.listdir(workdir)) == [".lock"], "the refused run writes nothing"
+
+
+def test_run_files_are_never_written_through_a_planted_link(tmp_path):
+    from jem_tf.configs.base import write_json_atomically  # noqa: PLC0415
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    # A link under the temporary name, and a link at the name itself.
+    path = tmp_path / "config.json"
+    os.symlink(target, f"{path}.tmp-{os.getpid()}")
+    write_json_atomically(str(path), "{}")
+    assert path.read_text() == "{}" and target.read_text() == "keep me"
+    os.remove(path)
+    os.symlink(target, path)
+    write_json_atomically(str(path), "{}")
+    assert not path.is_symlink() and path.read_text() == "{}" and target.read_text() == "keep me"
+    # The trainer's sample grids (tf.io.write_file followed links).
+    workdir = tmp_path / "run"
+    (workdir / "samples").mkdir(parents=True)
+    os.symlink(target, workdir / "samples" / "step_0000001.png")
+    loop.train(tiny_config(str(workdir), max_steps=1))
+    assert target.read_text() == "keep me"
+    assert (workdir / "samples" / "step_0000001.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failed_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    from jem_tf.configs import base  # noqa: PLC0415
+
+    path = tmp_path / "report.md"
+    path.write_text("old")
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(base.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        base.write_json_atomically(str(path), "new")
+    assert sorted(os.listdir(tmp_path)) == ["report.md"] and path.read_text() == "old"

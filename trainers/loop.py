@@ -35,7 +35,13 @@ from absl import logging
 from jem_tf import data as jem_data
 from jem_tf import preflight
 from jem_tf import workdir as workdir_lib
-from jem_tf.configs.base import RECOVERY_STATE_FIELDS, TrainConfig, incompatible_fields, write_json_atomically
+from jem_tf.configs.base import (
+    RECOVERY_STATE_FIELDS,
+    TrainConfig,
+    incompatible_fields,
+    write_file_atomically,
+    write_json_atomically,
+)
 from jem_tf.models.wide_resnet import NETWORK_LAYOUT, NETWORK_LAYOUT_KEY
 from trainers import objectives
 from trainers.distribution import (
@@ -220,8 +226,8 @@ def train(config: TrainConfig, exporter=None) -> dict:
         except TrainingDivergedError as error:
             status("diverged", message=str(error))
             raise
-        except TrainingPreemptedError:
-            raise  # its status was written before
+        except (TrainingPreemptedError, workdir_lib.NoUsableCheckpointError):
+            raise  # its status was written before; or the run's status is evidence of progress to keep
         except WorkdirWriteError as error:
             status("failed", message=str(error))
             raise
@@ -275,6 +281,9 @@ class _Run:
         """Restores the newest checkpoint that verifies, or saves step 0. Call with the workdir lock held."""
         with self.strategy.scope():
             restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=self.chief)
+        if not restored:
+            # Every checkpoint damaged: never a silent restart from step 0 (unless asked for).
+            workdir_lib.require_checkpoint_or_restart(self.config.workdir, self.config.restart_from_scratch)
         self.manager = self._make_manager()
         self.step = _optimizer_step(self.optimizer)
         self._check_workers_agree_on_step()
@@ -513,7 +522,9 @@ def _write_sample_grid(model, workdir, step, count=64):
     grid = image_grid(images)
     tf.summary.image("train/sgld_samples", grid[None])
     os.makedirs(os.path.join(workdir, workdir_lib.SAMPLES_DIR), exist_ok=True)
-    tf.io.write_file(os.path.join(workdir, workdir_lib.SAMPLES_DIR, f"step_{step:07d}.png"), tf.io.encode_png(grid))
+    # Atomically, and never through a link planted under the name (tf.io.write_file would follow it).
+    write_file_atomically(os.path.join(workdir, workdir_lib.SAMPLES_DIR, f"step_{step:07d}.png"),
+                          tf.io.encode_png(grid).numpy())
 
 
 __all__ = [

@@ -11,7 +11,8 @@ batch sizes and `classify_image_bytes` requests in every advertised image format
 answer them all in one run, as TF Serving's Predict handler would. With --bad_inputs it also
 sends every malformed request the signatures must refuse (with the limits in the export's
 metadata: batch size, step size, noise, image size) and checks each is refused with
-INVALID_ARGUMENT and the expected message. Exits with the checker's status (0: everything served).
+INVALID_ARGUMENT and the expected message. Exits with the checker's status (0: everything served),
+or 2 with one message for a refusal (no SavedModel at --export_dir, no compiler, an unsafe binary).
 """
 
 import dataclasses
@@ -389,13 +390,27 @@ def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_
 
 
 def main(argv):
+    """Exit codes: the checker's (0 everything served); 2 a refusal with one message and no
+    traceback: no SavedModel at --export_dir, no compiler, or a cached binary that is not private."""
     from absl import flags  # noqa: PLC0415
+
+    from jem_tf import cli  # noqa: PLC0415
 
     flag_values = flags.FLAGS
     if len(argv) > 1:
-        raise SystemExit(f"Unexpected arguments: {argv[1:]}")
-    with tempfile.TemporaryDirectory(prefix="serving_check_") as work_dir:
-        result, _, _ = check_export(flag_values.export_dir, work_dir, bad_inputs=flag_values.bad_inputs)
+        raise cli.UsageError(f"Unexpected arguments {argv[1:]}: every setting is a --flag=value.")
+    export_dir = flag_values.export_dir
+    if not os.path.isfile(os.path.join(export_dir or "", "saved_model.pb")):
+        logging.error("--export_dir=%r holds no saved_model.pb; pass an export version directory (OUTPUT/<version>, "
+                      "written by `python -m export.savedmodel`).", export_dir)
+        sys.exit(cli.EXIT_BAD_INPUT)
+    try:
+        build()  # an unsafe cached binary or no compiler is refused before the export is read
+        with tempfile.TemporaryDirectory(prefix="serving_check_") as work_dir:
+            result, _, _ = check_export(export_dir, work_dir, bad_inputs=flag_values.bad_inputs)
+    except (UnsafeBinaryError, CompilerNotFoundError) as error:
+        logging.error("%s", error)
+        sys.exit(cli.EXIT_BAD_INPUT)
     sys.stderr.write(result.stderr[-4000:] if result.returncode else "")
     print(result.stdout, end="")
     sys.exit(result.returncode)

@@ -1,12 +1,13 @@
 """`python -m export.serving_check --export_dir=EXPORT/1 [--bad_inputs]`; see the package docstring."""
 
-from absl import app, flags
+from absl import flags
 
 from export import serving_check
+from jem_tf import cli
 
 flags.DEFINE_string("export_dir", None, "An export version directory (OUTPUT/<version>).")
 flags.DEFINE_bool("bad_inputs", True, "Also check that malformed requests are refused with INVALID_ARGUMENT.")
 flags.mark_flag_as_required("export_dir")
 
 if __name__ == "__main__":
-    app.run(serving_check.main)
+    cli.run(serving_check.main)  # bad flags exit 2, like every command

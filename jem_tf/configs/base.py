@@ -11,6 +11,7 @@ marks a field that is not a flag), so a new field is written once, here or in it
     some_weight: float = dataclasses.field(default=0.0, metadata=dict(help="What it weighs (paper: 0)."))
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -171,6 +172,10 @@ class TrainConfig(ObjectiveFields):
     checkpoint_every_secs: float = dataclasses.field(default=300.0, metadata=dict(
         help="Also save a checkpoint when this many seconds passed since the last one (preemption loses less)."))
     keep_checkpoints: int = dataclasses.field(default=3, metadata=dict(help="Keep the last K checkpoints."))
+    restart_from_scratch: bool = dataclasses.field(default=False, metadata=dict(
+        help="When none of the workdir's checkpoints restores (each damaged one moved to checkpoints/broken/) "
+             "although the run had made progress, train again from step 0 instead of stopping with exit code 5. "
+             "Deletes nothing; no effect when a checkpoint restores."))
     summary_every_steps: int = dataclasses.field(default=100, metadata=dict(help="TensorBoard scalars every N steps."))
     sample_every_steps: int = dataclasses.field(default=1000, metadata=dict(
         help="Grid of current SGLD chains (TensorBoard + WORKDIR/samples) every N steps."))
@@ -299,9 +304,29 @@ def incompatible_fields(saved: TrainConfig, requested: TrainConfig) -> list:
     ]
 
 
-def write_json_atomically(path: str, payload: str) -> None:
-    """Writes via a temporary file and rename, so a crash never leaves half a file."""
+def write_file_atomically(path: str, payload) -> None:
+    """Writes `payload` (str or bytes) via a temporary file and rename, so a crash or a full disk
+    never leaves half a file (the temporary one is removed when the write fails).
+
+    Nothing is written through a symbolic link: the temporary file is created afresh with O_EXCL |
+    O_NOFOLLOW (a link planted under its name is removed, not followed), and the rename replaces a
+    link at `path` itself, never the file it points to."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(payload)
-    os.replace(tmp, path)
+    data = payload.encode() if isinstance(payload, str) else bytes(payload)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # our own leftover, or a planted link: unlink removes the link, not its target
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomically(path: str, payload: str) -> None:
+    """Writes via a temporary file and rename, so a crash never leaves half a file (see
+    `write_file_atomically`)."""
+    write_file_atomically(path, payload)

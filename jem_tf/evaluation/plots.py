@@ -1,11 +1,14 @@
 """Figures for the evaluation report, drawn with matplotlib's object API (no pyplot state, no
 display needed: `Figure.savefig` renders with the Agg backend)."""
 
+import io
 import os
 import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from jem_tf.configs.base import write_file_atomically
 
 # Colours of the paper's Table 2 histograms: in-distribution green, OOD red.
 IN_COLOR = "tab:green"
@@ -20,7 +23,9 @@ SCORE_LABELS = {
 
 def _save(figure: Figure, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=120, bbox_inches="tight", format=os.path.splitext(path)[1][1:] or "png")
+    write_file_atomically(path, buffer.getvalue())  # no half-written figure on a full disk
     return path
 
 

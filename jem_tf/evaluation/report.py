@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from jem_tf.configs.base import write_file_atomically
 from jem_tf.evaluation import common
 
 RESULTS_FILE = "results.json"
@@ -31,10 +32,7 @@ def _json_value(value):
 
 
 def write_results(path: str, results: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_json_value(results), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_file_atomically(path, json.dumps(_json_value(results), indent=2, sort_keys=True))
 
 
 def _is_number(value) -> bool:
@@ -155,8 +153,7 @@ def write_outputs(output_dir: str, results: dict, figures: dict, run, compare=No
     write_results(os.path.join(output_dir, RESULTS_FILE), results)
     text = render_report(results, figures, run, compare, evaluations)
     report_path = os.path.join(output_dir, REPORT_FILE)
-    with open(report_path, "w") as f:
-        f.write(text + "\n")
+    write_file_atomically(report_path, text + "\n")  # never a 0-byte report.md on a full disk
     write_tensorboard(os.path.join(output_dir, TENSORBOARD_DIR), results, figures, text,
                       results.get("meta/global_step", 0))
     logging.info("Wrote %s, %s, %d figures and TensorBoard summaries to %s.", RESULTS_FILE, REPORT_FILE, len(figures),

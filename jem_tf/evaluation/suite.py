@@ -14,7 +14,9 @@ import time
 import numpy as np
 from absl import logging
 
+from jem_tf import cli
 from jem_tf import precision as jem_precision
+from jem_tf.configs.base import write_file_atomically
 from jem_tf.evaluation import (
     accuracy,
     calibration,
@@ -62,6 +64,10 @@ def run_suite(run: EvaluatedRun, test_images, test_labels, evaluations, options:
     options.validate()
     evaluations = {name: registry.get(name)() for name in parse_evaluations(evaluations)}
     os.makedirs(output_dir, exist_ok=True)
+    # Before minutes of evaluation: a full or read-only output fails now (EXIT_WRITE_FAILED), not at the end.
+    probe = os.path.join(output_dir, f".write-probe-{os.getpid()}")
+    write_file_atomically(probe, "probe")
+    os.remove(probe)
     context = EvalContext(run, test_images, test_labels, options, output_dir, compare=compare, data_dir=data_dir)
     context.results.update({
         "meta/run": run.name, "meta/dataset": run.dataset, "meta/workdir": run.workdir or "",
@@ -86,6 +92,11 @@ def run_suite(run: EvaluatedRun, test_images, test_labels, evaluations, options:
         except common.Unavailable as reason:
             logging.warning("Evaluation %s unavailable: %s", name, reason)
             context.results[name] = common.unavailable(reason)
+        except OSError as error:
+            if error.errno in cli.WRITE_FAILED_ERRNOS:
+                raise  # the output cannot be written: no later evaluation could save its results either
+            logging.exception("Evaluation %s failed.", name)
+            context.results[f"errors/{name}"] = f"{type(error).__name__}: {error}"
         except Exception as error:  # noqa: BLE001 - one broken evaluation must not lose the others
             logging.exception("Evaluation %s failed.", name)
             context.results[f"errors/{name}"] = f"{type(error).__name__}: {error}"

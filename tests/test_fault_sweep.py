@@ -1,0 +1,30 @@
+"""Every fault of the project's fault sweep (tests/fault_sweep.py, issue #15) as a test: the run
+directory, the reference importer and the commands' exit codes survive each one (nothing lost, the
+documented exit code, no traceback). `python tests/fault_sweep.py` runs the same faults and writes
+the counts to docs/results/hostile_faults.json."""
+
+import fault_sweep
+import pytest
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return fault_sweep.Sweep(str(tmp_path_factory.mktemp("fault_sweep")))
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.slow] if group == "commands" or "command" in name else [])
+    for name, (group, _) in fault_sweep.FAULTS.items()])
+def test_the_fault_is_survived(sweep, name):
+    outcome, detail, _ = fault_sweep.run_fault(sweep, name)
+    if outcome == "skipped":
+        pytest.skip(detail)
+    assert outcome == "survived", detail
+
+
+def test_the_sweeps_counts_become_the_docs_table():
+    summary = {"faults_tried": 3, "faults_survived": 2,
+               "by_group": {"run directory": {"tried": 2, "survived": 2}, "importer": {"tried": 1, "survived": 0}}}
+    table = fault_sweep.table_of(summary)
+    assert table["columns"] == ["faults", "tried", "survived"]
+    assert table["rows"] == [["run directory", 2, 2], ["importer", 1, 0], ["all", 3, 2]]
