@@ -206,6 +206,24 @@ def lying_png(height: int, width: int, inflated_bytes: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def gif_with_frame_size(pixels, frame_height: int, frame_width: int) -> bytes:
+    """`pixels` as a GIF whose logical screen is their size but whose first frame descriptor says
+    frame_height x frame_width (giflib allocates the frame from the descriptor)."""
+    data = bytearray(encode_image(pixels, "GIF"))
+    position = 13
+    if data[10] & 0x80:  # a global colour table follows the screen descriptor
+        position += 3 * 2 ** ((data[10] & 7) + 1)
+    while data[position] == 0x21:  # extension blocks: label, then sub-blocks up to a 0 length
+        position += 2
+        while data[position]:
+            position += data[position] + 1
+        position += 1
+    if data[position] != 0x2C:
+        raise ValueError("No image descriptor found in the GIF Pillow wrote.")
+    data[position + 5:position + 9] = struct.pack("<HH", frame_width, frame_height)
+    return bytes(data)
+
+
 def format_inputs(image_shape) -> dict:
     """{case name: classify_image_bytes inputs}: every advertised format, encoded from grayscale and
     from colour pixels (decoded to the model's channel count either way). The JPEG images are one
@@ -351,6 +369,10 @@ def bad_input_cases(image_shape, max_refine_steps: int, *, max_step_size: float 
         # A GIF signature TensorFlow's decoder takes ("GIF8") but no GIF version: not a GIF here.
         "gif_unknown_version": ([b"GIF8Xa" + struct.pack("<HH", 20000, 20000) + bytes(20)], not_a_format),
         "truncated_png": ([_encoded_png(np.zeros((height, width, channels), np.uint8))[:12]], wrong_size),
+        # The screen is H x W, the first frame says 65535x65535: giflib's own refusal (its 4 GB frame
+        # buffer is never filled: the LZW data runs out first, or the allocation fails).
+        "gif_frame_65535x65535": ([gif_with_frame_size(np.zeros((height, width, 3), np.uint8), 65535, 65535)],
+                                  "Invalid GIF data"),
         # Cut before its SOF marker: tf.io.extract_jpeg_shape's own refusal, which names no input.
         "truncated_jpeg": ([encode_image(np.zeros((height, width, 3), np.uint8), "JPEG")[:40]],
                            "Invalid JPEG data"),
