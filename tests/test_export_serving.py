@@ -37,6 +37,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Loading and running are compared with the in-memory model at these tolerances: the graphs are
 # the same ops, but grappler may fuse them differently from eager execution.
 RTOL = ATOL = 1e-4
+# The address-space cap of the serving processes sent hostile inputs (the bad inputs include
+# decoding bombs): a TensorFlow-only process peaks near 2 GB serving these models; the WebP bomb
+# alone would need 6.9 GB on a 1-channel model.
+MEMORY_LIMIT_BYTES = 4 << 30
+HOSTILE_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +216,7 @@ def test_cpp_loader_serves_every_signature_and_refuses_every_bad_input(network, 
                                                                        tmp_path):
     del checker_binary  # built (and cached) by the fixture; check_export finds it
     result, cases, paths = serving_check.check_export(export_dir, str(tmp_path), bad_inputs=True,
-                                                      batch_sizes=BATCH_SIZES)
+                                                      batch_sizes=BATCH_SIZES, memory_limit_bytes=MEMORY_LIMIT_BYTES)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert "ALL PASSED" in result.stdout
     bad = [case for case in cases if case.expected_error]
@@ -572,7 +577,7 @@ def test_tensorflow_only_process_enforces_every_limit_and_serves_every_format(
                      "bad_refine_seed_scalar", "bad_bytes_webp_16000x16000", "bad_bytes_lying_png_over_max_image_bytes",
                      "bad_bytes_request_over_max_request_bytes"):
         assert required in names
-    results = run_keras_free(jobs, tmp_path)
+    results = run_keras_free(jobs, tmp_path, memory_limit_bytes=MEMORY_LIMIT_BYTES)
     for (directory, case), model, (outputs, error) in zip(jobs, expected_values, results, strict=True):
         where = f"tensorflow-only process, {os.path.basename(os.path.dirname(directory))}: {case.name}"
         if case.expected_error:
@@ -597,7 +602,8 @@ def test_cpp_loader_refuses_out_of_bound_and_non_finite_answers(gray_network, pe
                                                                checker_binary, tmp_path):
     # The permissive export: every signature, every format, its bad inputs and the overflow.
     result, cases, paths = serving_check.check_export(permissive_export, str(tmp_path / "permissive"),
-                                                      batch_sizes=(1,), extra_cases=permissive_extra_cases())
+                                                      batch_sizes=(1,), extra_cases=permissive_extra_cases(),
+                                                      memory_limit_bytes=MEMORY_LIMIT_BYTES)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     for case, path in zip(cases, paths, strict=True):
         if case.name.startswith("bytes_"):
@@ -623,10 +629,6 @@ def test_cpp_loader_refuses_out_of_bound_and_non_finite_answers(gray_network, pe
 
 # -- hostile inputs under a memory and time limit (issue 15) -----------------------------------
 
-# The address-space cap of the serving processes below: a TensorFlow-only process peaks near
-# 2 GB of address space serving this model; the WebP bomb alone would need 6.9 GB.
-MEMORY_LIMIT_BYTES = 4 << 30
-HOSTILE_TIMEOUT_S = 300
 
 
 def decoding_bomb_cases(image_shape):

@@ -459,9 +459,11 @@ def run(binary: str, export_dir: str, request_paths, timeout_s: float = 600,
                           timeout=timeout_s, env=env, preexec_fn=memory_limit(memory_limit_bytes))
 
 
-def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_sizes=(1, 3), extra_cases=()):
+def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_sizes=(1, 3), extra_cases=(),
+                 memory_limit_bytes: int | None = None):
     """Builds the checker and runs every signature, every image format, the bad inputs and
-    `extra_cases` against `export_dir`, in one run of the checker.
+    `extra_cases` against `export_dir`, in one run of the checker (its address space capped at
+    `memory_limit_bytes`, e.g. in tests: the bad inputs include decoding bombs).
 
     Returns (completed process, cases, request paths).
     """
@@ -477,7 +479,7 @@ def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_
         cases += bad_input_cases_for_export(export_dir)
     cases += list(extra_cases)
     paths = write_cases(cases, work_dir)
-    return run(build(), export_dir, paths), cases, paths
+    return run(build(), export_dir, paths, memory_limit_bytes=memory_limit_bytes), cases, paths
 
 
 def main(argv):
