@@ -42,6 +42,8 @@ def export_model(
     max_step_size: float = sig.DEFAULT_MAX_STEP_SIZE,
     max_noise_std: float = sig.DEFAULT_MAX_NOISE_STD,
     max_batch_size: int = sig.DEFAULT_MAX_BATCH_SIZE,
+    max_image_bytes: int = sig.DEFAULT_MAX_IMAGE_BYTES,
+    max_request_bytes: int = sig.DEFAULT_MAX_REQUEST_BYTES,
 ) -> str:
     """Writes `network` as a servable SavedModel to `output_dir/<version>` and returns that path.
 
@@ -60,6 +62,8 @@ def export_model(
       max_step_size, max_noise_std: the largest `step_size` / `noise_std` `refine_then_classify`
         accepts.
       max_batch_size: the most images one request to any signature may carry.
+      max_image_bytes, max_request_bytes: the most bytes of one encoded image, and of all the
+        encoded images of one request, `classify_image_bytes` accepts.
 
     Returns:
       The path of the written version directory.
@@ -76,7 +80,8 @@ def export_model(
         raise ValueError(f"ood_threshold must be a finite number or None; received {ood_threshold!r}.")
     functions = ServingFunctions(
         network, max_refine_steps=max_refine_steps, ood_threshold=ood_threshold, max_step_size=max_step_size,
-        max_noise_std=max_noise_std, max_batch_size=max_batch_size,
+        max_noise_std=max_noise_std, max_batch_size=max_batch_size, max_image_bytes=max_image_bytes,
+        max_request_bytes=max_request_bytes,
     )
 
     output_dir = os.fspath(output_dir)

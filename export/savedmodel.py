@@ -80,6 +80,8 @@ def export_run(
     max_step_size: float = sig.DEFAULT_MAX_STEP_SIZE,
     max_noise_std: float = sig.DEFAULT_MAX_NOISE_STD,
     max_batch_size: int = sig.DEFAULT_MAX_BATCH_SIZE,
+    max_image_bytes: int = sig.DEFAULT_MAX_IMAGE_BYTES,
+    max_request_bytes: int = sig.DEFAULT_MAX_REQUEST_BYTES,
     download: bool = False,
     precision: str | None = None,
 ) -> str:
@@ -95,7 +97,8 @@ def export_run(
       max_refine_steps: the largest `steps` `refine_then_classify` accepts.
       ood_quantile: fraction of validation images the OOD threshold may flag.
       ood_max_images: validation images used for the threshold, at most.
-      max_step_size, max_noise_std, max_batch_size: the serving limits (see `export.archive.export_model`).
+      max_step_size, max_noise_std, max_batch_size, max_image_bytes, max_request_bytes: the serving
+        limits (see `export.archive.export_model`).
       download: if the run's tfds dataset (for the OOD threshold) is not prepared, download and
         prepare it first (`jem_tf.data.prepare`; DatasetDownloadError if that fails).
       precision: the precision the exported network computes in (`jem_tf.precision`); None: the
@@ -140,7 +143,7 @@ def export_run(
     return archive.export_model(
         network, output, version, max_refine_steps=max_refine_steps, ood_threshold=threshold,
         metadata=metadata, overwrite=overwrite, max_step_size=max_step_size, max_noise_std=max_noise_std,
-        max_batch_size=max_batch_size,
+        max_batch_size=max_batch_size, max_image_bytes=max_image_bytes, max_request_bytes=max_request_bytes,
     )
 
 
@@ -164,6 +167,10 @@ def define_flags():
                        "Largest `noise_std` refine_then_classify accepts (the paper uses 0.01).")
     flags.DEFINE_integer("max_batch_size", sig.DEFAULT_MAX_BATCH_SIZE,
                          "Most images one request to any signature may carry; larger batches are refused.")
+    flags.DEFINE_integer("max_image_bytes", sig.DEFAULT_MAX_IMAGE_BYTES,
+                         "Most bytes one encoded image sent to classify_image_bytes may have.")
+    flags.DEFINE_integer("max_request_bytes", sig.DEFAULT_MAX_REQUEST_BYTES,
+                         "Most bytes all encoded images of one classify_image_bytes request may have together.")
     flags.DEFINE_bool("download", False, "If the run's tfds dataset (used for the OOD threshold) is not prepared in "
                       "its data_dir, download and prepare it first (needs internet access; off by default).")
     flags.DEFINE_float("ood_quantile", ood_threshold.DEFAULT_OOD_QUANTILE,
@@ -186,7 +193,8 @@ def main(argv):
             FLAGS.workdir, output, version=FLAGS.version, checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite,
             max_refine_steps=FLAGS.max_refine_steps, ood_quantile=FLAGS.ood_quantile,
             ood_max_images=FLAGS.ood_max_images, max_step_size=FLAGS.max_step_size,
-            max_noise_std=FLAGS.max_noise_std, max_batch_size=FLAGS.max_batch_size, download=FLAGS.download,
+            max_noise_std=FLAGS.max_noise_std, max_batch_size=FLAGS.max_batch_size,
+            max_image_bytes=FLAGS.max_image_bytes, max_request_bytes=FLAGS.max_request_bytes, download=FLAGS.download,
             precision=FLAGS.precision,
         )
     except (FileExistsError, FileNotFoundError, ValueError, DatasetUnavailableError) as error:

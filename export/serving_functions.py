@@ -44,6 +44,19 @@ def _require(value, condition, message: str, data=(), *, fallback):
     return tf.cond(condition, accepted, refused)
 
 
+def _runtime_view(tensor):
+    """`tensor` itself, through ops whose output shape nothing can infer before run time.
+
+    The signature's declared input shapes are a promise the caller need not keep. A Python caller
+    of `tf.saved_model.load` is not checked against them, and its function runtime then optimises
+    the graph as if they held: shape checks on the input were folded to "true", so a scalar
+    `image_bytes` failed with "slice index 0 of dimension 0 out of bounds" and a vector `steps`
+    with "The second input must be a scalar". A serialize/parse round trip (one copy of the input,
+    small next to the network) has an unknown output shape that no optimiser can fold.
+    """
+    return tf.raw_ops.ParseTensor(serialized=tf.raw_ops.SerializeTensor(tensor=tensor), out_type=tensor.dtype)
+
+
 def _dynamic_shape(tensor):
     """(shape, rank) of `tensor` as computed at run time, never from its declared static shape.
 
@@ -85,6 +98,8 @@ class ServingFunctions:
       max_step_size, max_noise_std: the largest `step_size` / `noise_std` `refine_then_classify`
         accepts (finite, representable as float32).
       max_batch_size: the most images (or encoded images) one request may carry.
+      max_image_bytes, max_request_bytes: the most bytes one encoded image, and all the encoded
+        images of one request together, may have (`classify_image_bytes`).
     """
 
     def __init__(
@@ -96,6 +111,8 @@ class ServingFunctions:
         max_step_size: float = sig.DEFAULT_MAX_STEP_SIZE,
         max_noise_std: float = sig.DEFAULT_MAX_NOISE_STD,
         max_batch_size: int = sig.DEFAULT_MAX_BATCH_SIZE,
+        max_image_bytes: int = sig.DEFAULT_MAX_IMAGE_BYTES,
+        max_request_bytes: int = sig.DEFAULT_MAX_REQUEST_BYTES,
     ):
         image_shape = getattr(network, "input_image_shape", None)
         if image_shape is None or any(size is None for size in image_shape):
@@ -105,8 +122,10 @@ class ServingFunctions:
             )
         if isinstance(max_refine_steps, bool) or not isinstance(max_refine_steps, int) or max_refine_steps < 0:
             raise ValueError(f"max_refine_steps must be a non-negative integer; received {max_refine_steps!r}.")
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be a positive integer; received {max_batch_size!r}.")
+        for name, bound in (("max_batch_size", max_batch_size), ("max_image_bytes", max_image_bytes),
+                            ("max_request_bytes", max_request_bytes)):
+            if isinstance(bound, bool) or not isinstance(bound, int) or not 1 <= bound < 2**31:
+                raise ValueError(f"{name} must be a positive integer below 2**31; received {bound!r}.")
         for name, bound in (("max_step_size", max_step_size), ("max_noise_std", max_noise_std)):
             if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not (
                 0.0 <= bound <= float(np.finfo(np.float32).max)
@@ -123,21 +142,29 @@ class ServingFunctions:
         self.max_step_size = float(max_step_size)
         self.max_noise_std = float(max_noise_std)
         self.max_batch_size = max_batch_size
+        self.max_image_bytes = max_image_bytes
+        self.max_request_bytes = max_request_bytes
         # >1 only for a float16 network, whose input-gradient backward pass would underflow.
         self.score_scale = precision.input_gradient_scale(network)
 
     def input_rules(self) -> dict:
         """The limits baked into the signatures, for the export's metadata."""
-        height, width, _ = self.image_shape
+        height, width, channels = self.image_shape
         return {
             "max_refine_steps": self.max_refine_steps,
             "max_step_size": self.max_step_size,
             "max_noise_std": self.max_noise_std,
             "max_batch_size": self.max_batch_size,
+            "max_image_bytes": self.max_image_bytes,
+            "max_request_bytes": self.max_request_bytes,
             "image_bytes_formats": list(sig.IMAGE_BYTES_FORMATS),
+            "image_bytes_format_check": "recognised by the first bytes (magic numbers); any other format (e.g. "
+                                        "WebP) is refused before decoding",
             "image_bytes_size": [height, width],
             "image_bytes_size_check": "the height and width in each image's header must be the model's; checked "
                                       "on the header bytes before decoding",
+            "image_bytes_decoded_size": [height, width, channels],
+            "refined_images": "clipped to [-1, 1] after every SGLD step (as JEM++'s sampler)",
             "non_finite_results": "refused (INVALID_ARGUMENT) instead of answered: refined images, logits, energies",
         }
 
@@ -203,6 +230,7 @@ class ServingFunctions:
         (validated) input and the outputs equal `classify`'s.
         """
         images = self._validated_images(images)
+        steps, step_size, noise_std, seed = (_runtime_view(value) for value in (steps, step_size, noise_std, seed))
         steps = _require_scalar(steps, sig.STEPS, "an int32 scalar", fallback=tf.constant(0, tf.int32))
         steps = _require(
             steps, tf.logical_and(steps >= 0, steps <= self.max_refine_steps),
@@ -215,9 +243,12 @@ class ServingFunctions:
             seed, _shape_matches(seed, [2]), "seed must be int64 of shape [2]; received shape",
             [_dynamic_shape(seed)[0]], fallback=tf.zeros([2], tf.int64),
         )
+        # Clamped to the image domain after every step (as JEM++'s sampler): unclamped, steps=100,
+        # step_size=10, noise_std=1 (all within the default bounds) left pixels at -7.2..5.7, which
+        # `classify` itself refuses as out of range.
         refined = sgld.refine(self._logits, images, steps, step_size, noise_std, seed,
-                               score_scale=self.score_scale)
-        # Within the bounds a model can still overflow (a steep energy, many steps): refuse rather
+                               score_scale=self.score_scale, clamp=True)
+        # A broken model (NaN weights) still gives NaN scores, which the clamp keeps: refuse rather
         # than answer NaN with a class id and an OOD flag that mean nothing.
         finite = tf.math.is_finite(refined)
         refined = _require(
@@ -234,8 +265,15 @@ class ServingFunctions:
         return {sig.REFINED_IMAGES: refined, **outputs}
 
     def classify_image_bytes(self, image_bytes):
-        """Encoded PNG/JPEG/BMP/GIF images -> classify outputs, with the training preprocessing."""
+        """Encoded PNG/JPEG/BMP/GIF images -> classify outputs, with the training preprocessing.
+
+        Before anything is decoded: the request's total bytes, each image's bytes (a small lying
+        PNG can still inflate to hundreds of MB), its format by its magic bytes (only the formats
+        whose header size is checked reach the decoder; a 16000x16000 WebP decoded to 6.9 GB) and
+        the H x W in its header; so the decoded size is at most H x W x C per image.
+        """
         height, width, channels = self.image_shape
+        image_bytes = _runtime_view(image_bytes)
         blank = tf.zeros([height, width, channels], tf.uint8)
         # Stands in for a refused batch; a valid encoded image, so decoding it cannot fail.
         blank_png = tf.io.encode_png(blank)
@@ -255,16 +293,31 @@ class ServingFunctions:
             f"image_bytes must hold at most {self.max_batch_size} images (max_batch_size, fixed at export); "
             "received", [batch_size], fallback=blank_batch,
         )
+        # int64: 1024 lengths of up to 2 GB each overflow int32.
+        total_bytes = tf.reduce_sum(tf.cast(tf.strings.length(image_bytes), tf.int64))
+        image_bytes = _require(
+            image_bytes, total_bytes <= self.max_request_bytes,
+            f"image_bytes must total at most {self.max_request_bytes} bytes (max_request_bytes, fixed at export); "
+            "received", [total_bytes], fallback=blank_batch,
+        )
+        formats = ", ".join(sig.IMAGE_BYTES_FORMATS)
 
         def decode(encoded):
-            kind, header_height, header_width = _header_size(encoded)
-            # Unknown formats pass here and are refused by the decoder ("Unknown image file format").
+            length = tf.strings.length(encoded)
             encoded = _require(
-                encoded,
-                tf.logical_or(
-                    tf.equal(kind, _UNKNOWN),
-                    tf.logical_and(tf.equal(header_height, height), tf.equal(header_width, width)),
-                ),
+                encoded, length <= self.max_image_bytes,
+                f"image_bytes: every image must be at most {self.max_image_bytes} bytes (max_image_bytes, fixed at "
+                "export); received an image of", [length], fallback=blank_png,
+            )
+            kind, header_height, header_width = _header_size(encoded)
+            encoded = _require(
+                encoded, tf.not_equal(kind, _UNKNOWN),
+                f"image_bytes: every image must be {formats} (recognised by its first bytes; other formats, "
+                "e.g. WebP, are not decoded); received an image whose first bytes are",
+                [_first_bytes(encoded)], fallback=blank_png,
+            )
+            encoded = _require(
+                encoded, tf.logical_and(tf.equal(header_height, height), tf.equal(header_width, width)),
                 f"image_bytes: every image must be {height}x{width} pixels (the input size of the model; resize "
                 "before sending); checked before decoding, the image header says height, width",
                 [header_height, header_width], fallback=blank_png,
@@ -314,6 +367,7 @@ class ServingFunctions:
     def _validated_images(self, images):
         """Refuses a wrong shape, an empty batch, NaN/Inf and values outside [-1, 1] (beyond the
         rounding tolerance), in that order; returns the images clipped to [-1, 1]."""
+        images = _runtime_view(images)
         expected = [None, *self.image_shape]
         blank = tf.zeros([1, *self.image_shape], tf.float32)
         images = _require(
@@ -373,6 +427,12 @@ _GIF_MAGICS = (b"GIF87a", b"GIF89a")
 _BMP_MAGIC = b"BM"
 # Header bytes read: enough for every size field below (the BMP height ends at byte 26).
 _HEADER_BYTES = 26
+
+
+def _first_bytes(encoded, count=8):
+    """The first `count` bytes of `encoded` as numbers (zero-padded): printable in any message."""
+    padded = tf.strings.join([encoded, tf.constant(b"\0" * count)])
+    return tf.io.decode_raw(tf.strings.substr(padded, 0, count), tf.uint8)
 
 
 def _header_size(encoded):

@@ -15,7 +15,9 @@ import dataclasses
 # 2: refine_then_classify bounds step_size and noise_std and refuses non-finite results; every
 # signature caps the batch; classify_image_bytes checks the encoded size before decoding and takes
 # BMP and GIF on 1-channel models.
-CONTRACT_VERSION = 2
+# 3: classify_image_bytes decodes only the formats below (by magic bytes) and bounds each image's
+# and the request's bytes; refine_then_classify keeps the chain in [-1, 1].
+CONTRACT_VERSION = 3
 
 # The MetaGraph tag TF Serving and `saved_model_cli` load.
 SERVE_TAG = "serve"
@@ -71,7 +73,16 @@ DEFAULT_MAX_BATCH_SIZE = 1024
 # Formats `classify_image_bytes` decodes (on models of any channel count). The height and width
 # stated in each image's header must be the model's H x W; that is checked on the header bytes,
 # before anything is decoded, so an oversized image costs no decoding memory.
+# Any other format (e.g. WebP, which TensorFlow would decode) is refused before decoding.
 IMAGE_BYTES_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+# Most bytes one encoded image may have, fixed at export (this is the default). The header check
+# bounds the decoded size, not the work: a PNG whose IHDR says 8x8 inflated 400 MB of zlib stream
+# (0.9 s of CPU). Deflate expands at most about 1032x, so 64 KiB costs at most about 66 MB of
+# inflating; an honest 32x32 RGB PNG or BMP is about 3 KB.
+DEFAULT_MAX_IMAGE_BYTES = 64 * 1024
+# Most bytes all encoded images of one request may have together, fixed at export (the default
+# is gRPC's default message size): 1024 honest 32x32 RGB PNGs fit.
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 # Metadata written next to the SavedModel. TF Serving ignores `assets.extra/`.
 METADATA_DIR = "assets.extra"
@@ -156,7 +167,8 @@ SIGNATURES = {
             TensorContract(NOISE_STD, "float32", (), "SGLD noise std sigma, 0..max_noise_std (the paper: 0.01)."),
             TensorContract(SEED, "int64", (2,), "Stateless seed of the SGLD noise."),
         ),
-        (TensorContract(REFINED_IMAGES, "float32", ("batch", "H", "W", "C"), "The refined images."),)
+        (TensorContract(REFINED_IMAGES, "float32", ("batch", "H", "W", "C"),
+                        "The refined images, in [-1, 1] (the chain is clipped to it after every step)."),)
         + _CLASSIFY_OUTPUTS,
         "SGLD on log p~(x) seeded at the input (paper section 5.4), then classify the refined images.",
     ),

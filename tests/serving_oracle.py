@@ -64,6 +64,6 @@ def expected_outputs(network, signature_name: str, inputs: dict, ood_threshold=N
         }
     refined = sgld.refine(
         lambda x: network(x, training=False), images, int(inputs[sig.STEPS]), float(inputs[sig.STEP_SIZE]),
-        float(inputs[sig.NOISE_STD]), tf.constant(np.asarray(inputs[sig.SEED], np.int64)),
+        float(inputs[sig.NOISE_STD]), tf.constant(np.asarray(inputs[sig.SEED], np.int64)), clamp=True,
     )
     return {sig.REFINED_IMAGES: refined.numpy(), **_classify(network, refined, ood_threshold)}

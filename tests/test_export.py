@@ -234,18 +234,18 @@ def test_values_within_rounding_tolerance_are_clipped(loaded):
 
 
 def _python_callable_bad_cases():
-    """The bad-input cases whose dtypes and shapes fit the declared signature (Python's loader
-    refuses others itself, before the graph runs; the C++ test covers those)."""
+    """The bad-input cases whose dtypes fit the declared signature (Python's loader refuses other
+    dtypes itself, before the graph runs; the C++ test covers those). Wrong shapes are sent: a
+    loaded signature does not check them in Python, so the graph must. The WebP bomb is sent only
+    to memory-limited processes (test_export_serving, tests/hostile_inputs.py): if its refusal
+    regressed, it would decode to 6.9 GB in this one."""
     cases = []
     for case in serving_check.bad_input_cases(IMAGE_SHAPE, max_refine_steps=20):
         name = case.request.model_spec.signature_name
-        fits = True
-        for key, proto in case.request.inputs.items():
-            fits = fits and proto.dtype == tf.dtypes.as_dtype(sig.contract_for(name).input(key).dtype).as_datatype_enum
-            declared = sig.concrete_shape(sig.contract_for(name).input(key).shape, IMAGE_SHAPE, NUM_CLASSES)
-            if not tf.TensorShape(declared).is_compatible_with([d.size for d in proto.tensor_shape.dim]):
-                fits = False
-        if fits:
+        if "webp" in case.name:
+            continue
+        if all(proto.dtype == tf.dtypes.as_dtype(sig.contract_for(name).input(key).dtype).as_datatype_enum
+               for key, proto in case.request.inputs.items()):
             cases.append(case)
     return cases
 
@@ -255,7 +255,9 @@ def test_bad_input_is_refused_with_a_clear_message(loaded, case):
     name = case.request.model_spec.signature_name
     inputs = {key: tf.make_ndarray(proto) for key, proto in case.request.inputs.items()}
     if sig.IMAGE_BYTES in inputs:
-        inputs[sig.IMAGE_BYTES] = list(inputs[sig.IMAGE_BYTES])
+        # A list of bytes (a numpy object array is not a string tensor); a scalar stays a scalar.
+        encoded = inputs[sig.IMAGE_BYTES]
+        inputs[sig.IMAGE_BYTES] = list(encoded) if encoded.ndim else encoded.item()
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(case.expected_error[1])):
         call(loaded, name, inputs)
 
@@ -269,7 +271,9 @@ def test_bad_input_cases_cover_the_issue_list():
                      "bad_classify_batch_too_large", "bad_energy_batch_too_large",
                      "bad_refine_then_classify_batch_too_large",
                      "bad_bytes_batch_too_large", "bad_bytes_header_20000x20000_png", "bad_bytes_wrong_size_bmp",
-                     "bad_bytes_wrong_size_gif", "bad_bytes_wrong_size_jpeg"):
+                     "bad_bytes_wrong_size_gif", "bad_bytes_wrong_size_jpeg", "bad_bytes_webp_16000x16000",
+                     "bad_bytes_lying_png_over_max_image_bytes", "bad_bytes_request_over_max_request_bytes",
+                     "bad_bytes_scalar_string", "bad_refine_steps_vector_of_one", "bad_classify_rank_5"):
         assert required in names
 
 

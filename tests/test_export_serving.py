@@ -38,6 +38,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Loading and running are compared with the in-memory model at these tolerances: the graphs are
 # the same ops, but grappler may fuse them differently from eager execution.
 RTOL = ATOL = 1e-4
+# The address-space cap of the serving processes sent hostile inputs (the bad inputs include
+# decoding bombs): a TensorFlow-only process peaks near 2 GB serving these models; the WebP bomb
+# alone would need 6.9 GB on a 1-channel model.
+MEMORY_LIMIT_BYTES = 4 << 30
+HOSTILE_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +55,9 @@ def network():
 
 @pytest.fixture(scope="module")
 def export_dir(network, tmp_path_factory):
-    return archive.export_model(network, tmp_path_factory.mktemp("serving"), 1, max_refine_steps=20,
-                                   ood_threshold=OOD_THRESHOLD)
+    # The default bounds (max_refine_steps 100, max_step_size 10, max_noise_std 1): the refinement
+    # test runs at all of them.
+    return archive.export_model(network, tmp_path_factory.mktemp("serving"), 1, ood_threshold=OOD_THRESHOLD)
 
 
 def inputs_for(name, batch_size, seed=0):
@@ -211,7 +217,7 @@ def test_cpp_loader_serves_every_signature_and_refuses_every_bad_input(network, 
                                                                        tmp_path):
     del checker_binary  # built (and cached) by the fixture; check_export finds it
     result, cases, paths = serving_check.check_export(export_dir, str(tmp_path), bad_inputs=True,
-                                                      batch_sizes=BATCH_SIZES)
+                                                      batch_sizes=BATCH_SIZES, memory_limit_bytes=MEMORY_LIMIT_BYTES)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert "ALL PASSED" in result.stdout
     bad = [case for case in cases if case.expected_error]
@@ -447,11 +453,12 @@ def gray_refine(**override):
 
 
 def permissive_extra_cases():
-    """Within the permissive bounds, noise_std=3e38 overflows the refined images to Inf."""
+    """Within the permissive bounds, noise_std=3e38 overflows each SGLD step to Inf; the clamp to
+    [-1, 1] after every step keeps the chain finite, so it is answered (it was refused as non-finite
+    before the clamp)."""
     return [serving_check.Case(
-        "nonfinite_refine_noise_3e38",
+        "clamped_refine_noise_3e38",
         client.build_request(sig.REFINE_THEN_CLASSIFY, gray_refine(**{sig.NOISE_STD: 3e38})),
-        ("INVALID_ARGUMENT", "refine_then_classify: the refined images are not finite"),
     )]
 
 
@@ -498,8 +505,8 @@ KERAS_FREE_REQUESTS_SCRIPT = textwrap.dedent("""
         inputs = {key: tf.constant(tf.make_ndarray(proto)) for key, proto in request.inputs.items()}
         try:
             outputs = function(**inputs)
-        except tf.errors.OpError as error:
-            errors[job["id"]] = [type(error).__name__, error.message]
+        except Exception as error:  # noqa: BLE001 (reported, whatever it is)
+            errors[job["id"]] = [type(error).__name__, getattr(error, "message", str(error))]
             continue
         for key, value in outputs.items():
             results[job["id"] + "/" + key] = value.numpy()
@@ -510,8 +517,9 @@ KERAS_FREE_REQUESTS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_keras_free(jobs, tmp_path):
-    """Runs [(export_dir, Case)] in one TensorFlow-only process: ({id: outputs}, {id: (error type, message)})."""
+def run_keras_free(jobs, tmp_path, memory_limit_bytes=None, timeout_s=600):
+    """Runs [(export_dir, Case)] in one TensorFlow-only process: ({id: outputs}, {id: (error type, message)}),
+    its address space capped at `memory_limit_bytes` (None: no cap)."""
     spec = []
     for index, (export_dir, case) in enumerate(jobs):
         request_path = tmp_path / f"{index}_{case.name}.request"
@@ -521,7 +529,8 @@ def run_keras_free(jobs, tmp_path):
     script = tmp_path / "serve_requests.py"
     script.write_text(KERAS_FREE_REQUESTS_SCRIPT)
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "jobs.json"), str(tmp_path / "out.npz")],
-                            capture_output=True, text=True, env=subprocess_env(), timeout=600, cwd=str(tmp_path))
+                            capture_output=True, text=True, env=subprocess_env(), timeout=timeout_s, cwd=str(tmp_path),
+                            preexec_fn=serving_check.memory_limit(memory_limit_bytes))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["keras_modules"] == []
@@ -534,14 +543,14 @@ def run_keras_free(jobs, tmp_path):
 
 
 def _fits_python_signature(case, export_dir):
-    """Whether the keras-free caller can send the case at all: a concrete function refuses shapes
-    and dtypes that do not fit its declared signature in Python, before the graph runs (the C++
-    path sends those; see the C++ tests)."""
-    try:
-        client.check_request(case.request, client.signature_defs_from_export(export_dir))
-    except client.RequestMismatchError:
-        return False
-    return True
+    """Whether the keras-free caller can send the case at all: a loaded signature refuses dtypes
+    that do not fit its declaration in Python, before the graph runs (the C++ path sends those;
+    see the C++ tests). Shapes it does not check: the graph must refuse them."""
+    del export_dir  # the dtypes are the contract's
+    name = case.request.model_spec.signature_name or sig.DEFAULT_SIGNATURE
+    contract = sig.contract_for(name)
+    return all(proto.dtype == tf.dtypes.as_dtype(contract.input(key).dtype).as_datatype_enum
+               for key, proto in case.request.inputs.items())
 
 
 @pytest.mark.slow
@@ -563,9 +572,13 @@ def test_tensorflow_only_process_enforces_every_limit_and_serves_every_format(
     names = {case.name for _, case in jobs}
     for required in ("bad_refine_step_size_float32_max", "bad_refine_step_size_1e30", "bad_refine_noise_3e38",
                      "bad_classify_batch_too_large", "bad_bytes_batch_too_large", "bad_bytes_header_20000x20000_png",
-                     "bytes_bmp_gray", "bytes_gif_rgb", "nonfinite_refine_noise_3e38", "broken_refine_0_steps"):
+                     "bytes_bmp_gray", "bytes_gif_rgb", "clamped_refine_noise_3e38", "broken_refine_0_steps",
+                     # Wrong shapes reach the graph from Python too; each refusal names the input.
+                     "bad_bytes_scalar_string", "bad_refine_steps_vector_of_one", "bad_classify_rank_5",
+                     "bad_refine_seed_scalar", "bad_bytes_webp_16000x16000", "bad_bytes_lying_png_over_max_image_bytes",
+                     "bad_bytes_request_over_max_request_bytes"):
         assert required in names
-    results = run_keras_free(jobs, tmp_path)
+    results = run_keras_free(jobs, tmp_path, memory_limit_bytes=MEMORY_LIMIT_BYTES)
     for (directory, case), model, (outputs, error) in zip(jobs, expected_values, results, strict=True):
         where = f"tensorflow-only process, {os.path.basename(os.path.dirname(directory))}: {case.name}"
         if case.expected_error:
@@ -574,9 +587,13 @@ def test_tensorflow_only_process_enforces_every_limit_and_serves_every_format(
             assert case.expected_error[1] in error[1], f"{where}: {error[1][:500]}"
         else:
             assert error is None, f"{where}: {error}"
+            name = case.request.model_spec.signature_name
             inputs = {key: tf.make_ndarray(proto) for key, proto in case.request.inputs.items()}
-            inputs[sig.IMAGE_BYTES] = list(inputs[sig.IMAGE_BYTES])
-            want = serving_oracle.expected_outputs(model, sig.CLASSIFY_IMAGE_BYTES, inputs, None)
+            if sig.IMAGE_BYTES in inputs:
+                inputs[sig.IMAGE_BYTES] = list(inputs[sig.IMAGE_BYTES])
+            if sig.REFINED_IMAGES in outputs:
+                assert np.all(np.abs(outputs[sig.REFINED_IMAGES]) <= 1.0), where
+            want = serving_oracle.expected_outputs(model, name, inputs, None)
             for key, value in want.items():
                 np.testing.assert_allclose(outputs[key], value, rtol=RTOL, atol=ATOL, err_msg=f"{where}: {key}")
 
@@ -586,7 +603,8 @@ def test_cpp_loader_refuses_out_of_bound_and_non_finite_answers(gray_network, pe
                                                                checker_binary, tmp_path):
     # The permissive export: every signature, every format, its bad inputs and the overflow.
     result, cases, paths = serving_check.check_export(permissive_export, str(tmp_path / "permissive"),
-                                                      batch_sizes=(1,), extra_cases=permissive_extra_cases())
+                                                      batch_sizes=(1,), extra_cases=permissive_extra_cases(),
+                                                      memory_limit_bytes=MEMORY_LIMIT_BYTES)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     for case, path in zip(cases, paths, strict=True):
         if case.name.startswith("bytes_"):
@@ -595,7 +613,9 @@ def test_cpp_loader_refuses_out_of_bound_and_non_finite_answers(gray_network, pe
             got = serving_check.read_response(path)
             for key, value in want.items():
                 np.testing.assert_allclose(got[key], value, rtol=RTOL, atol=ATOL, err_msg=f"C++ {case.name}: {key}")
-    assert f"PASS {tmp_path}/permissive/nonfinite_refine_noise_3e38.request refused as expected" in result.stdout
+    assert f"PASS {tmp_path}/permissive/clamped_refine_noise_3e38.request (refine_then_classify)" in result.stdout
+    refined = serving_check.read_response(f"{tmp_path}/permissive/clamped_refine_noise_3e38.request")
+    assert np.all(np.abs(refined[sig.REFINED_IMAGES]) <= 1.0)
     # The broken export answers nothing (so the checker reports unserved signatures and exits 1),
     # but refuses every request the expected way.
     broken = broken_cases()
@@ -606,6 +626,87 @@ def test_cpp_loader_refuses_out_of_bound_and_non_finite_answers(gray_network, pe
     unexpected = [line for line in result.stdout.splitlines()
                   if line.startswith("FAIL") and not line.endswith("answered no request")]
     assert not unexpected, unexpected
+
+
+# -- hostile inputs under a memory and time limit (issue 15) -----------------------------------
+
+
+
+def decoding_bomb_cases(image_shape):
+    """The issue's two images, as sent: the 34-byte 16000x16000 WebP (also 4 of them in one
+    request) and a PNG whose IHDR says H x W but whose zlib stream inflates to 400 MB. Before the
+    format check the WebP was decoded in full (768 MB for a colour model; on a 1-channel model, via
+    RGB and int32, 6.9 GB) and only then refused for its size."""
+    height, width, _ = image_shape
+    not_a_format = "image_bytes: every image must be PNG, JPEG, BMP, GIF (recognised by its first bytes"
+    specs = {
+        "webp_16000x16000": ([serving_check.WEBP_BOMB_16000], not_a_format),
+        "webp_16000x16000_x4": ([serving_check.WEBP_BOMB_16000] * 4, not_a_format),
+        "lying_png_400mb": ([serving_check.lying_png(height, width, 400 << 20)],
+                            f"image_bytes: every image must be at most {sig.DEFAULT_MAX_IMAGE_BYTES} bytes"),
+    }
+    return [serving_check.Case(f"bomb_{name}", client.build_request(sig.CLASSIFY_IMAGE_BYTES, {sig.IMAGE_BYTES: data}),
+                               ("INVALID_ARGUMENT", message))
+            for name, (data, message) in specs.items()]
+
+
+def refine_at_every_bound_case():
+    """refine_then_classify at every default bound at once (steps 100, step_size 10, noise_std 1):
+    unclamped, it returned pixels from -7.2 to 5.7, which classify refuses."""
+    images = serving_check.valid_inputs(sig.CLASSIFY, IMAGE_SHAPE, 2, seed=9)[sig.IMAGES]
+    inputs = {sig.IMAGES: images, sig.STEPS: sig.DEFAULT_MAX_REFINE_STEPS, sig.STEP_SIZE: sig.DEFAULT_MAX_STEP_SIZE,
+              sig.NOISE_STD: sig.DEFAULT_MAX_NOISE_STD, sig.SEED: [5, 6]}
+    return serving_check.Case("refine_at_every_bound", client.build_request(sig.REFINE_THEN_CLASSIFY, inputs))
+
+
+def assert_refined_within_the_image_domain(network, outputs, where):
+    refined = outputs[sig.REFINED_IMAGES]
+    assert refined.min() >= sig.IMAGE_MIN and refined.max() <= sig.IMAGE_MAX, (where, refined.min(), refined.max())
+    # The outputs classify the refined images; and what they are, classify accepts.
+    want = serving_oracle.expected_outputs(network, sig.CLASSIFY, {sig.IMAGES: refined}, OOD_THRESHOLD)
+    for key, value in want.items():
+        np.testing.assert_allclose(outputs[key], value, rtol=RTOL, atol=ATOL, err_msg=f"{where}: {key}")
+
+
+def hostile_jobs(export_dir, permissive_export):
+    """[(export, case)]: the bombs for the colour and the 1-channel export, and refinement at every
+    default bound (the colour export has the default bounds)."""
+    return ([(export_dir, case) for case in decoding_bomb_cases(IMAGE_SHAPE)]
+            + [(permissive_export, case) for case in decoding_bomb_cases(GRAY_SHAPE)]
+            + [(export_dir, refine_at_every_bound_case())])
+
+
+@pytest.mark.slow
+def test_tensorflow_only_process_refuses_decoding_bombs_and_keeps_refinement_in_range(network, export_dir,
+                                                                                       permissive_export, tmp_path):
+    jobs = hostile_jobs(export_dir, permissive_export)
+    results = run_keras_free(jobs, tmp_path, memory_limit_bytes=MEMORY_LIMIT_BYTES, timeout_s=HOSTILE_TIMEOUT_S)
+    for (directory, case), (outputs, error) in zip(jobs, results, strict=True):
+        where = (f"tensorflow-only process under a {MEMORY_LIMIT_BYTES >> 30} GiB limit, "
+                 f"{os.path.basename(os.path.dirname(directory))}: {case.name}")
+        if case.expected_error:
+            assert outputs is None and error is not None, f"{where}: answered instead of refused"
+            assert error[0] == "InvalidArgumentError" and case.expected_error[1] in error[1], f"{where}: {error}"
+        else:
+            assert error is None, f"{where}: {error}"
+            assert_refined_within_the_image_domain(network, outputs, where)
+
+
+@pytest.mark.slow
+def test_cpp_loader_refuses_decoding_bombs_and_keeps_refinement_in_range(network, export_dir, permissive_export,
+                                                                         checker_binary, tmp_path):
+    jobs = hostile_jobs(export_dir, permissive_export)
+    for directory in (export_dir, permissive_export):
+        cases = [case for export, case in jobs if export == directory]
+        paths = serving_check.write_cases(cases, str(tmp_path / os.path.basename(os.path.dirname(directory))))
+        result = serving_check.run(checker_binary, directory, paths, timeout_s=HOSTILE_TIMEOUT_S,
+                                   memory_limit_bytes=MEMORY_LIMIT_BYTES)
+        for case, path in zip(cases, paths, strict=True):
+            if case.expected_error:
+                assert f"PASS {path} refused as expected: INVALID_ARGUMENT" in result.stdout, result.stdout[-6000:]
+            else:
+                assert f"PASS {path} ({sig.REFINE_THEN_CLASSIFY})" in result.stdout, result.stdout[-6000:]
+                assert_refined_within_the_image_domain(network, serving_check.read_response(path), f"C++ {case.name}")
 
 
 # -- the checker binary is never one someone else planted --------------------------------------

@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -183,6 +184,47 @@ def encode_image(pixels, image_format: str) -> bytes:
     return buffer.getvalue()
 
 
+# A lossless WebP of 16000x16000 black pixels in 34 bytes (Pillow 12 / libwebp 1.6:
+# Image.new("L", (16000, 16000)).save(b, "WEBP", lossless=True, quality=0, method=0)); stored, as
+# encoding it takes seconds. TensorFlow's decoder decodes it to 16000*16000*4 bytes (6.9 GB of
+# decoding memory counting its conversions); Pillow refuses to open it as a decompression bomb.
+WEBP_BOMB_16000 = bytes.fromhex("524946461a000000574542505650384c0e0000002f7ffe9f0f071011fd0f4444ff03")
+
+
+def lying_png(height: int, width: int, inflated_bytes: int) -> bytes:
+    """A grey PNG whose IHDR says height x width but whose zlib stream inflates to
+    `inflated_bytes` (zeros, compressed about 1000x), valid in every other respect."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    compressor = zlib.compressobj(9)
+    block = bytes(1 << 20)
+    parts = [compressor.compress(block) for _ in range(inflated_bytes >> 20)]
+    parts += [compressor.compress(bytes(inflated_bytes & ((1 << 20) - 1))), compressor.flush()]
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
+            + chunk(b"IEND", b""))
+
+
+def gif_with_frame_size(pixels, frame_height: int, frame_width: int) -> bytes:
+    """`pixels` as a GIF whose logical screen is their size but whose first frame descriptor says
+    frame_height x frame_width (giflib allocates the frame from the descriptor)."""
+    data = bytearray(encode_image(pixels, "GIF"))
+    position = 13
+    if data[10] & 0x80:  # a global colour table follows the screen descriptor
+        position += 3 * 2 ** ((data[10] & 7) + 1)
+    while data[position] == 0x21:  # extension blocks: label, then sub-blocks up to a 0 length
+        position += 2
+        while data[position]:
+            position += data[position] + 1
+        position += 1
+    if data[position] != 0x2C:
+        raise ValueError("No image descriptor found in the GIF Pillow wrote.")
+    data[position + 5:position + 9] = struct.pack("<HH", frame_width, frame_height)
+    return bytes(data)
+
+
 def format_inputs(image_shape) -> dict:
     """{case name: classify_image_bytes inputs}: every advertised format, encoded from grayscale and
     from colour pixels (decoded to the model's channel count either way). The JPEG images are one
@@ -232,7 +274,9 @@ def valid_cases(signature_defs: dict, image_shape, batch_sizes=(1, 3)) -> list:
 
 def bad_input_cases(image_shape, max_refine_steps: int, *, max_step_size: float = sig.DEFAULT_MAX_STEP_SIZE,
                     max_noise_std: float = sig.DEFAULT_MAX_NOISE_STD,
-                    max_batch_size: int = sig.DEFAULT_MAX_BATCH_SIZE) -> list:
+                    max_batch_size: int = sig.DEFAULT_MAX_BATCH_SIZE,
+                    max_image_bytes: int = sig.DEFAULT_MAX_IMAGE_BYTES,
+                    max_request_bytes: int = sig.DEFAULT_MAX_REQUEST_BYTES) -> list:
     """Requests every signature must refuse with INVALID_ARGUMENT, and the message part each
     refusal must contain (the messages say what was expected). The limits are the export's
     (`input_rules` in its metadata)."""
@@ -250,6 +294,8 @@ def bad_input_cases(image_shape, max_refine_steps: int, *, max_step_size: float 
         "wrong_size": (np.zeros((2, height + 1, width, channels), np.float32), "images must be float32"),
         "wrong_channels": (np.zeros((2, height, width, channels + 2), np.float32), "images must be float32"),
         "wrong_rank": (np.zeros((2, height, width), np.float32), "images must be float32"),
+        "rank_5": (np.zeros((2, height, width, channels, 1), np.float32), "images must be float32"),
+        "single_image_rank_3": (np.zeros((height, width, channels), np.float32), "images must be float32"),
         "empty_batch": (np.zeros((0, height, width, channels), np.float32), "at least one image"),
         "batch_too_large": (np.zeros((max_batch_size + 1, height, width, channels), np.float32), too_many),
         "nan": (images_with(np.nan), "images must be finite"),
@@ -269,7 +315,11 @@ def bad_input_cases(image_shape, max_refine_steps: int, *, max_step_size: float 
     refine_cases = {
         "steps_negative": ({sig.STEPS: -1}, f"steps must be in [0, {max_refine_steps}]"),
         "steps_too_many": ({sig.STEPS: max_refine_steps + 1}, f"steps must be in [0, {max_refine_steps}]"),
-        "steps_not_scalar": ({sig.STEPS: [1, 2]}, "steps must be an int32 scalar"),
+        "steps_not_scalar": ({sig.STEPS: [1, 2]}, "steps must be an int32 scalar (shape []); received shape"),
+        "steps_vector_of_one": ({sig.STEPS: [5]}, "steps must be an int32 scalar (shape []); received shape"),
+        "step_size_not_scalar": ({sig.STEP_SIZE: [1.0]}, "step_size must be a float32 scalar (shape [])"),
+        "noise_not_scalar": ({sig.NOISE_STD: [0.01, 0.01]}, "noise_std must be a float32 scalar (shape [])"),
+        "seed_scalar": ({sig.SEED: 3}, "seed must be int64 of shape [2]"),
         "noise_negative": ({sig.NOISE_STD: -0.01}, noise_rule),
         "noise_nan": ({sig.NOISE_STD: np.nan}, noise_rule),
         "step_size_negative": ({sig.STEP_SIZE: -1.0}, step_size_rule),
@@ -302,6 +352,9 @@ def bad_input_cases(image_shape, max_refine_steps: int, *, max_step_size: float 
                       ("INVALID_ARGUMENT", "to be float but double is provided")))
     # Checked on the header, before decoding: the message says so.
     wrong_size = f"every image must be {height}x{width} pixels"
+    not_a_format = "image_bytes: every image must be PNG, JPEG, BMP, GIF (recognised by its first bytes"
+    too_many_bytes = f"image_bytes: every image must be at most {max_image_bytes} bytes"
+    too_many_request_bytes = f"image_bytes must total at most {max_request_bytes} bytes"
     oversized_header = bytearray(_encoded_png(np.zeros((height, width, channels), np.uint8)))
     oversized_header[16:24] = struct.pack(">II", 20000, 20000)  # IHDR width, height: a 20000x20000 PNG
     bytes_cases = {
@@ -310,8 +363,24 @@ def bad_input_cases(image_shape, max_refine_steps: int, *, max_step_size: float 
         "empty_batch": ([], "at least one image"),
         "batch_too_large": ([_encoded_png(np.zeros((height, width, channels), np.uint8))] * (max_batch_size + 1),
                             too_many),
-        "not_an_image": ([b"definitely not an image"], "Unknown image file format"),
+        "not_an_image": ([b"definitely not an image"], not_a_format),
+        "empty_string": ([b""], not_a_format),
+        # 16000x16000 black pixels in a few KB; TensorFlow's decoder would allocate 6.9 GB.
+        "webp_16000x16000": ([WEBP_BOMB_16000], not_a_format),
+        # A GIF signature TensorFlow's decoder takes ("GIF8") but no GIF version: not a GIF here.
+        "gif_unknown_version": ([b"GIF8Xa" + struct.pack("<HH", 20000, 20000) + bytes(20)], not_a_format),
         "truncated_png": ([_encoded_png(np.zeros((height, width, channels), np.uint8))[:12]], wrong_size),
+        # The screen is H x W, the first frame says 65535x65535: giflib's own refusal (its 4 GB frame
+        # buffer is never filled: the LZW data runs out first, or the allocation fails).
+        "gif_frame_65535x65535": ([gif_with_frame_size(np.zeros((height, width, 3), np.uint8), 65535, 65535)],
+                                  "Invalid GIF data"),
+        # Cut before its SOF marker: tf.io.extract_jpeg_shape's own refusal, which names no input.
+        "truncated_jpeg": ([encode_image(np.zeros((height, width, 3), np.uint8), "JPEG")[:40]],
+                           "Invalid JPEG data"),
+        # IHDR says H x W, but the zlib stream inflates to about 1000x the compressed bytes.
+        "lying_png_over_max_image_bytes": ([lying_png(height, width, (max_image_bytes + 1) * 1100)],
+                                           too_many_bytes),
+        "request_over_max_request_bytes": ([b"\x89PNG" + bytes(max_request_bytes // 2)] * 2, too_many_request_bytes),
     }
     for image_format in sig.IMAGE_BYTES_FORMATS:
         wrong = encode_image(np.zeros((height + 1, width + 3, 3), np.uint8), image_format)
@@ -320,6 +389,12 @@ def bad_input_cases(image_shape, max_refine_steps: int, *, max_step_size: float 
         cases.append(Case(f"bad_bytes_{case}", client.build_request(sig.CLASSIFY_IMAGE_BYTES,
                                                                     {sig.IMAGE_BYTES: encoded}),
                           ("INVALID_ARGUMENT", message)))
+    # One image sent as a scalar string instead of a batch of one.
+    scalar = client.build_request(sig.CLASSIFY_IMAGE_BYTES, {sig.IMAGE_BYTES: [b"x"]})
+    scalar.inputs[sig.IMAGE_BYTES].CopyFrom(tf.make_tensor_proto(_encoded_png(np.zeros(image_shape, np.uint8))))
+    cases.append(Case("bad_bytes_scalar_string", scalar,
+                      ("INVALID_ARGUMENT", "image_bytes must be a string vector [batch] of encoded images; received "
+                                           "shape")))
     return cases
 
 
@@ -334,6 +409,8 @@ def bad_input_cases_for_export(export_dir: str) -> list:
         max_step_size=rules.get("max_step_size", sig.DEFAULT_MAX_STEP_SIZE),
         max_noise_std=rules.get("max_noise_std", sig.DEFAULT_MAX_NOISE_STD),
         max_batch_size=rules.get("max_batch_size", sig.DEFAULT_MAX_BATCH_SIZE),
+        max_image_bytes=rules.get("max_image_bytes", sig.DEFAULT_MAX_IMAGE_BYTES),
+        max_request_bytes=rules.get("max_request_bytes", sig.DEFAULT_MAX_REQUEST_BYTES),
     )
 
 
@@ -360,17 +437,34 @@ def read_response(request_path: str):
         return client.response_to_numpy(predict_pb2.PredictResponse.FromString(f.read()))
 
 
-def run(binary: str, export_dir: str, request_paths, timeout_s: float = 600) -> subprocess.CompletedProcess:
-    """Runs the checker (after `check_binary`); TensorFlow's C++ logging is quietened to warnings."""
+def memory_limit(limit_bytes: int | None):
+    """A `preexec_fn` capping a child's address space (RLIMIT_AS) at `limit_bytes` (None: no cap),
+    so that a decoding bomb fails the child instead of exhausting the machine."""
+    if limit_bytes is None:
+        return None
+    import resource  # noqa: PLC0415 (POSIX only; imported where a limit is asked for)
+
+    def apply():
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    return apply
+
+
+def run(binary: str, export_dir: str, request_paths, timeout_s: float = 600,
+        memory_limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+    """Runs the checker (after `check_binary`); TensorFlow's C++ logging is quietened to warnings.
+    `memory_limit_bytes` caps its address space (see `memory_limit`)."""
     check_binary(binary)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1"))
     return subprocess.run([binary, export_dir, *request_paths], capture_output=True, text=True,
-                          timeout=timeout_s, env=env)
+                          timeout=timeout_s, env=env, preexec_fn=memory_limit(memory_limit_bytes))
 
 
-def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_sizes=(1, 3), extra_cases=()):
+def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_sizes=(1, 3), extra_cases=(),
+                 memory_limit_bytes: int | None = None):
     """Builds the checker and runs every signature, every image format, the bad inputs and
-    `extra_cases` against `export_dir`, in one run of the checker.
+    `extra_cases` against `export_dir`, in one run of the checker (its address space capped at
+    `memory_limit_bytes`, e.g. in tests: the bad inputs include decoding bombs).
 
     Returns (completed process, cases, request paths).
     """
@@ -386,7 +480,7 @@ def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_
         cases += bad_input_cases_for_export(export_dir)
     cases += list(extra_cases)
     paths = write_cases(cases, work_dir)
-    return run(build(), export_dir, paths), cases, paths
+    return run(build(), export_dir, paths, memory_limit_bytes=memory_limit_bytes), cases, paths
 
 
 def main(argv):

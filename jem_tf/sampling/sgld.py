@@ -96,11 +96,12 @@ def compiled_sgld(jit_compile: bool = False):
     return _COMPILED[jit_compile]
 
 
-def refine(logits_fn, images, steps, step_size, noise_std, seed, score_scale=1.0):
-    """SGLD on log p~(x) seeded at the input: the paper's section 5.4 refinement."""
+def refine(logits_fn, images, steps, step_size, noise_std, seed, score_scale=1.0, clamp=False):
+    """SGLD on log p~(x) seeded at the input: the paper's section 5.4 refinement (`clamp`: keep
+    the chain in [-1, 1], see `sgld_sample`)."""
     return sgld_sample(
         energy.marginal_log_density(logits_fn), images, steps, step_size, noise_std, seed,
-        score_scale=score_scale,
+        score_scale=score_scale, clamp=clamp,
     )
 
 
