@@ -68,3 +68,20 @@ def test_training_optimizer_updates_like_torch_adam():
             optimizer.apply([np.array([g], np.float32)], [variable])
             ours.append(float(variable.numpy()[0]))
         np.testing.assert_allclose(ours, torch_adam(gradients, lr=0.1), rtol=1e-5, err_msg=f"gradients {gradients}")
+
+
+def test_a_keras_adam_checkpoint_restores_into_torch_adam(tmp_path):
+    # Runs saved before TorchAdam resume: the same optimizer variables, restored one for one.
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    variable = keras.Variable(np.zeros([2], np.float32))
+    old = keras.optimizers.Adam(0.1, epsilon=1e-8)
+    old.apply([np.array([0.5, -1.0], np.float32)], [variable])
+    path = tf.train.Checkpoint(optimizer=old).write(str(tmp_path / "ckpt"))
+    new = optimization.TorchAdam(0.1, epsilon=1e-8)
+    new.build([variable])
+    tf.train.Checkpoint(optimizer=new).read(path).assert_consumed()
+    assert int(new.iterations.numpy()) == 1
+    np.testing.assert_array_equal(new._momentums[0].numpy(), old._momentums[0].numpy())
+    np.testing.assert_array_equal(new._velocities[0].numpy(), old._velocities[0].numpy())
