@@ -21,9 +21,11 @@ run's log under OUTPUT_DIR/logs/. A run diverges when its own guard stops it (th
 1e8; jem_tf: |generative loss| > 1e8 or a non-finite loss, exit code 3) or when a logged value is not
 finite.
 
-Known differences that remain by design: the reference computes the cross-entropy on a second,
-independently drawn batch (jem_tf uses the p(x) batch), and evaluates its test accuracy with
-N(0, data_noise) input noise (jem_tf's trainer: clean images).
+jem_tf runs with `--xent_batch` (default `independent`): its cross-entropy then takes a second,
+independently drawn batch, as the reference's does (`--xent_batch=same`: the p(x) batch, jem_tf's
+default, as runs before this flag). Known differences that remain: the reference evaluates its test
+accuracy with N(0, data_noise) input noise (jem_tf's trainer: clean images); the rest are listed in
+docs/reference.md ("Remaining differences in training").
 
 Exit codes: 0 done (divergence is a result, not a failure); 1 a run crashed (its log is named);
 2 bad flags, data, checkout or torch Python.
@@ -81,6 +83,9 @@ def define_flags(flag_values=flags.FLAGS):
     define("integer", "buffer_size", 10000, "Replay buffer size (a multiple of the class count).", lower_bound=1)
     define("integer", "validation_size", 1000, "Random validation hold-out of the training images.", lower_bound=1)
     define("float", "data_noise", 0.03, "N(0, sigma) noise on training images.", lower_bound=0.0)
+    flags.DEFINE_enum("xent_batch", "independent", ["independent", "same"], "jem_tf's --xent_batch: independent "
+                      "(the reference's second batch for the cross-entropy) or same (the p(x) batch).",
+                      flag_values=flag_values)
     define("integer", "threads", 2, "Threads of each run (torch.set_num_threads; TensorFlow intra-op).",
            lower_bound=1)
     define("integer", "report_every", 50, "Steps per window of the printed curves.", lower_bound=1)
@@ -189,6 +194,7 @@ def run_ours(flag_values, seed: int, run_dir: str, log_dir: str) -> RunResult:
                f"--learning_rate={flag_values.learning_rate}", f"--warmup_steps={flag_values.warmup_steps}",
                f"--buffer_size={flag_values.buffer_size}", f"--validation_size={flag_values.validation_size}",
                f"--data_noise={flag_values.data_noise}", "--augmentation=crop_flip", f"--seed={seed}",
+               f"--xent_batch={flag_values.xent_batch}",
                f"--max_steps={flag_values.steps}", f"--epochs={never}", "--lr_decay_epochs=160,180",
                "--summary_every_steps=1", f"--sample_every_steps={never}", f"--checkpoint_every_steps={never}",
                "--export=false"]
@@ -294,7 +300,7 @@ def main(argv, flag_values=None):
                     width=flag_values.width, batch_size=flag_values.batch_size, sgld_steps=flag_values.sgld_steps,
                     learning_rate=flag_values.learning_rate, warmup_steps=flag_values.warmup_steps,
                     buffer_size=flag_values.buffer_size, validation_size=flag_values.validation_size,
-                    data_noise=flag_values.data_noise, threads=flag_values.threads,
+                    data_noise=flag_values.data_noise, xent_batch=flag_values.xent_batch, threads=flag_values.threads,
                     report_every=flag_values.report_every, official_results=flag_values.official_results,
                     jem_tf_results=flag_values.jem_tf_results, **facts)
     runs = []

@@ -323,6 +323,11 @@ def run_training(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.fp32_convolutions:
+        # PyTorch runs float32 convolutions on cuDNN in TF32 (10-bit mantissa) by default on Ampere and
+        # newer GPUs; jem_tf on CPU computes in float32 (docs/reference.md, "Remaining differences in training").
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     reference = import_reference(args.reference_dir)
     _StepBudget.max_steps, _StepBudget.handed_out = args.steps, 0
     captured = {}
@@ -365,6 +370,8 @@ def run_training(args) -> dict:
                   torch=torch.__version__)
     device = next(captured["f"].parameters()).device if "f" in captured else torch.device("cpu")
     result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if device.type == "cuda":  # what precision the convolutions ran in
+        result["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
     if not outcome["diverged"]:
         f = captured["f"]
         f.eval()
@@ -396,6 +403,8 @@ def main(argv=None):
     parser.add_argument("--n_valid", type=int, default=5000)
     parser.add_argument("--data_noise", type=float, default=3e-2)
     parser.add_argument("--output", help="train: write the result JSON here")
+    parser.add_argument("--fp32_convolutions", action="store_true",
+                        help="train on a GPU: turn off TF32 (cuDNN and matmul), which PyTorch uses by default")
     args = parser.parse_args(argv)
     # JSON answers go to the real stdout; anything the reference prints goes to stderr.
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")

@@ -40,3 +40,48 @@ def test_training_optimizer_is_the_reference_adam():
     optimizer = optimization.make_optimizer(schedule)
     assert optimizer.epsilon == 1e-8  # PyTorch's default, which the reference uses (Keras': 1e-7)
     assert float(optimizer.learning_rate) == 0.0  # step 0 of the warm-up
+
+
+def torch_adam(gradients, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+    """torch.optim.Adam's update (no weight decay, no amsgrad), transcribed in float64: the weights
+    after each gradient, starting from 0."""
+    w, m, v, weights = 0.0, 0.0, 0.0, []
+    for t, g in enumerate(gradients, start=1):
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        w -= lr / (1 - beta1**t) * m / (np.sqrt(v) / np.sqrt(1 - beta2**t) + eps)
+        weights.append(w)
+    return np.array(weights)
+
+
+def test_training_optimizer_updates_like_torch_adam():
+    # Gradients of 1e-8 make epsilon's place visible: Keras' Adam adds it to the uncorrected sqrt(v)
+    # (first step 0.03 instead of torch's 0.5); the larger ones check the ordinary regime.
+    import keras  # noqa: PLC0415
+
+    schedule = optimization.learning_rate_schedule(TrainConfig(learning_rate=0.1, warmup_steps=0), steps_per_epoch=10)
+    for gradients in ([1e-8, 2e-8, -1e-8, 3e-8], [0.5, -0.2, 1e-3, 2.0]):
+        optimizer = optimization.make_optimizer(schedule)
+        variable = keras.Variable(np.zeros([1], np.float32))
+        ours = []
+        for g in gradients:
+            optimizer.apply([np.array([g], np.float32)], [variable])
+            ours.append(float(variable.numpy()[0]))
+        np.testing.assert_allclose(ours, torch_adam(gradients, lr=0.1), rtol=1e-5, err_msg=f"gradients {gradients}")
+
+
+def test_a_keras_adam_checkpoint_restores_into_torch_adam(tmp_path):
+    # Runs saved before TorchAdam resume: the same optimizer variables, restored one for one.
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    variable = keras.Variable(np.zeros([2], np.float32))
+    old = keras.optimizers.Adam(0.1, epsilon=1e-8)
+    old.apply([np.array([0.5, -1.0], np.float32)], [variable])
+    path = tf.train.Checkpoint(optimizer=old).write(str(tmp_path / "ckpt"))
+    new = optimization.TorchAdam(0.1, epsilon=1e-8)
+    new.build([variable])
+    tf.train.Checkpoint(optimizer=new).read(path).assert_consumed()
+    assert int(new.iterations.numpy()) == 1
+    np.testing.assert_array_equal(new._momentums[0].numpy(), old._momentums[0].numpy())
+    np.testing.assert_array_equal(new._velocities[0].numpy(), old._velocities[0].numpy())

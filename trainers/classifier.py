@@ -62,6 +62,10 @@ class Classifier(WideResNet):
                 f"--generative_augmentation={config.generative_augmentation} changes the images of the log p(x) "
                 f"term, which --objective={config.objective} does not have. Leave it at 'same', or choose an "
                 "objective with a log p(x) term (jem).")
+        if config.xent_batch != "same" and "xent_batch" not in cls.config_class.field_names():
+            raise ValueError(
+                f"--xent_batch={config.xent_batch} draws the cross-entropy's batch apart from the log p(x) term's, "
+                f"which --objective={config.objective} does not have. Leave it at 'same', or choose jem.")
 
     @classmethod
     def uses_replay_buffer(cls, config) -> bool:

@@ -27,6 +27,8 @@ from typing import ClassVar
 CHAIN_INITS = ("uniform", "informative")
 # What the log p(x) data term sees: the augmented training images, or the same without crop/flip.
 GENERATIVE_AUGMENTATIONS = ("same", "none")
+# Which batch the cross-entropy sees: the log p(x) term's batch, or an independently drawn one (the reference).
+XENT_BATCHES = ("same", "independent")
 
 
 def require(config, condition: bool, name: str, expected: str) -> None:
@@ -102,6 +104,12 @@ class JEMConfig(ClassifierConfig):
         choices=GENERATIVE_AUGMENTATIONS,
         help="Images of the log p(x) data term: same (the augmented training images, as JEM) | none (the same "
              "images without crop or flip, keeping --data_noise; SADA-JEM)."))
+    xent_batch: str = dataclasses.field(default="same", metadata=dict(
+        choices=XENT_BATCHES,
+        help="Batch of the cross-entropy term: same (the log p(x) term's batch; the two log p~(x) of the data then "
+             "cancel exactly and the step's data gradient is -d f_y(x)) | independent (a second batch drawn, "
+             "shuffled, augmented and noised independently each step, as the reference's train_wrn_ebm.py: 2x the "
+             "data images per step, one more forward pass of batch_size images)."))
     energy_l2: float = dataclasses.field(default=0.0, metadata=dict(help=(
         "Stabiliser: adds energy_l2 * (mean E(x)^2 + mean E(x_hat)^2) to the jem loss, E = -log p~(x) = "
         "-logsumexp of the logits, over the data batch x and every SGLD sample x_hat of the step; it keeps "
@@ -135,6 +143,12 @@ class JEMConfig(ClassifierConfig):
                 f"--generative_augmentation={config.generative_augmentation} and --labels_per_class="
                 f"{config.labels_per_class} both choose the log p(x) term's images (the un-augmented view, or every "
                 "training image); pass only one.")
+        require(config, config.xent_batch in XENT_BATCHES, "xent_batch", f"one of {XENT_BATCHES}")
+        if config.xent_batch != "same" and (config.labels_per_class is not None
+                                            or config.generative_augmentation != "same"):
+            raise ValueError(
+                f"--xent_batch={config.xent_batch} gives the cross-entropy a batch of its own, as --labels_per_class "
+                "and --generative_augmentation=none already do (a second stream); pass only one of them.")
         require(config, config.energy_l2 >= 0, "energy_l2",
                 "a non-negative number (0: no energy penalty; advice: about 0.1)")
         if config.class_cond_p_x_sample and config.p_x_weight == 0:
