@@ -144,7 +144,8 @@ def test_an_old_config_json_still_loads_and_resumes_with_the_same_flags(objectiv
     path = OLD_CONFIGS / f"{objective}.json"
     saved = TrainConfig.load(str(path)).validate()
     old, loaded = json.loads(path.read_text()), json.loads(saved.to_json())
-    # Every field the old file had keeps its value; fields added since (e.g. xent_batch, restart_from_scratch) take their defaults.
+    # Every field the old file had keeps its value; fields added since (xent_batch, restart_from_scratch, ...)
+    # take their defaults.
     assert saved.objective == objective and {name: loaded[name] for name in old} == old
     defaults = json.loads(TrainConfig().to_json())
     added = set(loaded) - set(old)
