@@ -80,6 +80,11 @@ SEARCH = (
             ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
              "--learning_rate=3e-4", "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16",
              "--seed=0"), steps=1000),
+    RunSpec("s07_jem_lr3e-4_fp32", "s06 in float32 (and with the PyTorch-Adam parity change): whether the runaway "
+            "of s06 comes from bfloat16",
+            ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
+             "--learning_rate=3e-4", "--warmup_steps=200", "--buffer_size=10000", "--precision=float32",
+             "--seed=0"), steps=600),
     RunSpec("s05_jempp_5steps_lr3e-4", "JEM++ as s03 with 5 proximal SGLD steps (about half the cost of an "
             "iteration: more steps in the same time)",
             ("--objective=jempp", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=5",
