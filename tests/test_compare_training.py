@@ -160,6 +160,14 @@ def test_smoke_both_implementations_train_a_few_steps(tmp_path):
     assert "Diverged: official 0 of 1; jem_tf 0 of 1." in result.stdout
 
 
+def _main_in_process(*argv) -> int:
+    """compare_training's main with fresh flags (no subprocess: the runs it reads were made before)."""
+    flag_values = flags.FlagValues()
+    compare_training.define_flags(flag_values)
+    flag_values(["compare_training", *argv])
+    return compare_training.main(["compare_training"], flag_values)
+
+
 def test_official_runs_made_elsewhere_are_read_not_run(tmp_path):
     """--official_results: the reference ran on another machine (no torch here); its result files are
     read and reported beside jem_tf's runs, and a missing seed is refused before anything runs."""
@@ -170,16 +178,11 @@ def test_official_runs_made_elsewhere_are_read_not_run(tmp_path):
               for step in range(4)}
     (results / "official_seed1.json").write_text(json.dumps(
         dict(curves=curves, steps=4, diverged=False, test_accuracy=0.3, seconds=12.0)))
-    flag_values = flags.FlagValues()
-    compare_training.define_flags(flag_values)
     common = [f"--data={tmp_path / 'images'}", f"--output_dir={tmp_path / 'out'}", "--implementations=official",
               f"--official_results={results}", "--steps=4", "--report_every=2"]
-    flag_values(["compare_training", *common, "--seeds=1,2"])
-    assert compare_training.main(["compare_training"], flag_values) == compare_training.EXIT_BAD_INPUT
+    assert _main_in_process(*common, "--seeds=1,2") == compare_training.EXIT_BAD_INPUT
     assert not (tmp_path / "out" / "compare_training.json").exists()
-    flag_values.unparse_flags()
-    flag_values(["compare_training", *common, "--seeds=1"])
-    assert compare_training.main(["compare_training"], flag_values) == 0
+    assert _main_in_process(*common, "--seeds=1") == 0
     saved = json.loads((tmp_path / "out" / "compare_training.json").read_text())
     (run,) = saved["runs"]
     assert (run["implementation"], run["steps"], run["test_accuracy"], run["seconds"]) == ("official", 4, 0.3, 12.0)
@@ -207,15 +210,10 @@ def test_jem_tf_runs_made_before_are_read_not_run(tmp_path):
     for seed, state in ((1, "finished"), (2, "diverged"), (3, "running")):
         (ours / f"jem_tf_seed{seed}").mkdir(parents=True)
         _fake_jem_tf_workdir(ours / f"jem_tf_seed{seed}", state)
-    flag_values = flags.FlagValues()
-    compare_training.define_flags(flag_values)
     common = [f"--data={tmp_path / 'images'}", f"--output_dir={tmp_path / 'out'}", "--implementations=jem_tf",
               f"--jem_tf_results={ours}", "--steps=4", "--report_every=2"]
-    flag_values(["compare_training", *common, "--seeds=1,3"])
-    assert compare_training.main(["compare_training"], flag_values) == compare_training.EXIT_BAD_INPUT
-    flag_values.unparse_flags()
-    flag_values(["compare_training", *common, "--seeds=1,2"])
-    assert compare_training.main(["compare_training"], flag_values) == 0
+    assert _main_in_process(*common, "--seeds=1,3") == compare_training.EXIT_BAD_INPUT
+    assert _main_in_process(*common, "--seeds=1,2") == 0
     saved = json.loads((tmp_path / "out" / "compare_training.json").read_text())
     runs = {run["seed"]: run for run in saved["runs"]}
     assert (runs[1]["diverged"], runs[1]["test_accuracy"], runs[1]["steps"]) == (False, 0.2, 4)
