@@ -85,6 +85,11 @@ SEARCH = (
             ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
              "--learning_rate=3e-4", "--warmup_steps=200", "--buffer_size=10000", "--precision=float32",
              "--seed=0"), steps=600),
+    RunSpec("s08_jem_lr3e-4_fp32_xent_independent", "s07 with the cross-entropy on its own batch, as the official "
+            "code does (--xent_batch=independent): whether that is the difference behind s06/s07's runaway",
+            ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
+             "--learning_rate=3e-4", "--warmup_steps=200", "--buffer_size=10000", "--precision=float32",
+             "--xent_batch=independent", "--seed=0"), steps=600),
     RunSpec("s05_jempp_5steps_lr3e-4", "JEM++ as s03 with 5 proximal SGLD steps (about half the cost of an "
             "iteration: more steps in the same time)",
             ("--objective=jempp", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=5",
@@ -469,6 +474,7 @@ def define_flags(flag_values=flags.FLAGS):
     define("string", "family_results_dir", os.path.join(REPO_ROOT, "docs/results/variants_cifar"),
            "The variant table's CIFAR rows (benchmarks.variants --mode=cifar).")
     define("list", "compare_training_json", [os.path.join(REPO_ROOT, "docs/results/compare_training_cifar.json"),
+                                             os.path.join(REPO_ROOT, "docs/results/compare_training_cifar_fp32.json"),
                                              os.path.join(REPO_ROOT, "docs/results/compare_training_cifar_full.json")],
            "benchmarks.compare_training JSON files for the official-code comparisons (each shown when present): the "
            "recipe's budget on the subset, the paper's settings scaled to a CPU on the whole set.")

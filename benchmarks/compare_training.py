@@ -145,7 +145,8 @@ def read_official(output: str, seed: int, seconds: float, log_path: str) -> RunR
     run = RunResult("official", seed, {int(k): v for k, v in result["curves"].items()}, steps=result["steps"],
                     diverged=result["diverged"], diverged_at=result.get("step"), reason=result.get("reason", ""),
                     test_accuracy=result.get("test_accuracy"), seconds=seconds, log=log_path,
-                    device=result.get("device", "cpu"))
+                    device=result.get("device", "cpu")
+                    + (", TF32 off" if result.get("cudnn_allow_tf32") is False else ""))
     return mark_non_finite(run)
 
 
