@@ -90,6 +90,11 @@ SEARCH = (
             ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
              "--learning_rate=3e-4", "--warmup_steps=200", "--buffer_size=10000", "--precision=float32",
              "--xent_batch=independent", "--seed=0"), steps=600),
+    RunSpec("s09_jempp_uniform_lr1e-3", "s04 with chains started from U(-1, 1) instead of class Gaussians: whether "
+            "JEM++'s sampler keeps s04's accuracy while log p(x) learns to reject uniform noise again (s01: AUROC 1.0)",
+            ("--objective=jempp", "--chain_init=uniform", "--depth=10", "--width=2", "--batch_size=64",
+             "--learning_rate=1e-3", "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16",
+             "--seed=0"), steps=1000),
     RunSpec("s05_jempp_5steps_lr3e-4", "JEM++ as s03 with 5 proximal SGLD steps (about half the cost of an "
             "iteration: more steps in the same time)",
             ("--objective=jempp", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=5",
