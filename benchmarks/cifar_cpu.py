@@ -95,11 +95,6 @@ SEARCH = (
             ("--objective=jempp", "--chain_init=uniform", "--depth=10", "--width=2", "--batch_size=64",
              "--learning_rate=1e-3", "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16",
              "--seed=0"), steps=1000),
-    RunSpec("s05_jempp_5steps_lr3e-4", "JEM++ as s03 with 5 proximal SGLD steps (about half the cost of an "
-            "iteration: more steps in the same time)",
-            ("--objective=jempp", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=5",
-             "--learning_rate=3e-4", "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16",
-             "--seed=0"), steps=1000),
 )
 
 SEEDS = (0, 1, 2)
