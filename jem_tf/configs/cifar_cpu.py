@@ -8,6 +8,9 @@ WRN-10-2 without normalisation, batch 64, 10 SGLD steps of size 1 with noise 0.0
 buffer re-initialised at 5 %, energy L2 0.1 with chains clamped to [-1, 1], mixed_bfloat16, N(0, 0.03)
 data noise, crops and flips (the folder datasets' augmentation).
 
+Provisional: these are the first search row's settings (`s01` on docs/cifar_cpu.md); the search has
+not chosen a recipe yet, and the rows so far trade accuracy against log p(x) OOD separation.
+
 The budget is a step count, `max_steps` (6,000): the run stops there whatever the data set's size,
 so the subset (10,000 JPEGs) and the whole training set (50,000) get the same budget. Its measured
 training time on the 2-core machine, with the accuracy and OOD numbers it reaches and the search that
