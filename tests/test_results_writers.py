@@ -15,7 +15,7 @@ from absl import flags
 
 from benchmarks import compare_reference, compare_training, reference_report, results_json, train_step
 from benchmarks.training_curves import RunResult
-from tools import measure_quick_run, results_tables
+from tools import measure_quick_run, measure_test_suite, results_tables
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
@@ -169,3 +169,18 @@ def test_training_writes_no_docs():
     # The quick-run table comes from tools.measure_quick_run; a training run never touches docs/.
     for module in ("jem_tf/train.py", "trainers/loop.py"):
         assert "docs/results" not in (REPO / module).read_text() and "results_json" not in (REPO / module).read_text()
+
+
+def test_the_suites_counts_and_time_come_from_pytests_closing_line(tmp_path):
+    log = "....F.s\n=========== 780 passed, 1 failed, 3 skipped, 2 warnings in 842.50s (0:14:02) ===========\n"
+    counts = measure_test_suite.counts_of(log)
+    assert counts == {"passed": 780, "failed": 1, "skipped": 3, "warnings": 2}
+    assert measure_test_suite.counts_of("12 passed in 3.10s\n") == {"passed": 12}
+    table = measure_test_suite.suite_table(counts, 842.5, "a training run",
+                                           dict(commit="abc1234", machine="m", date="d", command="c"))
+    assert table["rows"] == [[780, 1, 3, 14.0, "a training run"]]
+    assert len(table["columns"]) == len(table["align"]) == len(table["rows"][0])
+    with pytest.raises(ValueError, match="closing line"):
+        measure_test_suite.counts_of("collected 0 items\n")
+    (tmp_path / "log").write_text("no summary here\n")
+    assert measure_test_suite.main([f"--log={tmp_path / 'log'}", "--seconds=1", "--commit=abc"]) == 2
