@@ -106,12 +106,8 @@ def test_a_flag_the_objective_does_not_read_is_refused_naming_the_objectives_tha
 
 
 def test_train_main_exits_2_naming_the_unread_flag_and_its_objectives(monkeypatch, tmp_path):
-    errors = logged_errors(monkeypatch)
-    flag_values = train_flags("--objective=classifier", "--sgld_steps=5", f"--workdir={tmp_path / 'run'}")
-    monkeypatch.setattr(flags, "FLAGS", flag_values)
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(["jem_tf.train"])
-    assert exit_info.value.code == cli.EXIT_BAD_INPUT
+    code, errors = _train_main(monkeypatch, "--objective=classifier", "--sgld_steps=5", f"--workdir={tmp_path / 'run'}")
+    assert code == cli.EXIT_BAD_INPUT
     assert len(errors) == 1 and "--sgld_steps is read by --objective=jem and jempp only" in errors[0]
     assert not (tmp_path / "run").exists()
 
@@ -263,13 +259,18 @@ def logged_errors(monkeypatch):
     return errors
 
 
-def test_train_main_exits_2_naming_a_bad_list_entry_before_importing_tensorflow(monkeypatch, tmp_path):
+def _train_main(monkeypatch, *argv):
+    """jem_tf.train's main in process on fresh flags: (its exit code, the errors it logged)."""
     errors = logged_errors(monkeypatch)
-    flag_values = train_flags("--preset=quick", "--lr_decay_epochs=5,x", f"--workdir={tmp_path / 'run'}")
-    monkeypatch.setattr(flags, "FLAGS", flag_values)
+    monkeypatch.setattr(flags, "FLAGS", train_flags(*argv))
     with pytest.raises(SystemExit) as exit_info:
         train.main(["jem_tf.train"])
-    assert exit_info.value.code == cli.EXIT_BAD_INPUT
+    return exit_info.value.code, errors
+
+
+def test_train_main_exits_2_naming_a_bad_list_entry_before_importing_tensorflow(monkeypatch, tmp_path):
+    code, errors = _train_main(monkeypatch, "--preset=quick", "--lr_decay_epochs=5,x", f"--workdir={tmp_path / 'run'}")
+    assert code == cli.EXIT_BAD_INPUT
     assert errors == ["--lr_decay_epochs=5,x is invalid: 'x' is not a whole number; expected comma-separated whole "
                       "numbers."]
     assert not (tmp_path / "run").exists()
