@@ -95,6 +95,11 @@ SEARCH = (
             ("--objective=jempp", "--chain_init=uniform", "--depth=10", "--width=2", "--batch_size=64",
              "--learning_rate=1e-3", "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16",
              "--seed=0"), steps=1000),
+    RunSpec("s10_jem_stab_lr1e-3", "s01 (stable, log p(x) rejects uniform noise) at Adam 1e-3: whether the "
+            "stabilisers keep it stable at s04's learning rate",
+            ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
+             "--learning_rate=1e-3", "--warmup_steps=200", "--buffer_size=10000", "--energy_l2=0.1", "--sgld_clamp",
+             "--precision=mixed_bfloat16", "--seed=0"), steps=1000),
 )
 
 SEEDS = (0, 1, 2)
