@@ -55,51 +55,58 @@ EVALUATIONS = {
 FIGURES = ("reliability_diagram", "ood_histograms_digits", "ood_histograms_uniform", "samples_fresh_unconditional",
            "samples_fresh_conditional", "robustness")
 
+# What every search row shares: the network, the batch, the warm-up, the buffer and the seed.
+SEARCH_SHARED_FLAGS = ("--depth=10", "--width=2", "--batch_size=64", "--warmup_steps=200", "--buffer_size=10000",
+                       "--seed=0")
+
+
+def search_row(name: str, why: str, own_flags: tuple, steps: int = 1000) -> RunSpec:
+    """A search row: what it tries (objective, sampler, learning rate, precision) on the shared flags."""
+    return RunSpec(name, why, (*own_flags, *SEARCH_SHARED_FLAGS), steps=steps)
+
+
 # Every setting tried in the recipe search, in the order tried. Steps: each row's own budget.
 SEARCH = (
-    RunSpec("s01_jem_stab_lr3e-4", "JEM + energy L2 0.1 + clamped chains (wgrathwohl/JEM issue #4, JEM++), Adam "
-            "3e-4, 10 SGLD steps, bf16",
-            ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
-             "--learning_rate=3e-4", "--warmup_steps=200", "--buffer_size=10000", "--energy_l2=0.1", "--sgld_clamp",
-             "--precision=mixed_bfloat16", "--seed=0"), steps=1000),
-    RunSpec("s02_sada_bn_lr1e-3", "SADA-JEM (Yang, Su & Ji 2023): batch norm, ASAM rho 2, un-augmented log p(x), "
-            "5 noiseless SGLD steps; Adam 1e-3",
-            ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--norm=batch", "--sam_rho=2",
-             "--sam_adaptive", "--generative_augmentation=none", "--sgld_steps=5", "--sgld_noise=0", "--data_noise=0",
-             "--learning_rate=1e-3", "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16",
-             "--seed=0"), steps=1000),
-    RunSpec("s03_jempp_lr3e-4", "JEM++ (Yang & Ji 2021): proximal sampler, informative initialisation; Adam 3e-4",
-            ("--objective=jempp", "--depth=10", "--width=2", "--batch_size=64", "--learning_rate=3e-4",
-             "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16", "--seed=0"), steps=1000),
-    RunSpec("s04_jempp_lr1e-3", "JEM++ as s03 with Adam 1e-3 (s03's samples tracked the data closely: room for a "
-            "faster learning rate)",
-            ("--objective=jempp", "--depth=10", "--width=2", "--batch_size=64", "--learning_rate=1e-3",
-             "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16", "--seed=0"), steps=1000),
-    RunSpec("s06_jem_lr3e-4", "plain JEM (no stabilisers) at Adam 3e-4: the official code at these settings trained "
-            "6,000 steps on 2 seeds without diverging (test accuracy 0.41; docs/results/compare_training_cifar.json)",
-            ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
-             "--learning_rate=3e-4", "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16",
-             "--seed=0"), steps=1000),
-    RunSpec("s07_jem_lr3e-4_fp32", "s06 in float32 (and with the PyTorch-Adam parity change): whether the runaway "
-            "of s06 comes from bfloat16",
-            ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
-             "--learning_rate=3e-4", "--warmup_steps=200", "--buffer_size=10000", "--precision=float32",
-             "--seed=0"), steps=600),
-    RunSpec("s08_jem_lr3e-4_fp32_xent_independent", "s07 with the cross-entropy on its own batch, as the official "
-            "code does (--xent_batch=independent): whether that is the difference behind s06/s07's runaway",
-            ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
-             "--learning_rate=3e-4", "--warmup_steps=200", "--buffer_size=10000", "--precision=float32",
-             "--xent_batch=independent", "--seed=0"), steps=600),
-    RunSpec("s09_jempp_uniform_lr1e-3", "s04 with chains started from U(-1, 1) instead of class Gaussians: whether "
-            "JEM++'s sampler keeps s04's accuracy while log p(x) learns to reject uniform noise again (s01: AUROC 1.0)",
-            ("--objective=jempp", "--chain_init=uniform", "--depth=10", "--width=2", "--batch_size=64",
-             "--learning_rate=1e-3", "--warmup_steps=200", "--buffer_size=10000", "--precision=mixed_bfloat16",
-             "--seed=0"), steps=1000),
-    RunSpec("s10_jem_stab_lr1e-3", "s01 (stable, log p(x) rejects uniform noise) at Adam 1e-3: whether the "
-            "stabilisers keep it stable at s04's learning rate",
-            ("--objective=jem", "--depth=10", "--width=2", "--batch_size=64", "--sgld_steps=10",
-             "--learning_rate=1e-3", "--warmup_steps=200", "--buffer_size=10000", "--energy_l2=0.1", "--sgld_clamp",
-             "--precision=mixed_bfloat16", "--seed=0"), steps=1000),
+    search_row("s01_jem_stab_lr3e-4",
+               "JEM + energy L2 0.1 + clamped chains (wgrathwohl/JEM issue #4, JEM++), Adam 3e-4, 10 SGLD steps, "
+               "bf16",
+               ("--objective=jem", "--sgld_steps=10", "--learning_rate=3e-4", "--energy_l2=0.1", "--sgld_clamp",
+                "--precision=mixed_bfloat16")),
+    search_row("s02_sada_bn_lr1e-3",
+               "SADA-JEM (Yang, Su & Ji 2023): batch norm, ASAM rho 2, un-augmented log p(x), 5 noiseless SGLD "
+               "steps; Adam 1e-3",
+               ("--objective=jem", "--norm=batch", "--sam_rho=2", "--sam_adaptive", "--generative_augmentation=none",
+                "--sgld_steps=5", "--sgld_noise=0", "--data_noise=0", "--learning_rate=1e-3",
+                "--precision=mixed_bfloat16")),
+    search_row("s03_jempp_lr3e-4",
+               "JEM++ (Yang & Ji 2021): proximal sampler, informative initialisation; Adam 3e-4",
+               ("--objective=jempp", "--learning_rate=3e-4", "--precision=mixed_bfloat16")),
+    search_row("s04_jempp_lr1e-3",
+               "JEM++ as s03 with Adam 1e-3 (s03's samples tracked the data closely: room for a faster learning "
+               "rate)",
+               ("--objective=jempp", "--learning_rate=1e-3", "--precision=mixed_bfloat16")),
+    search_row("s06_jem_lr3e-4",
+               "plain JEM (no stabilisers) at Adam 3e-4: the official code at these settings trained 6,000 steps on "
+               "2 seeds without diverging (test accuracy 0.41; docs/results/compare_training_cifar.json)",
+               ("--objective=jem", "--sgld_steps=10", "--learning_rate=3e-4", "--precision=mixed_bfloat16")),
+    search_row("s07_jem_lr3e-4_fp32",
+               "s06 in float32 (and with the PyTorch-Adam parity change): whether the runaway of s06 comes from "
+               "bfloat16",
+               ("--objective=jem", "--sgld_steps=10", "--learning_rate=3e-4", "--precision=float32"), steps=600),
+    search_row("s08_jem_lr3e-4_fp32_xent_independent",
+               "s07 with the cross-entropy on its own batch, as the official code does (--xent_batch=independent): "
+               "whether that is the difference behind s06/s07's runaway",
+               ("--objective=jem", "--sgld_steps=10", "--learning_rate=3e-4", "--precision=float32",
+                "--xent_batch=independent"), steps=600),
+    search_row("s09_jempp_uniform_lr1e-3",
+               "s04 with chains started from U(-1, 1) instead of class Gaussians: whether JEM++'s sampler keeps "
+               "s04's accuracy while log p(x) learns to reject uniform noise again (s01: AUROC 1.0)",
+               ("--objective=jempp", "--chain_init=uniform", "--learning_rate=1e-3", "--precision=mixed_bfloat16")),
+    search_row("s10_jem_stab_lr1e-3",
+               "s01 (stable, log p(x) rejects uniform noise) at Adam 1e-3: whether the stabilisers keep it stable at "
+               "s04's learning rate",
+               ("--objective=jem", "--sgld_steps=10", "--learning_rate=1e-3", "--energy_l2=0.1", "--sgld_clamp",
+                "--precision=mixed_bfloat16")),
 )
 
 SEEDS = (0, 1, 2)
