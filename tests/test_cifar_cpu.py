@@ -45,7 +45,7 @@ def test_the_preset_is_the_issues_starting_recipe_with_a_step_budget():
     config = get_preset("cifar_cpu")
     assert (config.objective, config.depth, config.width, config.norm, config.batch_size) == ("jem", 10, 2, "none", 64)
     assert (config.sgld_steps, config.sgld_step_size, config.sgld_noise) == (10, 1.0, 0.01)
-    assert (config.learning_rate, config.warmup_steps, config.buffer_size, config.reinit_freq) == (3e-4, 200, 10000,
+    assert (config.learning_rate, config.warmup_steps, config.buffer_size, config.reinit_freq) == (1e-3, 200, 10000,
                                                                                                   0.05)
     assert (config.energy_l2, config.sgld_clamp, config.precision, config.data_noise) == (0.1, True, "mixed_bfloat16",
                                                                                           0.03)
