@@ -396,9 +396,8 @@ def render_page(records: dict, family: dict, compares: list, results_dir: str, p
         lines += run_table(jem, with_why=False)
         lines += [f"Test accuracy {_mean_sd([_get(r, ACCURACY) for r in jem])}; recoveries "
                   f"{sum(r.get('recovery_count', 0) for r in jem)} in all; training wall time "
-                  + ", ".join(f"{r['train_wall_s'] / 60:.1f} min" for r in jem) + " (the machine: "
-                  + "; ".join(sorted({f"{(r.get('machine') or {}).get('cpu')}, {(r.get('machine') or {}).get('cores')}"
-                                      " cores" for r in jem})) + ").", ""]
+                  + ", ".join(f"{r['train_wall_s'] / 60:.1f} min" for r in jem)
+                  + " (each run's machine and its load are in its JSON).", ""]
     else:
         lines += ["Not run yet.", ""]
     lines += ["## JEM against the classifier with the same budget (the paper's section 5)", ""]
