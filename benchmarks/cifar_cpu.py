@@ -33,7 +33,7 @@ import sys
 
 from absl import app, flags, logging
 
-from benchmarks import run_harness
+from benchmarks import results_json, run_harness
 from benchmarks.run_harness import RunSpec
 
 REPO_ROOT = run_harness.REPO_ROOT
@@ -455,9 +455,61 @@ def summary_figure(records, path: str) -> str | None:
     return path
 
 
+HEADLINE_NAME = "cifar_cpu_headline"  # docs/results/cifar_cpu_headline.json, the README's table
+
+
+def headline_table(records: dict) -> dict | None:
+    """The README's table (tools.results_tables format): the recipe over its seeds and the
+    same-budget classifier, each with the commits, machines and dates of its runs; None before any
+    recipe seed has a result."""
+    seeds = [r for r in records.values() if r.get("group") == "seeds"]
+    if not seeds:
+        return None
+    baseline = [r for r in records.values() if r.get("group") == "baseline"]
+    columns = ["model", "runs", "steps", "test accuracy", "ECE", "log p(x) AUROC vs uniform noise",
+               "log p(x) AUROC vs digits", "diverged or recovered"]
+    rows, runs = [], []
+    for label, group in (("JEM, `--preset=cifar_cpu`", seeds), ("classifier, same wall clock", baseline)):
+        if not group:
+            continue
+        runs += group
+        unstable = sum(r["outcome"] != "finished" or r.get("recovery_count", 0) > 0 for r in group)
+        rows.append([label, len(group), " / ".join(sorted({str(r.get("steps_reached")) for r in group})),
+                     _mean_sd([_get(r, ACCURACY) for r in group]).replace(f" ({len(group)} runs)", "")
+                     .replace(" (1 run)", ""),
+                     _fmt(_mean([_get(r, ECE) for r in group])),
+                     _fmt(_mean([_get(r, "ood/uniform/log_px/auroc") for r in group])),
+                     _fmt(_mean([_get(r, "ood/digits/log_px/auroc") for r in group])),
+                     f"{unstable} of {len(group)}"])
+
+    def field(key, text=str):
+        return " | ".join(f"{value} [{', '.join(names)}]" for value, names in _group_by(runs, key, text).items())
+
+    return dict(commit=field("commit"), machine=field("machine", _machine_text), date=field("date", lambda d: d[:10]),
+                command="python -m benchmarks.cifar_cpu --output_dir=DIR (this table: --page_only)",
+                columns=columns, rows=rows, align=["l", "r", "r", "r", "r", "r", "r", "r"],
+                notes=["CIFAR-10 JPEGs, 10,000 training and 2,000 test images, on 2 CPU cores; accuracy is the "
+                       "mean ± sd over the recipe's seeds. Every number, the search behind the recipe and the "
+                       "paper's claims at this scale: [docs/cifar_cpu.md](docs/cifar_cpu.md)."])
+
+
+def _group_by(runs, key, text) -> dict:
+    grouped = {}
+    for run in runs:
+        grouped.setdefault(text(run.get(key) or "unknown"), []).append(run["name"])
+    return grouped
+
+
+def _machine_text(machine) -> str:
+    if not isinstance(machine, dict):
+        return str(machine)
+    return f"{machine.get('cpu')}, {machine.get('cores')} cores"
+
+
 def write_page(results_dir: str, family_dir: str, compare_jsons: list, page: str,
-               figures_dir: str | None = None) -> str:
-    """The page (and, with figures_dir, its summary figure) from the JSON files alone."""
+               figures_dir: str | None = None, headline_dir: str | None = None) -> str:
+    """The page (and, with figures_dir, its summary figure) from the JSON files alone; with
+    headline_dir, also HEADLINE_NAME.json there, and the README's region rendered from it."""
     records = run_harness.load_results(results_dir)
     family = run_harness.load_results(family_dir)
     compares = [run_harness.read_json(path) for path in compare_jsons or ()]
@@ -472,6 +524,10 @@ def write_page(results_dir: str, family_dir: str, compare_jsons: list, page: str
     with open(page, "w") as f:
         f.write(text)
     logging.info("Wrote %s from %d run records.", page, len(records))
+    headline = headline_table(records) if headline_dir else None
+    if headline:
+        path = results_json.write(HEADLINE_NAME, headline, results=headline_dir)
+        logging.info("Wrote %s and the README's table from it.", path)
     return page
 
 
@@ -500,6 +556,9 @@ def define_flags(flag_values=flags.FLAGS):
            "benchmarks.compare_training JSON files for the official-code comparisons (each shown when present): the "
            "recipe's budget on the subset, the paper's settings scaled to a CPU on the whole set.")
     define("string", "page", os.path.join(REPO_ROOT, "docs/cifar_cpu.md"), "The results page to write.")
+    define("string", "headline_dir", os.path.join(REPO_ROOT, "docs/results"),
+           f"Where {HEADLINE_NAME}.json, the README's headline table, is written ('' for nowhere); the README is "
+           "re-rendered from it when this is the repository's docs/results.")
 
 
 def all_names() -> list:
@@ -520,7 +579,7 @@ def run_and_record(spec: RunSpec, settings, extra: dict | None = None) -> str:
         path = run_harness.write_result(record, spec, settings.output_dir, settings.results_dir, settings.figures_dir)
         logging.info("%s: %s; wrote %s", spec.name, status, path)
         write_page(settings.results_dir, settings.family_results_dir, settings.compare_training_json, settings.page,
-                   settings.figures_dir)
+                   settings.figures_dir, settings.headline_dir or None)
     else:
         logging.info("%s: %s", spec.name, status)
     return status
@@ -585,7 +644,7 @@ def main(argv, settings=None):
     settings = settings or flags.FLAGS
     if settings.page_only:
         write_page(settings.results_dir, settings.family_results_dir, settings.compare_training_json, settings.page,
-                   settings.figures_dir)
+                   settings.figures_dir, settings.headline_dir or None)
         return 0
     if not settings.output_dir:
         logging.error("--output_dir is required (the runs' directory), unless --page_only.")

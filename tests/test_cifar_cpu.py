@@ -20,6 +20,7 @@ from PIL import Image
 from benchmarks import cifar_cpu, run_harness, variants
 from jem_tf import train
 from jem_tf.configs import get_preset
+from tools import results_tables
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "cifar_cpu"
 TINY_FLAGS = ("--max_steps=2", "--batch_size=8", "--buffer_size=32", "--sgld_steps=1", "--width=1",
@@ -216,6 +217,20 @@ def test_the_page_and_its_claims_come_from_the_numbers(tmp_path):
         "| 65.0 min, 65.0 min, 65.0 min |  | **does not show** |")
 
 
+def test_the_readme_headline_table_comes_from_the_run_json(tmp_path):
+    page = tmp_path / "page.md"
+    cifar_cpu.write_page(str(FIXTURES), str(tmp_path / "none"), None, str(page), headline_dir=str(tmp_path))
+    table = results_tables.load(cifar_cpu.HEADLINE_NAME, tmp_path)
+    jem, classifier = table["rows"]
+    # The fixture's seed 2 needed one recovery.
+    assert jem[:2] == ["JEM, `--preset=cifar_cpu`", 3] and jem[3] == "0.410 ± 0.010" and jem[-1] == "1 of 3"
+    assert classifier[:2] == ["classifier, same wall clock", 1] and classifier[3] == "0.440"
+    assert all(f"[{name}" in table["commit"] or f", {name}" in table["commit"]
+               for name in ("recipe_seed0", "recipe_seed1", "recipe_seed2", "classifier"))
+    # Without a recipe seed there is no headline to write.
+    assert cifar_cpu.headline_table({}) is None
+
+
 def test_write_page_adds_the_summary_figure_and_large_figures_are_shrunk(tmp_path):
     page = tmp_path / "page.md"
     cifar_cpu.write_page(str(FIXTURES), str(tmp_path / "none"), None, str(page), str(tmp_path / "figures"))
@@ -294,7 +309,8 @@ def test_the_command_runs_everything_in_order_once_and_gives_the_classifier_the_
     settings = types.SimpleNamespace(
         output_dir=str(tmp_path / "runs"), data="subset", full_data="full", only=None, rerun=False,
         classifier_steps=None, results_dir=str(tmp_path / "results"), figures_dir=None,
-        family_results_dir=str(tmp_path / "family"), compare_training_json=None, page=str(tmp_path / "page.md"))
+        family_results_dir=str(tmp_path / "family"), compare_training_json=None, page=str(tmp_path / "page.md"),
+        headline_dir=None)
     assert cifar_cpu.run_all(settings) == 0
     trained = [name for module, name in calls if module == "jem_tf.train"]
     assert trained == cifar_cpu.all_names()
