@@ -6,9 +6,9 @@ same-wall-clock classifier, the whole training set, and the results page written
     python -m benchmarks.cifar_cpu --page_only                             # the page from the JSON alone
 
 Runs one at a time, in this order: the SEARCH rows (each a named setting with its source, flags and
-steps), the `cifar_cpu` preset on seeds 0, 1, 2, two short classifier calibration runs, the plain
+steps), the `cifar_cpu` preset on seeds 0, 1, 2, four short calibration runs (recipe and classifier), the plain
 classifier (same preset, network, data and augmentation) for the step count whose training loop
-takes as long as the recipe's lowest seed in --output_dir (measured, see `classifier_budget`), then the recipe and the
+takes as long as the recipe's (per-step times measured back to back, see `classifier_budget`), then the recipe and the
 classifier on the whole training set (`--full_data`). Every run is evaluated with `jem_tf.evaluate`
 (search rows: accuracy, calibration and OOD; the others also samples and PGD robustness through SGLD
 refinement). The run layout is `benchmarks/run_harness.py`'s (OUTPUT_DIR/NAME/{wd,eval,train.log,
@@ -35,6 +35,7 @@ from absl import app, flags, logging
 
 from benchmarks import results_json, run_harness
 from benchmarks.run_harness import RunSpec
+from jem_tf.configs.cifar_cpu import BUDGET_STEPS
 
 REPO_ROOT = run_harness.REPO_ROOT
 DEFAULT_DATA = "../shared/data/cifar10_jpg_subset"
@@ -111,7 +112,8 @@ SEARCH = (
 
 SEEDS = (0, 1, 2)
 RECIPE_WHY = "the chosen recipe: --preset=cifar_cpu"
-CALIBRATION_STEPS = (50, 250)  # two classifier lengths: their difference is the per-step time without start-up
+CALIBRATION_STEPS = (50, 250)  # two lengths: their difference is the per-step time without start-up
+CALIBRATED = (("recipe", "jem"), ("classifier", "classifier"))  # (run name part, --objective)
 
 
 def recipe_specs():
@@ -121,9 +123,12 @@ def recipe_specs():
 
 
 def calibration_specs():
-    return tuple(RunSpec(f"calib_classifier_{steps}", "per-step time of the classifier (not a result)",
-                         ("--preset=cifar_cpu", "--objective=classifier", "--export=false"), steps=steps,
-                         group="calibration", evaluation=None) for steps in CALIBRATION_STEPS)
+    """Two lengths of the recipe and of the classifier, run back to back on a quiet machine: the
+    difference of each pair is that objective's seconds per step without start-up."""
+    return tuple(RunSpec(f"calib_{name}_{steps}", f"per-step time of the {name} (not a result)",
+                         ("--preset=cifar_cpu", f"--objective={objective}", "--export=false"), steps=steps,
+                         group="calibration", evaluation=None)
+                 for name, objective in CALIBRATED for steps in CALIBRATION_STEPS)
 
 
 def classifier_spec(steps: int, full: bool = False) -> RunSpec:
@@ -142,46 +147,37 @@ def recipe_full_spec() -> RunSpec:
 def classifier_budget(output_dir: str, given_steps: int | None = None) -> dict:
     """The classifier's step count for the recipe's wall-clock budget, and how it was chosen.
 
-    Measured: (training-loop seconds of the recipe run in output_dir with the lowest seed - the
-    classifier's start-up seconds) / the classifier's seconds per step, both classifier figures from
-    the two calibration runs (CALIBRATION_STEPS): per step = difference of their loop seconds /
-    difference of their steps; start-up = the short run's loop seconds - its steps x per step. The
-    recipe seed and the calibration come from the same output_dir so that both were timed on the same
-    machine. Raises ValueError naming what is missing."""
+    Measured: the recipe's steps (BUDGET_STEPS) x the recipe's seconds per step / the classifier's
+    seconds per step, each per-step time from its pair of calibration runs (CALIBRATION_STEPS), which
+    ran back to back on the same machine: per step = difference of their training-loop seconds /
+    difference of their steps, so start-up (imports, data, graph building) cancels. The recipe seeds
+    themselves are not the clock: they run for an hour and may share the CPU with other work, which
+    makes them slower, not the budget longer. Raises ValueError naming what is missing."""
     if given_steps:
         return dict(steps=int(given_steps), method="given by --classifier_steps")
-    recipe_name, recipe, recipe_rc = None, None, None
-    for seed in SEEDS:
-        name = f"recipe_seed{seed}"
-        recipe = run_harness.read_json(os.path.join(output_dir, name, "wd", "metrics.json"))
-        recipe_rc = run_harness.read_json(os.path.join(output_dir, name, run_harness.TRAIN_RC_FILE))
-        if recipe is not None or recipe_rc is not None:
-            recipe_name = name
-            break
-    short, long = (run_harness.read_json(os.path.join(output_dir, f"calib_classifier_{steps}", "wd", "metrics.json"))
-                   for steps in CALIBRATION_STEPS)
-    if not (short and long) or recipe_name is None:
-        raise ValueError(f"the classifier's budget needs a finished recipe run (one of "
-                         f"{', '.join(f'recipe_seed{seed}' for seed in SEEDS)}) and both calibration runs in "
-                         f"{output_dir}")
-    if recipe is not None:
-        recipe_seconds, recipe_source = recipe["seconds_this_session"], f"{recipe_name} training-loop seconds"
-    else:
-        recipe_seconds, recipe_source = recipe_rc["wall_s"], f"{recipe_name} training command wall seconds (diverged)"
-    per_step = ((long["seconds_this_session"] - short["seconds_this_session"])
-                / (long["global_step"] - short["global_step"]))
-    if per_step <= 0:
-        raise ValueError(f"the calibration runs measured {per_step:.4f} s per classifier step; rerun them "
-                         "(--rerun --only=calib_classifier_50,calib_classifier_250) on a quieter machine")
-    startup = max(0.0, short["seconds_this_session"] - short["global_step"] * per_step)
-    # How busy the machine was as each measurement started (a shared machine makes steps slower).
-    loads = {name: ((run_harness.read_json(os.path.join(output_dir, name, run_harness.PROVENANCE_FILE)) or {})
-                    .get("machine") or {}).get("load_average_1min")
-             for name in (recipe_name, *(f"calib_classifier_{steps}" for steps in CALIBRATION_STEPS))}
-    steps = max(1, round((recipe_seconds - startup) / per_step))
-    return dict(steps=int(steps), method="(recipe seconds - classifier start-up) / classifier seconds per step, "
-                "from two calibration runs", recipe_seconds=recipe_seconds, recipe_source=recipe_source,
-                classifier_seconds_per_step=round(per_step, 5), classifier_startup_seconds=round(startup, 1),
+    per_step, loads = {}, {}
+    for name, _ in CALIBRATED:
+        runs = [f"calib_{name}_{steps}" for steps in CALIBRATION_STEPS]
+        short, long = (run_harness.read_json(os.path.join(output_dir, run, "wd", "metrics.json")) for run in runs)
+        if not (short and long):
+            raise ValueError(f"the classifier's budget needs the calibration runs {', '.join(runs)} finished in "
+                             f"{output_dir} (--only={','.join(runs)}, on a quiet machine)")
+        per_step[name] = ((long["seconds_this_session"] - short["seconds_this_session"])
+                          / (long["global_step"] - short["global_step"]))
+        if per_step[name] <= 0:
+            raise ValueError(f"the calibration runs measured {per_step[name]:.4f} s per {name} step; rerun them "
+                             f"(--rerun --only={','.join(runs)}) on a quieter machine")
+        # How busy the machine was as each measurement started (a shared machine makes steps slower).
+        for run in runs:
+            loads[run] = ((run_harness.read_json(os.path.join(output_dir, run, run_harness.PROVENANCE_FILE)) or {})
+                          .get("machine") or {}).get("load_average_1min")
+    steps = max(1, round(BUDGET_STEPS * per_step["recipe"] / per_step["classifier"]))
+    return dict(steps=int(steps), method=f"{BUDGET_STEPS} recipe steps x recipe seconds per step / classifier "
+                "seconds per step, both from calibration runs back to back on one machine",
+                recipe_seconds=round(BUDGET_STEPS * per_step["recipe"], 1),
+                recipe_source=f"{BUDGET_STEPS} steps x {per_step['recipe']:.4f} s per recipe step (calibration)",
+                recipe_seconds_per_step=round(per_step["recipe"], 5),
+                classifier_seconds_per_step=round(per_step["classifier"], 5),
                 calibration_steps=list(CALIBRATION_STEPS), load_average_1min_at_start=loads)
 
 

@@ -156,17 +156,20 @@ def test_the_classifier_budget_comes_from_measured_times(tmp_path):
         (tmp_path / name / "wd" / "metrics.json").write_text(json.dumps(
             {"global_step": steps, "seconds_this_session": seconds}))
 
-    with pytest.raises(ValueError, match="calibration"):
+    with pytest.raises(ValueError, match="calib_recipe_50, calib_recipe_250"):
         cifar_cpu.classifier_budget(str(tmp_path))
-    # The lowest recipe seed present in the output directory (timed on the same machine) sets the budget.
-    metrics("recipe_seed2", 6000, 9010.0)
-    metrics("recipe_seed1", 6000, 3010.0)
-    metrics("calib_classifier_50", 50, 15.0)  # 10 s start-up + 0.1 s per step
+    metrics("calib_recipe_50", 50, 45.0)  # 20 s start-up + 0.5 s per step
+    metrics("calib_recipe_250", 250, 145.0)
+    with pytest.raises(ValueError, match="calib_classifier_50, calib_classifier_250"):
+        cifar_cpu.classifier_budget(str(tmp_path))
+    metrics("calib_classifier_50", 50, 15.0)  # 10 s start-up + 0.1 s per step: start-ups cancel
     metrics("calib_classifier_250", 250, 35.0)
     budget = cifar_cpu.classifier_budget(str(tmp_path))
-    assert budget["steps"] == 30000 and budget["classifier_seconds_per_step"] == pytest.approx(0.1)
-    assert budget["recipe_source"] == "recipe_seed1 training-loop seconds"
-    assert set(budget["load_average_1min_at_start"]) == {"recipe_seed1", "calib_classifier_50", "calib_classifier_250"}
+    assert budget["steps"] == cifar_cpu.BUDGET_STEPS * 5
+    assert budget["recipe_seconds_per_step"] == pytest.approx(0.5)
+    assert budget["classifier_seconds_per_step"] == pytest.approx(0.1)
+    assert set(budget["load_average_1min_at_start"]) == {
+        "calib_recipe_50", "calib_recipe_250", "calib_classifier_50", "calib_classifier_250"}
     assert cifar_cpu.classifier_budget(str(tmp_path), given_steps=7)["method"] == "given by --classifier_steps"
 
 
