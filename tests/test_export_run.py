@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from export import archive, client, savedmodel, serving_check
 from export import signatures as sig
-from jem_tf import workdir as workdir_lib
 from jem_tf.configs.quick import get_config
+from jem_tf.workdir import restore
 from trainers.jem import JEM
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def restored_run(monkeypatch, tmp_path):
-    """`jem_tf.workdir.restore_run` answering with a small JEM's network (random weights)."""
+    """`jem_tf.workdir.restore.restore_run` answering with a small JEM's network (random weights)."""
     config = get_config()
     config.depth, config.width = 10, 1
     keras.utils.set_random_seed(0)
@@ -42,7 +42,7 @@ def restored_run(monkeypatch, tmp_path):
         calls.append((workdir, checkpoint, with_replay_buffer))
         return model.to_wide_resnet(), config, dict(run_info)
 
-    monkeypatch.setattr(workdir_lib, "restore_run", restore_run)
+    monkeypatch.setattr(restore, "restore_run", restore_run)
     return model, calls
 
 
@@ -129,7 +129,7 @@ def test_quick_training_run_exports_and_serves(tmp_path):
     for key in keys:
         np.testing.assert_array_equal(first.get_tensor(key), second.get_tensor(key), err_msg=key)
     # It serves the trained weights.
-    network = workdir_lib.restore_run(workdir, with_replay_buffer=False)[0]
+    network = restore.restore_run(workdir, with_replay_buffer=False)[0]
     images = serving_check.valid_inputs(sig.CLASSIFY, (8, 8, 1), batch_size=3)[sig.IMAGES]
     threshold = archive.read_metadata(path)["ood"]["threshold"]
     want = serving_oracle.expected_outputs(network, sig.CLASSIFY, {sig.IMAGES: images}, threshold)

@@ -13,9 +13,10 @@ import pytest
 import tensorflow as tf
 from train_hooks import wrap_train_step
 
-from jem_tf import workdir as workdir_lib
+from jem_tf import cli
 from jem_tf.configs import get_preset
 from jem_tf.evaluation import suite
+from jem_tf.workdir import checkpoints, lock, restore
 from trainers import loop
 
 FINAL_STEP = 10
@@ -51,7 +52,7 @@ def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
     metrics = loop.train(tiny_config(workdir))
     assert metrics["global_step"] == FINAL_STEP
-    assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 5, FINAL_STEP]
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 5, FINAL_STEP]
     return str(workdir)
 
 
@@ -96,7 +97,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_every_command(copy_of, refere
     # Evaluation and export (readers) restore the newest intact checkpoint and move nothing.
     run, _ = suite.restore_run(copy_of)
     assert run.checkpoint.endswith("ckpt-5") and run.global_step == 5 and run.has_replay_buffer
-    network, _, run_info = workdir_lib.restore_run(copy_of, with_replay_buffer=False)
+    network, _, run_info = restore.restore_run(copy_of, with_replay_buffer=False)
     assert run_info["global_step"] == 5 and not hasattr(network, "replay_buffer")
     assert sorted(os.listdir(checkpoints)) == before
     # Training moves the broken one aside, resumes from step 5 and ends where the intact run ended.
@@ -126,13 +127,13 @@ def test_export_of_a_run_with_a_damaged_newest_checkpoint_exports_the_intact_one
 def test_non_finite_weights_fail_verification(tmp_path):
     weight = tf.Variable(tf.ones([3]))
     path = tf.train.Checkpoint(model=tf.Module()).write(str(tmp_path / "empty"))
-    workdir_lib.verify_checkpoint(path)
+    checkpoints.verify_checkpoint(path)
     module = tf.Module()
     module.kernel = weight
     weight.assign([1.0, np.nan, 2.0])
     path = tf.train.Checkpoint(model=module).write(str(tmp_path / "nan"))
     with pytest.raises(ValueError, match="non-finite"):
-        workdir_lib.verify_checkpoint(path)
+        checkpoints.verify_checkpoint(path)
 
 
 @pytest.mark.parametrize("state_file", ["deleted", "garbled", "stale"])
@@ -170,11 +171,11 @@ def test_a_lost_state_file_is_rebuilt_not_read_as_no_checkpoint(copy_of, referen
 def test_a_second_writer_is_refused_naming_the_holder_and_nothing_is_written(copy_of):
     config_before = open(os.path.join(copy_of, "config.json")).read()
     metrics_before = open(os.path.join(copy_of, "metrics.json")).read()
-    with workdir_lib.WorkdirLock(copy_of):
-        with pytest.raises(workdir_lib.WorkdirLockedError, match=rf"PID {os.getpid()} on host") as refused:
+    with lock.WorkdirLock(copy_of):
+        with pytest.raises(lock.WorkdirLockedError, match=rf"PID {os.getpid()} on host") as refused:
             loop.train(tiny_config(copy_of, learning_rate=0.02))
         # Readers do not take the lock.
-        assert workdir_lib.restore_run(copy_of)[2]["global_step"] == FINAL_STEP
+        assert restore.restore_run(copy_of)[2]["global_step"] == FINAL_STEP
     assert refused.value.exit_code == 2
     assert open(os.path.join(copy_of, "config.json")).read() == config_before
     assert open(os.path.join(copy_of, "metrics.json")).read() == metrics_before
@@ -200,7 +201,7 @@ def test_a_signal_saves_a_checkpoint_and_a_rerun_continues_the_same_run(referenc
     status = json.load(open(os.path.join(workdir, "run_status.json")))
     assert status["state"] == "preempted" and status["step"] == 3
     assert status["signal"] == signal.Signals(signal_number).name
-    assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 3]
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 3]
     assert signal.getsignal(signal_number) is handler_before, "the loop's handler must be uninstalled"
     monkeypatch.undo()
     metrics = loop.train(tiny_config(workdir))
@@ -213,7 +214,7 @@ def test_time_based_checkpoints(tmp_path):
     workdir = str(tmp_path / "run")
     loop.train(tiny_config(workdir, max_steps=3, checkpoint_every_steps=1000, checkpoint_every_secs=1e-6,
                            keep_checkpoints=10))
-    assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 1, 2, 3]
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 1, 2, 3]
 
 
 def _nan_at_step(step_to_break, attempts, wild_chain_at=None, crash_at_replayed=None):
@@ -331,7 +332,7 @@ def test_a_reader_lists_again_when_the_trainer_rotates_a_checkpoint_away_under_i
     """The race export/evaluation meet on a training workdir, made deterministic: while the reader
     verifies ckpt-10, the trainer saves ckpt-11 and its rotation deletes every older checkpoint."""
     checkpoints = os.path.join(copy_of, "checkpoints")
-    original_verify = workdir_lib.verify_checkpoint
+    original_verify = checkpoints.verify_checkpoint
     rotated = []
 
     def verify_during_rotation(path):
@@ -346,8 +347,8 @@ def test_a_reader_lists_again_when_the_trainer_rotates_a_checkpoint_away_under_i
                     os.remove(os.path.join(checkpoints, name))
         return original_verify(path)
 
-    monkeypatch.setattr(workdir_lib, "verify_checkpoint", verify_during_rotation)
-    _, _, run_info = workdir_lib.restore_run(copy_of, with_replay_buffer=False)
+    monkeypatch.setattr(checkpoints, "verify_checkpoint", verify_during_rotation)
+    _, _, run_info = restore.restore_run(copy_of, with_replay_buffer=False)
     assert rotated == [os.path.join(checkpoints, f"ckpt-{FINAL_STEP}")]
     assert run_info["global_step"] == 11
     assert not os.path.exists(os.path.join(checkpoints, "broken")), "a reader moves nothing"
@@ -357,19 +358,19 @@ def test_state_file_repair_units(tmp_path):
     directory = str(tmp_path)
     for step in (3, 6):
         open(os.path.join(directory, f"ckpt-{step}.index"), "w").close()
-    assert workdir_lib.repair_checkpoint_state(directory) == [3, 6]
+    assert checkpoints.repair_checkpoint_state(directory) == [3, 6]
     state = tf.train.get_checkpoint_state(directory)
     assert state.model_checkpoint_path == os.path.join(directory, "ckpt-6")
     # Absolute paths of a workdir that was moved are stale.
     with open(os.path.join(directory, "checkpoint"), "w") as f:
         f.write('model_checkpoint_path: "/elsewhere/ckpt-6"\nall_model_checkpoint_paths: "/elsewhere/ckpt-3"\n'
                 'all_model_checkpoint_paths: "/elsewhere/ckpt-6"\n')
-    workdir_lib.repair_checkpoint_state(directory)
+    checkpoints.repair_checkpoint_state(directory)
     assert tf.train.get_checkpoint_state(directory).model_checkpoint_path == os.path.join(directory, "ckpt-6")
     # A state file naming checkpoints that are all gone is moved aside, not deleted.
     for step in (3, 6):
         os.remove(os.path.join(directory, f"ckpt-{step}.index"))
-    assert workdir_lib.repair_checkpoint_state(directory) == []
+    assert checkpoints.repair_checkpoint_state(directory) == []
     assert not os.path.exists(os.path.join(directory, "checkpoint"))
     assert [n.split(".")[0] for n in os.listdir(os.path.join(directory, "broken"))] == ["checkpoint"]
 
@@ -387,10 +388,10 @@ def test_a_repaired_workdir_rotates_like_a_fresh_one(copy_of, repair):
     else:
         _truncate(_data_file(copy_of, FINAL_STEP))
     loop.train(tiny_config(copy_of, max_steps=20, keep_checkpoints=2))
-    assert workdir_lib.checkpoint_steps(checkpoints) == [15, 20], "a fresh run to step 20 keeps 15 and 20"
+    assert checkpoints.checkpoint_steps(checkpoints) == [15, 20], "a fresh run to step 20 keeps 15 and 20"
     # The next start reads the state file the manager wrote: still nothing pinned.
     loop.train(tiny_config(copy_of, max_steps=25, keep_checkpoints=2))
-    assert workdir_lib.checkpoint_steps(checkpoints) == [20, 25]
+    assert checkpoints.checkpoint_steps(checkpoints) == [20, 25]
     assert sorted(n.split(".")[0] for n in os.listdir(checkpoints) if n.startswith("ckpt-")) == [
         "ckpt-20", "ckpt-20", "ckpt-25", "ckpt-25"]
 
@@ -401,7 +402,7 @@ def test_every_checkpoint_damaged_stops_instead_of_restarting_from_step_0(copy_o
         _truncate(_data_file(copy_of, step))
     kept = {name: open(os.path.join(copy_of, name)).read() for name in ("config.json", "run_status.json")}
     for _attempt in range(2):  # the evidence of progress survives the first refusal
-        with pytest.raises(workdir_lib.RunStopped,
+        with pytest.raises(cli.RunStopped,
                            match=r"made progress.*checkpoints/broken/.*--restart_from_scratch") as stopped:
             loop.train(tiny_config(copy_of))
         assert stopped.value.exit_code == 5
@@ -433,7 +434,7 @@ def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path, link
     workdir = tmp_path / "run"
     workdir.mkdir()
     (os.symlink if link == "symbolic" else os.link)(target, workdir / ".lock")
-    with pytest.raises(workdir_lib.RunStopped, match=r"\.lock.*(symbolic link|not a plain file)") as refused:
+    with pytest.raises(cli.RunStopped, match=r"\.lock.*(symbolic link|not a plain file)") as refused:
         loop.train(tiny_config(str(workdir), max_steps=1))
     assert refused.value.exit_code == 2
     assert target.read_text() == "keep me"

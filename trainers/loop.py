@@ -9,8 +9,8 @@ the learning-rate schedules), trainers/preemption.py (stop requests), trainers/o
 is trained); this module runs them and owns checkpoints, resume and divergence recovery.
 
 A run survives:
-  * being killed: it holds WORKDIR/.lock (jem_tf.workdir.WorkdirLock) and resumes from the newest
-    checkpoint that verifies (jem_tf.workdir.restore_newest); broken ones are moved aside;
+  * being killed: it holds WORKDIR/.lock (jem_tf.workdir.lock.WorkdirLock) and resumes from the newest
+    checkpoint that verifies (jem_tf.workdir.checkpoints.restore_newest); broken ones are moved aside;
   * preemption: SIGTERM or SIGINT finishes the current step, saves a checkpoint, writes
     run_status.json "preempted" and ends with exit code 128 + the signal (143 / 130);
   * divergence: a non-finite loss or a runaway generative loss restores the last good checkpoint
@@ -32,9 +32,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from jem_tf import cli, preflight
 from jem_tf import data as jem_data
-from jem_tf import preflight
-from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import (
     RECOVERY_STATE_FIELDS,
     TrainConfig,
@@ -43,6 +42,7 @@ from jem_tf.configs.base import (
     write_json_atomically,
 )
 from jem_tf.models.wide_resnet import NETWORK_LAYOUT, NETWORK_LAYOUT_KEY
+from jem_tf.workdir import checkpoints, lock, run_files
 from trainers import objectives
 from trainers.distribution import (
     classifier_evaluator,
@@ -69,7 +69,7 @@ class IncompatibleWorkdirError(ValueError):
     """The workdir holds a run made with settings that cannot be resumed by this one."""
 
 
-class TrainingPreemptedError(workdir_lib.RunStopped):
+class TrainingPreemptedError(cli.RunStopped):
     """SIGTERM/SIGINT: a checkpoint was saved at `step`; re-running the command resumes."""
 
     def __init__(self, message, step, signal_number):
@@ -79,7 +79,7 @@ class TrainingPreemptedError(workdir_lib.RunStopped):
         self.exit_code = PREEMPTED_EXIT_BASE + signal_number
 
 
-class WorkdirWriteError(workdir_lib.RunStopped):
+class WorkdirWriteError(cli.RunStopped):
     """A checkpoint or another run file could not be written (e.g. no space left on the device)."""
 
     exit_code = WORKDIR_WRITE_FAILED_EXIT
@@ -126,7 +126,7 @@ def _check_resumable(config: TrainConfig):
     Returns (resuming, config): resuming is True when the workdir already holds this run; config
     carries the saved run's recovery state (RECOVERY_STATE_FIELDS) over.
     """
-    config_path = os.path.join(config.workdir, workdir_lib.CONFIG_FILE)
+    config_path = os.path.join(config.workdir, run_files.CONFIG_FILE)
     if not os.path.exists(config_path):
         return False, config
     try:
@@ -148,13 +148,13 @@ def _check_resumable(config: TrainConfig):
 def _prepare_workdir(config: TrainConfig, data, training_data: dict) -> None:
     """Writes config and run info (with `training_data`, e.g. the labelled subset). Call with the
     workdir lock held."""
-    workdir_lib.write_config(config.workdir, config)
+    run_files.write_config(config.workdir, config)
     run_info = dict(
         dataset=data.name, image_shape=list(data.image_shape), num_classes=data.num_classes,
         class_names=list(data.class_names), num_train=data.num_train,
         num_validation=data.num_validation, num_test=data.num_test, **training_data,
     )
-    workdir_lib.write_run_info(config.workdir, run_info)
+    run_files.write_run_info(config.workdir, run_info)
 
 
 def train(config: TrainConfig, exporter=None) -> dict:
@@ -170,7 +170,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
     Raises:
       TrainingDivergedError: divergence after --max_recoveries automatic recoveries.
       TrainingPreemptedError: SIGTERM/SIGINT; a checkpoint was saved (exit code 128 + signal).
-      jem_tf.workdir.WorkdirLockedError: another process trains in this workdir.
+      jem_tf.workdir.lock.WorkdirLockedError: another process trains in this workdir.
       WorkdirWriteError: a checkpoint could not be written (e.g. disk full).
       IncompatibleWorkdirError, ValueError: bad settings, before anything is written.
     """
@@ -207,16 +207,16 @@ def train(config: TrainConfig, exporter=None) -> dict:
     # One writer per workdir, from the first file written to the last: the chief. Other workers of
     # a multi-worker run write nothing there and take no lock (on a shared filesystem theirs would
     # lock the chief out).
-    with workdir_lib.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
+    with lock.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
         if chief:
-            workdir_lib.clean_leftovers(config.workdir)
+            run_files.clean_leftovers(config.workdir)
         # Installed before the first checkpoint is read or written: a signal from here on ends with
         # a checkpoint.
         stop_requests = StopRequests().install()
 
         def status(state, **details):
             if chief:
-                workdir_lib.write_run_status(config.workdir, state, run.step, **details)
+                run_files.write_run_status(config.workdir, state, run.step, **details)
 
         try:
             run.start(resuming)
@@ -226,7 +226,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
         except TrainingDivergedError as error:
             status("diverged", message=str(error))
             raise
-        except (TrainingPreemptedError, workdir_lib.NoUsableCheckpointError):
+        except (TrainingPreemptedError, checkpoints.NoUsableCheckpointError):
             raise  # its status was written before; or the run's status is evidence of progress to keep
         except WorkdirWriteError as error:
             status("failed", message=str(error))
@@ -261,7 +261,7 @@ class _Run:
         self.total_steps = config.epochs * steps_per_epoch
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
-        self.checkpoint_dir = workdir_lib.checkpoint_dir(config.workdir)
+        self.checkpoint_dir = checkpoints.checkpoint_dir(config.workdir)
         # Saving is collective: every worker saves; non-chief workers to a temporary directory that
         # is removed after each save (TensorFlow's multi-worker checkpoint pattern).
         self.chief = is_chief(strategy)
@@ -280,10 +280,10 @@ class _Run:
     def start(self, resuming: bool):
         """Restores the newest checkpoint that verifies, or saves step 0. Call with the workdir lock held."""
         with self.strategy.scope():
-            restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=self.chief)
+            restored = checkpoints.restore_newest(self.checkpoint, self.checkpoint_dir, writer=self.chief)
         if not restored:
             # Every checkpoint damaged: never a silent restart from step 0 (unless asked for).
-            workdir_lib.require_checkpoint_or_restart(self.config.workdir, self.config.restart_from_scratch)
+            checkpoints.require_checkpoint_or_restart(self.config.workdir, self.config.restart_from_scratch)
         self.manager = self._make_manager()
         self.step = _optimizer_step(self.optimizer)
         self._check_workers_agree_on_step()
@@ -312,7 +312,7 @@ class _Run:
         that recovery restored; the chain re-initialisation it then made is in no checkpoint, so it
         is made again, identically (a stateless draw), to continue the same run. The learning-rate
         scale and SGLD steps come back from config.json."""
-        history = workdir_lib.read_json(os.path.join(self.config.workdir, workdir_lib.RECOVERIES_FILE), [])
+        history = run_files.read_json(os.path.join(self.config.workdir, run_files.RECOVERIES_FILE), [])
         last = history[-1] if history else None
         if last and last.get("restored_step") == self.step:
             self.model.reapply_recovery(last)
@@ -362,8 +362,8 @@ class _Run:
         train_step = distributed_train_step(model, self.strategy)
         evaluate = classifier_evaluator(model, self.strategy)
         if self.chief:
-            writer = tf.summary.create_file_writer(os.path.join(config.workdir, workdir_lib.TENSORBOARD_DIR))
-            workdir_lib.write_run_status(config.workdir, "running", self.step)
+            writer = tf.summary.create_file_writer(os.path.join(config.workdir, run_files.TENSORBOARD_DIR))
+            run_files.write_run_status(config.workdir, "running", self.step)
         else:
             writer = tf.summary.create_noop_writer()
         logging.info(
@@ -440,18 +440,18 @@ class _Run:
             return metrics
         if config.export and exporter is not None:
             metrics["export"] = exporter(config.workdir, self.step)
-        write_json_atomically(os.path.join(config.workdir, workdir_lib.METRICS_FILE), json.dumps(metrics, indent=2))
-        workdir_lib.write_run_status(config.workdir, "finished", self.step)
+        write_json_atomically(os.path.join(config.workdir, run_files.METRICS_FILE), json.dumps(metrics, indent=2))
+        run_files.write_run_status(config.workdir, "finished", self.step)
         logging.info("Finished at step %d: test accuracy %.4f. Metrics in %s.", self.step, test["accuracy"],
-                     os.path.join(config.workdir, workdir_lib.METRICS_FILE))
+                     os.path.join(config.workdir, run_files.METRICS_FILE))
         return metrics
 
     def _stop_preempted(self, signal_number):
         name = signal.Signals(signal_number).name
         if self.chief:
-            workdir_lib.write_run_status(self.config.workdir, "preempted", self.step, signal=name,
+            run_files.write_run_status(self.config.workdir, "preempted", self.step, signal=name,
                                          checkpoint=self.manager.latest_checkpoint)
-        saved = workdir_lib.checkpoint_path(self.checkpoint_dir, self.saved_step)
+        saved = checkpoints.checkpoint_path(self.checkpoint_dir, self.saved_step)
         raise TrainingPreemptedError(
             f"Stopped by {name} at step {self.step}; saved {saved}. Re-run the same command "
             "to resume.", self.step, signal_number)
@@ -471,7 +471,7 @@ class _Run:
                 "or another --seed."
             )
         with self.strategy.scope():
-            restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=self.chief)
+            restored = checkpoints.restore_newest(self.checkpoint, self.checkpoint_dir, writer=self.chief)
         if restored is None:
             raise TrainingDivergedError(
                 f"Training diverged at step {diverged_at}: {reason}, and no checkpoint restores to recover from.")
@@ -490,10 +490,10 @@ class _Run:
         change["recovery"] = config.recoveries
         change["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         # The effective values go into config.json, so a resumed run continues with them.
-        path = os.path.join(config.workdir, workdir_lib.RECOVERIES_FILE)
+        path = os.path.join(config.workdir, run_files.RECOVERIES_FILE)
         if self.chief:
-            workdir_lib.write_config(config.workdir, config)
-            history = workdir_lib.read_json(path, [])
+            run_files.write_config(config.workdir, config)
+            history = run_files.read_json(path, [])
             write_json_atomically(path, json.dumps(history + [change], indent=2))
         logging.warning(
             "Recovery %d of %d: training diverged at step %d (%s). Restored %s (step %d); learning rate x%g, "
@@ -521,9 +521,9 @@ def _write_sample_grid(model, workdir, step, count=64):
         return
     grid = image_grid(images)
     tf.summary.image("train/sgld_samples", grid[None])
-    os.makedirs(os.path.join(workdir, workdir_lib.SAMPLES_DIR), exist_ok=True)
+    os.makedirs(os.path.join(workdir, run_files.SAMPLES_DIR), exist_ok=True)
     # Atomically, and never through a link planted under the name (tf.io.write_file would follow it).
-    write_file_atomically(os.path.join(workdir, workdir_lib.SAMPLES_DIR, f"step_{step:07d}.png"),
+    write_file_atomically(os.path.join(workdir, run_files.SAMPLES_DIR, f"step_{step:07d}.png"),
                           tf.io.encode_png(grid).numpy())
 
 

@@ -18,7 +18,7 @@ class StopRequests:
     Why not tf.distribute.experimental.PreemptionCheckpointHandler: it supports only
     MultiWorkerMirroredStrategy and TPUStrategy (not the default or MirroredStrategy this loop
     runs), restores the latest checkpoint itself when created (bypassing the verified restore of
-    jem_tf.workdir), numbers checkpoints by its own run counter instead of the optimizer step the
+    jem_tf.workdir.checkpoints), numbers checkpoints by its own run counter instead of the optimizer step the
     data order is keyed on, watches SIGTERM only, and exits the process itself. Multi-worker
     training would call it where this is checked.
     """
