@@ -92,20 +92,20 @@ DAMAGES = {
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_a_damaged_newest_checkpoint_is_skipped_by_every_command(copy_of, reference, damage, caplog):
     DAMAGES[damage](copy_of)
-    checkpoints = os.path.join(copy_of, "checkpoints")
-    before = sorted(os.listdir(checkpoints))
+    checkpoint_folder = os.path.join(copy_of, "checkpoints")
+    before = sorted(os.listdir(checkpoint_folder))
     # Evaluation and export (readers) restore the newest intact checkpoint and move nothing.
     run, _ = suite.restore_run(copy_of)
     assert run.checkpoint.endswith("ckpt-5") and run.global_step == 5 and run.has_replay_buffer
     network, _, run_info = restore.restore_run(copy_of, with_replay_buffer=False)
     assert run_info["global_step"] == 5 and not hasattr(network, "replay_buffer")
-    assert sorted(os.listdir(checkpoints)) == before
+    assert sorted(os.listdir(checkpoint_folder)) == before
     # Training moves the broken one aside, resumes from step 5 and ends where the intact run ended.
     caplog.set_level("WARNING")
     metrics = loop.train(tiny_config(copy_of))
     assert metrics["steps_this_session"] == FINAL_STEP - 5
     assert_same_state(copy_of, reference)
-    broken_dir = os.path.join(checkpoints, "broken")
+    broken_dir = os.path.join(checkpoint_folder, "broken")
     broken = os.listdir(broken_dir) if os.path.isdir(broken_dir) else []
     if damage == "index deleted":
         assert broken == [], "a checkpoint without its index is not a candidate: nothing to move"
@@ -138,8 +138,8 @@ def test_non_finite_weights_fail_verification(tmp_path):
 
 @pytest.mark.parametrize("state_file", ["deleted", "garbled", "stale"])
 def test_a_lost_state_file_is_rebuilt_not_read_as_no_checkpoint(copy_of, reference, state_file):
-    checkpoints = os.path.join(copy_of, "checkpoints")
-    state_path = os.path.join(checkpoints, "checkpoint")
+    checkpoint_folder = os.path.join(copy_of, "checkpoints")
+    state_path = os.path.join(checkpoint_folder, "checkpoint")
     if state_file == "deleted":
         os.remove(state_path)
     elif state_file == "garbled":
@@ -148,21 +148,21 @@ def test_a_lost_state_file_is_rebuilt_not_read_as_no_checkpoint(copy_of, referen
     else:
         with open(state_path, "w") as f:
             f.write('model_checkpoint_path: "ckpt-0"\nall_model_checkpoint_paths: "ckpt-0"\n')
-    before = {name: os.path.getmtime(os.path.join(checkpoints, name)) for name in os.listdir(checkpoints)
+    before = {name: os.path.getmtime(os.path.join(checkpoint_folder, name)) for name in os.listdir(checkpoint_folder)
               if name.startswith("ckpt-")}
     # Leftovers of a killed run are cleaned at start.
-    os.makedirs(os.path.join(checkpoints, "ckpt-15_temp", "part-00000-of-00001"))
+    os.makedirs(os.path.join(checkpoint_folder, "ckpt-15_temp", "part-00000-of-00001"))
     os.makedirs(os.path.join(copy_of, "export", ".staging-15-999999999"))
     with open(os.path.join(copy_of, "config.json.tmp-999999999"), "w") as f:
         f.write("{")
     metrics = loop.train(tiny_config(copy_of))
     assert metrics["steps_this_session"] == 0, "it must resume at step 10, not restart at 0"
-    after = {name: os.path.getmtime(os.path.join(checkpoints, name)) for name in os.listdir(checkpoints)
+    after = {name: os.path.getmtime(os.path.join(checkpoint_folder, name)) for name in os.listdir(checkpoint_folder)
              if name.startswith("ckpt-")}
     assert after == before, "no good checkpoint may be rewritten"
-    assert tf.train.get_checkpoint_state(checkpoints).all_model_checkpoint_paths[:] == [
-        os.path.join(checkpoints, f"ckpt-{s}") for s in (0, 5, FINAL_STEP)]
-    assert not os.path.exists(os.path.join(checkpoints, "ckpt-15_temp"))
+    assert tf.train.get_checkpoint_state(checkpoint_folder).all_model_checkpoint_paths[:] == [
+        os.path.join(checkpoint_folder, f"ckpt-{s}") for s in (0, 5, FINAL_STEP)]
+    assert not os.path.exists(os.path.join(checkpoint_folder, "ckpt-15_temp"))
     assert not os.path.exists(os.path.join(copy_of, "export", ".staging-15-999999999"))
     assert not os.path.exists(os.path.join(copy_of, "config.json.tmp-999999999"))
     assert_same_state(copy_of, reference)
@@ -331,27 +331,27 @@ def test_recovery_reinitialises_only_wild_chains():
 def test_a_reader_lists_again_when_the_trainer_rotates_a_checkpoint_away_under_it(copy_of, monkeypatch):
     """The race export/evaluation meet on a training workdir, made deterministic: while the reader
     verifies ckpt-10, the trainer saves ckpt-11 and its rotation deletes every older checkpoint."""
-    checkpoints = os.path.join(copy_of, "checkpoints")
+    checkpoint_folder = os.path.join(copy_of, "checkpoints")
     original_verify = checkpoints.verify_checkpoint
     rotated = []
 
     def verify_during_rotation(path):
         if not rotated:
             rotated.append(path)
-            for name in os.listdir(checkpoints):
+            for name in os.listdir(checkpoint_folder):
                 if name.startswith(f"ckpt-{FINAL_STEP}."):  # the "new" checkpoint: same content, next step
-                    shutil.copy(os.path.join(checkpoints, name),
-                                os.path.join(checkpoints, name.replace(f"ckpt-{FINAL_STEP}.", "ckpt-11.")))
-            for name in os.listdir(checkpoints):
+                    shutil.copy(os.path.join(checkpoint_folder, name),
+                                os.path.join(checkpoint_folder, name.replace(f"ckpt-{FINAL_STEP}.", "ckpt-11.")))
+            for name in os.listdir(checkpoint_folder):
                 if name.startswith(("ckpt-0.", "ckpt-5.", f"ckpt-{FINAL_STEP}.")):
-                    os.remove(os.path.join(checkpoints, name))
+                    os.remove(os.path.join(checkpoint_folder, name))
         return original_verify(path)
 
     monkeypatch.setattr(checkpoints, "verify_checkpoint", verify_during_rotation)
     _, _, run_info = restore.restore_run(copy_of, with_replay_buffer=False)
-    assert rotated == [os.path.join(checkpoints, f"ckpt-{FINAL_STEP}")]
+    assert rotated == [os.path.join(checkpoint_folder, f"ckpt-{FINAL_STEP}")]
     assert run_info["global_step"] == 11
-    assert not os.path.exists(os.path.join(checkpoints, "broken")), "a reader moves nothing"
+    assert not os.path.exists(os.path.join(checkpoint_folder, "broken")), "a reader moves nothing"
 
 
 def test_state_file_repair_units(tmp_path):
@@ -380,24 +380,24 @@ def test_state_file_repair_units(tmp_path):
 
 @pytest.mark.parametrize("repair", ["state file deleted", "newest checkpoint corrupt"])
 def test_a_repaired_workdir_rotates_like_a_fresh_one(copy_of, repair):
-    """A rebuilt state file without checkpoint timestamps made CheckpointManager keep the checkpoints
+    """A rebuilt state file without checkpoint timestamps made CheckpointManager keep the checkpoint_folder
     it listed forever (--keep_checkpoints ignored), and every later start pinned them again."""
-    checkpoints = os.path.join(copy_of, "checkpoints")
+    checkpoint_folder = os.path.join(copy_of, "checkpoints")
     if repair == "state file deleted":
-        os.remove(os.path.join(checkpoints, "checkpoint"))
+        os.remove(os.path.join(checkpoint_folder, "checkpoint"))
     else:
         _truncate(_data_file(copy_of, FINAL_STEP))
     loop.train(tiny_config(copy_of, max_steps=20, keep_checkpoints=2))
-    assert checkpoints.checkpoint_steps(checkpoints) == [15, 20], "a fresh run to step 20 keeps 15 and 20"
+    assert checkpoints.checkpoint_steps(checkpoint_folder) == [15, 20], "a fresh run to step 20 keeps 15 and 20"
     # The next start reads the state file the manager wrote: still nothing pinned.
     loop.train(tiny_config(copy_of, max_steps=25, keep_checkpoints=2))
-    assert checkpoints.checkpoint_steps(checkpoints) == [20, 25]
-    assert sorted(n.split(".")[0] for n in os.listdir(checkpoints) if n.startswith("ckpt-")) == [
+    assert checkpoints.checkpoint_steps(checkpoint_folder) == [20, 25]
+    assert sorted(n.split(".")[0] for n in os.listdir(checkpoint_folder) if n.startswith("ckpt-")) == [
         "ckpt-20", "ckpt-20", "ckpt-25", "ckpt-25"]
 
 
 def test_every_checkpoint_damaged_stops_instead_of_restarting_from_step_0(copy_of):
-    checkpoints = os.path.join(copy_of, "checkpoints")
+    checkpoint_folder = os.path.join(copy_of, "checkpoints")
     for step in (0, 5, FINAL_STEP):
         _truncate(_data_file(copy_of, step))
     kept = {name: open(os.path.join(copy_of, name)).read() for name in ("config.json", "run_status.json")}
@@ -407,12 +407,12 @@ def test_every_checkpoint_damaged_stops_instead_of_restarting_from_step_0(copy_o
             loop.train(tiny_config(copy_of))
         assert stopped.value.exit_code == 5
         assert {name: open(os.path.join(copy_of, name)).read() for name in kept} == kept
-    broken = os.listdir(os.path.join(checkpoints, "broken"))
+    broken = os.listdir(os.path.join(checkpoint_folder, "broken"))
     assert sorted(n.split(".")[0] for n in broken if n.endswith(".index")) == ["ckpt-0", "ckpt-10", "ckpt-5"]
     # Only the explicit flag starts over, and it deletes nothing.
     metrics = loop.train(tiny_config(copy_of, restart_from_scratch=True))
     assert metrics["steps_this_session"] == FINAL_STEP
-    assert sorted(os.listdir(os.path.join(checkpoints, "broken"))) == sorted(broken)
+    assert sorted(os.listdir(os.path.join(checkpoint_folder, "broken"))) == sorted(broken)
 
 
 def test_a_workdir_without_progress_still_starts_at_step_0(tmp_path):
