@@ -41,6 +41,7 @@ from jem_tf.configs.base import (
     write_file_atomically,
     write_json_atomically,
 )
+from jem_tf.images import image_grid
 from jem_tf.models.wide_resnet import NETWORK_LAYOUT, NETWORK_LAYOUT_KEY
 from jem_tf.workdir import checkpoints, lock, run_files
 from trainers import objectives
@@ -105,19 +106,6 @@ def divergence_reason(logs, max_abs_generative_loss):
         return (f"|generative loss| = {abs(generative):.3g} exceeds "
                 f"--max_abs_generative_loss={max_abs_generative_loss:g}")
     return None
-
-
-def image_grid(images, columns=8, gap=1):
-    """[n, H, W, C] in [-1, 1] -> one uint8 grid image [rows*(H+gap)-gap, columns*(W+gap)-gap, C]."""
-    images = np.clip((np.asarray(images) + 1.0) * 127.5, 0, 255).astype(np.uint8)
-    n, height, width, channels = images.shape
-    columns = min(columns, n)
-    rows = int(np.ceil(n / columns))
-    grid = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, channels), 255, np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = image
-    return grid
 
 
 def _check_resumable(config: TrainConfig):
