@@ -95,7 +95,7 @@ def main(argv):
     from export import savedmodel  # noqa: PLC0415 (imports TensorFlow)
     from jem_tf import data as data_lib  # noqa: PLC0415
     from jem_tf.data import DatasetUnavailableError  # noqa: PLC0415
-    from trainers import loop  # noqa: PLC0415
+    from trainers import loop, recovery  # noqa: PLC0415
 
     def export_final_checkpoint(workdir, version):
         return savedmodel.export_run(workdir, output=os.path.join(workdir, "export"), version=version, overwrite=True)
@@ -107,7 +107,7 @@ def main(argv):
     except (ValueError, DatasetUnavailableError, FileNotFoundError) as error:
         logging.error("%s", error)
         sys.exit(cli.EXIT_BAD_INPUT)
-    except loop.TrainingDivergedError as error:
+    except recovery.TrainingDivergedError as error:
         logging.error("%s", error)
         sys.exit(cli.EXIT_DIVERGED)
     except cli.RunStopped as stop:  # preempted, workdir locked or not writable

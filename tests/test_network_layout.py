@@ -10,7 +10,7 @@ import tensorflow as tf
 from jem_tf.configs.base import TrainConfig
 from jem_tf.models import wide_resnet
 from jem_tf.workdir import restore, run_files
-from trainers import loop, objectives
+from trainers import checkpointing, objectives
 
 
 def write_workdir(path, with_layout_marker):
@@ -21,7 +21,7 @@ def write_workdir(path, with_layout_marker):
     (path / run_files.RUN_INFO_FILE).write_text(json.dumps(run_info))
     model = objectives.build_model(config, (8, 8, 1), 10)
     # Before the change, training checkpoints held the model (and optimizer/buffer) and no marker.
-    checkpoint = loop._make_checkpoint(model) if with_layout_marker else tf.train.Checkpoint(model=model)
+    checkpoint = checkpointing.make_checkpoint(model) if with_layout_marker else tf.train.Checkpoint(model=model)
     checkpoint.save(str(path / run_files.CHECKPOINT_DIR / "ckpt"))
 
 

@@ -17,7 +17,7 @@ from jem_tf import cli
 from jem_tf.configs import get_preset
 from jem_tf.evaluation import suite
 from jem_tf.workdir import checkpoints, lock, restore
-from trainers import loop
+from trainers import loop, preemption, recovery
 
 FINAL_STEP = 10
 
@@ -195,7 +195,7 @@ def test_a_signal_saves_a_checkpoint_and_a_rerun_continues_the_same_run(referenc
 
     wrap_train_step(monkeypatch, send_signal_at_step_3)
     handler_before = signal.getsignal(signal_number)
-    with pytest.raises(loop.TrainingPreemptedError) as stopped:
+    with pytest.raises(preemption.TrainingPreemptedError) as stopped:
         loop.train(tiny_config(workdir))
     assert stopped.value.step == 3 and stopped.value.exit_code == 128 + signal_number
     status = json.load(open(os.path.join(workdir, "run_status.json")))
@@ -301,12 +301,12 @@ def test_without_recoveries_left_divergence_stops_as_before(tmp_path, monkeypatc
     workdir = str(tmp_path / "run")
     hook, _ = _nan_at_step(7, attempts=10)
     wrap_train_step(monkeypatch, hook)
-    with pytest.raises(loop.TrainingDivergedError, match=r"diverged at step 7: the loss is nan.*ckpt-5"):
+    with pytest.raises(recovery.TrainingDivergedError, match=r"diverged at step 7: the loss is nan.*ckpt-5"):
         loop.train(tiny_config(workdir, max_recoveries=0))
     assert json.load(open(os.path.join(workdir, "run_status.json")))["state"] == "diverged"
     assert not os.path.exists(os.path.join(workdir, "recoveries.json"))
     # With recoveries that keep failing, it gives up after --max_recoveries.
-    with pytest.raises(loop.TrainingDivergedError, match=r"2 of --max_recoveries=2 used"):
+    with pytest.raises(recovery.TrainingDivergedError, match=r"2 of --max_recoveries=2 used"):
         loop.train(tiny_config(workdir, max_recoveries=2))
     assert len(json.load(open(os.path.join(workdir, "recoveries.json")))) == 2
 

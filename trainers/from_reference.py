@@ -37,7 +37,7 @@ from jem_tf import data as jem_data
 from jem_tf.configs.base import write_json_atomically
 from jem_tf.models.wide_resnet import NETWORK_LAYOUT
 from jem_tf.workdir import run_files
-from trainers import loop, objectives, optimization
+from trainers import checkpointing, objectives, optimization
 
 EXIT_BAD_INPUT = 2
 
@@ -136,7 +136,7 @@ def import_checkpoint(checkpoint_path: str, dataset: str, workdir: str, data_dir
         optimizer = optimization.make_optimizer(optimization.learning_rate_schedule(config, steps_per_epoch=1))
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)
-        manager = tf.train.CheckpointManager(loop._make_checkpoint(model, optimizer),
+        manager = tf.train.CheckpointManager(checkpointing.make_checkpoint(model, optimizer),
                                              os.path.join(staging, run_files.CHECKPOINT_DIR),
                                              max_to_keep=config.keep_checkpoints)
         manager.save(checkpoint_number=0)
