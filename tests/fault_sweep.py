@@ -462,7 +462,7 @@ def fault_evaluate_on_a_read_only_workdir_without_output(sweep):
 
 
 def _serving_check(sweep, spoil):
-    from export import serving_check  # noqa: PLC0415
+    from export.serving_check import builder  # noqa: PLC0415
 
     directory = sweep.scratch("serving")
     export_dir = os.path.join(directory, "export", "1")
@@ -470,9 +470,9 @@ def _serving_check(sweep, spoil):
     open(os.path.join(export_dir, "saved_model.pb"), "wb").close()  # refused before the export is read
     cache = os.path.join(directory, "cache")
     os.makedirs(cache, mode=0o700)
-    spoil(cache, serving_check.binary_path(cache))
+    spoil(cache, builder.binary_path(cache))
     code, stderr = run_command("export.serving_check", f"--export_dir={export_dir}",
-                               env={serving_check.CACHE_ENV: cache})
+                               env={builder.CACHE_ENV: cache})
     return expect_clean_exit(code, stderr, 2, "Refusing to run the serving check")
 
 
