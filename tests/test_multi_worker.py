@@ -24,7 +24,7 @@ import tensorflow as tf
 from jem_tf import cluster as cluster_lib
 from jem_tf.configs import get_preset
 from jem_tf.workdir import checkpoints, run_files
-from trainers import loop
+from trainers import loop, run_plan
 
 pytestmark = pytest.mark.slow
 
@@ -129,13 +129,13 @@ def reference(tmp_path_factory, two_logical_cpus):
     devices = two_logical_cpus
     workdir = str(tmp_path_factory.mktemp("two_replicas"))
     config = dataclasses.replace(get_preset("quick"), workdir=workdir, strategy="mirrored", **SETTINGS)
-    original = loop.make_strategy
+    original = run_plan.make_strategy
     # `--strategy=mirrored` takes GPUs or one CPU; the two logical CPUs are given explicitly here.
-    loop.make_strategy = lambda name: tf.distribute.MirroredStrategy(devices[:2])
+    run_plan.make_strategy = lambda name: tf.distribute.MirroredStrategy(devices[:2])
     try:
         metrics = loop.train(config)
     finally:
-        loop.make_strategy = original
+        run_plan.make_strategy = original
     assert metrics["global_step"] == FINAL_STEP
     return workdir
 

@@ -9,6 +9,11 @@ the learning-rate schedules), trainers/checkpointing.py (what a checkpoint holds
 restoring), trainers/recovery.py (divergence and its recovery), trainers/preemption.py (stop
 requests), trainers/objectives.py (what is trained); this module runs them.
 
+A run starts in three phases: check (trainers/run_plan.py: config, workdir, data and the
+objective's checks, before anything is built or written; it returns a RunPlan), build (`_Run`:
+model, optimizer, checkpoints; nothing written), train (under the workdir lock: restore or save step
+0, write the run files, the step loop).
+
 A run survives:
   * being killed: it holds WORKDIR/.lock (jem_tf.workdir.lock.WorkdirLock) and resumes from the newest
     checkpoint that verifies (jem_tf.workdir.checkpoints.restore_newest); broken ones are moved aside;
@@ -19,7 +24,6 @@ A run survives:
 """
 
 import contextlib
-import dataclasses
 import errno
 import json
 import os
@@ -31,11 +35,8 @@ import tensorflow as tf
 from absl import logging
 
 from jem_tf import data as jem_data
-from jem_tf import preflight
 from jem_tf.configs.base import (
-    RECOVERY_STATE_FIELDS,
     TrainConfig,
-    incompatible_fields,
     write_file_atomically,
     write_json_atomically,
 )
@@ -48,40 +49,11 @@ from trainers.distribution import (
     distribute_dataset,
     distributed_train_step,
     is_chief,
-    make_strategy,
 )
 from trainers.optimization import ScaledSchedule, learning_rate_schedule, make_optimizer
 from trainers.preemption import AgreedStopRequests, StopRequests, TrainingPreemptedError
 from trainers.recovery import TrainingDivergedError, divergence_reason, reapply_last_recovery, recover
-
-
-class IncompatibleWorkdirError(ValueError):
-    """The workdir holds a run made with settings that cannot be resumed by this one."""
-
-
-def _check_resumable(config: TrainConfig):
-    """Refuses (writing nothing) a workdir made with incompatible settings.
-
-    Returns (resuming, config): resuming is True when the workdir already holds this run; config
-    carries the saved run's recovery state (RECOVERY_STATE_FIELDS) over.
-    """
-    config_path = os.path.join(config.workdir, run_files.CONFIG_FILE)
-    if not os.path.exists(config_path):
-        return False, config
-    try:
-        saved = TrainConfig.load(config_path)
-    except (ValueError, TypeError) as error:
-        raise IncompatibleWorkdirError(
-            f"{config_path!r} cannot be read ({error}). Restore it from the command that started the run, or "
-            "choose a new --workdir."
-        ) from None
-    differences = incompatible_fields(saved, config)
-    if differences:
-        raise IncompatibleWorkdirError(
-            f"Workdir {config.workdir!r} holds a run with different settings ({'; '.join(differences)}). "
-            "Resume it with its original settings, or choose a new --workdir."
-        )
-    return True, dataclasses.replace(config, **{name: getattr(saved, name) for name in RECOVERY_STATE_FIELDS})
+from trainers.run_plan import RunPlan, check_run
 
 
 def _prepare_workdir(config: TrainConfig, data, training_data: dict) -> None:
@@ -111,39 +83,17 @@ def train(config: TrainConfig, exporter=None) -> dict:
       TrainingPreemptedError: SIGTERM/SIGINT; a checkpoint was saved (exit code 128 + signal).
       jem_tf.workdir.lock.WorkdirLockedError: another process trains in this workdir.
       WorkdirWriteError: a checkpoint could not be written (e.g. disk full).
-      IncompatibleWorkdirError, ValueError: bad settings, before anything is written.
+      trainers.run_plan.IncompatibleWorkdirError, ValueError: bad settings, before anything is written.
     """
-    # Every check that can refuse the command runs before the first write (preflight), so a refused
-    # command leaves the workdir as it was and the corrected one just runs.
-    config.validate()
-    preflight.check_workdir_path(config.workdir)
-    resuming, config = _check_resumable(config)
-    # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime at creation.
-    strategy = make_strategy(config.strategy)
-    data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
-                         validation_size=config.validation_size, skip_bad_files=config.skip_bad_files,
-                         drop_empty_classes=config.drop_empty_classes)
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ValueError(
-            f"--batch_size={config.batch_size} (global) must be divisible by the {replicas} replicas."
-        )
-    config.validate_for_data(data.num_train)
-    training_data = jem_data.training_data_record(data, config)
-    objective = objectives.get(config.objective)
-    objective.check_config(config, data.num_train)
-    steps_per_epoch = data.num_train // config.batch_size
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    preflight.check_not_past_end(config, total_steps, steps_per_epoch)
-    if objective.uses_replay_buffer(config):
-        preflight.check_replay_buffer_memory(config, data.image_shape)
-    # Built before anything is written: a build that fails (e.g. out of accelerator memory, which
-    # the host-memory check cannot see) leaves the workdir as it was.
-    run = _Run(config, data, strategy, steps_per_epoch, training_data)
+    # Three phases. Check: everything that can refuse the command, before anything is built or
+    # written, so a refused command leaves the workdir as it was and the corrected one just runs.
+    plan = check_run(config)
+    config, strategy = plan.config, plan.strategy
+    # Build: before anything is written, so a build that fails (e.g. out of accelerator memory,
+    # which the host-memory check cannot see) leaves the workdir as it was.
+    run = _Run(plan)
     chief = is_chief(strategy)
-    # One writer per workdir, from the first file written to the last: the chief. Other workers of
+    # Train. One writer per workdir, from the first file written to the last: the chief. Other workers of
     # a multi-worker run write nothing there and take no lock (on a shared filesystem theirs would
     # lock the chief out).
     with lock.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
@@ -158,7 +108,7 @@ def train(config: TrainConfig, exporter=None) -> dict:
                 run_files.write_run_status(config.workdir, state, run.step, **details)
 
         try:
-            run.start(resuming)
+            run.start(plan.resuming)
             multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
             return run.train(AgreedStopRequests(stop_requests, strategy) if multi_worker else stop_requests,
                              exporter)
@@ -189,23 +139,22 @@ def train(config: TrainConfig, exporter=None) -> dict:
 class _Run:
     """One training session of a run: the model, its checkpointing, and the loop."""
 
-    def __init__(self, config, data, strategy, steps_per_epoch, training_data):
-        """Builds the model and optimizer; writes nothing (see `start`). `training_data` is what
-        run_info.json records of the training examples the run uses (jem_data.training_data_record)."""
+    def __init__(self, plan: RunPlan):
+        """Builds the model and optimizer of a checked run (trainers.run_plan); writes nothing (see
+        `start`)."""
+        config, strategy, steps_per_epoch = plan.config, plan.strategy, plan.steps_per_epoch
         self.config = config
-        self.data = data
-        self.training_data = training_data
+        self.data = plan.data
+        self.training_data = plan.training_data
         self.strategy = strategy
         self.steps_per_epoch = steps_per_epoch
-        self.total_steps = config.epochs * steps_per_epoch
-        if config.max_steps is not None:
-            self.total_steps = min(self.total_steps, config.max_steps)
+        self.total_steps = plan.total_steps
         self.chief = is_chief(strategy)
         self.step = 0
         # Seeds the weight initialisers (and TF's global seed): two runs with one --seed are one run.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            self.model = objectives.build_model(config, data.image_shape, data.num_classes)
+            self.model = objectives.build_model(config, plan.data.image_shape, plan.data.num_classes)
             self.schedule = ScaledSchedule(learning_rate_schedule(config, steps_per_epoch), config.learning_rate_scale)
             self.optimizer = make_optimizer(self.schedule, config.precision)
             self.model.compile(optimizer=self.optimizer)
