@@ -151,7 +151,7 @@ def run_variant(variant: Variant, output_dir: str, base_flags, eval_flags, rerun
     with open(os.path.join(workdir, "metrics.json")) as f:
         metrics = json.load(f)
     row["global_step"] = metrics["global_step"]
-    # Divergences the run recovered from (trainers/loop.py): a row can be "ok" and still unstable.
+    # Divergences the run recovered from (trainers/recovery.py): a row can be "ok" and still unstable.
     row["recoveries"] = metrics.get("recoveries", 0)
     row["results"] = {key: results.get(key) for _, key, _ in COLUMNS}
     provenance_path = os.path.join(workdir, PROVENANCE_FILE)

@@ -240,7 +240,7 @@ def rest_predict(base_url: str, signature_name: str, inputs: dict, model_name: s
 def load_images(paths, image_shape) -> tuple[list, np.ndarray]:
     """(encoded bytes, float32 [n, H, W, C] in [-1, 1]) of image files, decoded like the
     `classify_image_bytes` signature does (no resizing: files must already be H x W)."""
-    from export.serving_functions import decode_image  # noqa: PLC0415 (the signature's own decoder)
+    from export.encoded_images import decode_image  # noqa: PLC0415 (the signature's own decoder)
 
     height, width, channels = image_shape
     encoded, scaled = [], []

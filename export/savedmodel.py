@@ -6,7 +6,7 @@ writes TF Serving's layout `OUTPUT/<version>/` (saved_model.pb, variables/, and
 assets.extra/jem_metadata.json, which TF Serving ignores). The signatures and their keys are the
 contract in `export.signatures`; see export/serving/README.md for serving it.
 
-`export_run` restores the run's checkpoint (`jem_tf.workdir`), checks that the restored weights are
+`export_run` restores the run's checkpoint (`jem_tf.workdir.restore`), checks that the restored weights are
 the checkpoint's, chooses the OOD threshold on the run's validation split (`export.ood_threshold`)
 and writes the archive (`export.archive.export_model`).
 """
@@ -104,10 +104,10 @@ def export_run(
       precision: the precision the exported network computes in (`jem_tf.precision`); None: the
         run's own. Inputs and outputs are float32 in every precision.
     """
-    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
+    from jem_tf.workdir import restore  # noqa: PLC0415
 
     # Read-only: the newest checkpoint that verifies, even while the run is training; no buffer.
-    network, config, run_info = workdir_lib.restore_run(workdir, checkpoint, with_replay_buffer=False,
+    network, config, run_info = restore.restore_run(workdir, checkpoint, with_replay_buffer=False,
                                                         precision=precision)
     if run_info.get("checkpoint"):
         verify_weights_from_checkpoint(network, run_info["checkpoint"])

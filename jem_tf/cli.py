@@ -67,6 +67,13 @@ def exit_write_failed(error, what: str, fix: str):
     sys.exit(EXIT_WRITE_FAILED)
 
 
+class RunStopped(Exception):
+    """An expected, explained end of a command (preempted, workdir locked or not writable, no usable
+    checkpoint); `exit_code` is its documented process exit code."""
+
+    exit_code = EXIT_UNEXPECTED
+
+
 class UsageError(ValueError):
     """A bad command line, reported as one message with EXIT_BAD_INPUT."""
 

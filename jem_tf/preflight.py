@@ -9,8 +9,8 @@ import os
 
 from absl import logging
 
-from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import TrainConfig
+from jem_tf.workdir import checkpoints
 
 # Bytes per replay-buffer pixel: the chains are float32.
 BUFFER_BYTES_PER_VALUE = 4
@@ -43,7 +43,7 @@ def check_workdir_path(workdir: str) -> None:
 def latest_checkpoint_step(workdir: str):
     """The highest N of WORKDIR/checkpoints/ckpt-N.index, or None: read from the files themselves,
     so a missing or garbled `checkpoint` state file does not hide the run's progress."""
-    return max(workdir_lib.checkpoint_steps(workdir_lib.checkpoint_dir(workdir)), default=None)
+    return max(checkpoints.checkpoint_steps(checkpoints.checkpoint_dir(workdir)), default=None)
 
 
 def check_not_past_end(config: TrainConfig, total_steps: int, steps_per_epoch: int) -> None:

@@ -94,9 +94,8 @@ def main(argv):
         sys.exit(cli.EXIT_BAD_INPUT)
     from export import savedmodel  # noqa: PLC0415 (imports TensorFlow)
     from jem_tf import data as data_lib  # noqa: PLC0415
-    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
     from jem_tf.data import DatasetUnavailableError  # noqa: PLC0415
-    from trainers import loop  # noqa: PLC0415
+    from trainers import loop, recovery  # noqa: PLC0415
 
     def export_final_checkpoint(workdir, version):
         return savedmodel.export_run(workdir, output=os.path.join(workdir, "export"), version=version, overwrite=True)
@@ -108,10 +107,10 @@ def main(argv):
     except (ValueError, DatasetUnavailableError, FileNotFoundError) as error:
         logging.error("%s", error)
         sys.exit(cli.EXIT_BAD_INPUT)
-    except loop.TrainingDivergedError as error:
+    except recovery.TrainingDivergedError as error:
         logging.error("%s", error)
         sys.exit(cli.EXIT_DIVERGED)
-    except workdir_lib.RunStopped as stop:  # preempted, workdir locked or not writable
+    except cli.RunStopped as stop:  # preempted, workdir locked or not writable
         logging.error("%s", stop)
         sys.exit(stop.exit_code)
     except KeyboardInterrupt:  # Ctrl-C before training caught signals: nothing was trained yet

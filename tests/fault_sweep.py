@@ -115,25 +115,25 @@ class Sweep:
             subprocess.run(["umount", "-l", mount_point], capture_output=True)
 
 
-def checkpoints(workdir):
+def checkpoint_folder(workdir):
     return os.path.join(workdir, "checkpoints")
 
 
 def steps(workdir):
-    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
+    from jem_tf.workdir import checkpoints  # noqa: PLC0415
 
-    return workdir_lib.checkpoint_steps(checkpoints(workdir))
+    return checkpoints.checkpoint_steps(checkpoint_folder(workdir))
 
 
 def broken_steps(workdir):
-    broken = os.path.join(checkpoints(workdir), "broken")
+    broken = os.path.join(checkpoint_folder(workdir), "broken")
     names = os.listdir(broken) if os.path.isdir(broken) else []
     return sorted(int(n.split(".")[0].split("-")[1]) for n in names if n.startswith("ckpt-") and n.endswith(".index"))
 
 
 def data_file(workdir, step):
-    (name,) = [n for n in os.listdir(checkpoints(workdir)) if n.startswith(f"ckpt-{step}.data-")]
-    return os.path.join(checkpoints(workdir), name)
+    (name,) = [n for n in os.listdir(checkpoint_folder(workdir)) if n.startswith(f"ckpt-{step}.data-")]
+    return os.path.join(checkpoint_folder(workdir), name)
 
 
 def truncate(path):
@@ -170,7 +170,7 @@ def _resume(workdir, **overrides):
 @fault("run directory")
 def fault_checkpoint_state_file_deleted(sweep):
     workdir = sweep.copy()
-    os.remove(os.path.join(checkpoints(workdir), "checkpoint"))
+    os.remove(os.path.join(checkpoint_folder(workdir), "checkpoint"))
     metrics = _resume(workdir)
     expect(metrics["steps_this_session"] == 0, "restarted instead of resuming at step 10")
     return "resumed at step 10"
@@ -179,7 +179,7 @@ def fault_checkpoint_state_file_deleted(sweep):
 @fault("run directory")
 def fault_checkpoint_state_file_garbled(sweep):
     workdir = sweep.copy()
-    with open(os.path.join(checkpoints(workdir), "checkpoint"), "w") as f:
+    with open(os.path.join(checkpoint_folder(workdir), "checkpoint"), "w") as f:
         f.write('model_checkpoint_path: "ckpt-\x00\ngarbage {{{')
     expect(_resume(workdir)["steps_this_session"] == 0, "restarted instead of resuming at step 10")
     return "resumed at step 10"
@@ -198,7 +198,7 @@ def fault_newest_checkpoint_truncated(sweep):
 @fault("run directory")
 def fault_newest_index_deleted(sweep):
     workdir = sweep.copy()
-    os.remove(os.path.join(checkpoints(workdir), f"ckpt-{FINAL_STEP}.index"))
+    os.remove(os.path.join(checkpoint_folder(workdir), f"ckpt-{FINAL_STEP}.index"))
     expect(_resume(workdir)["steps_this_session"] == FINAL_STEP - 5, "did not resume from checkpoint 5")
     return "resumed from step 5"
 
@@ -206,7 +206,7 @@ def fault_newest_index_deleted(sweep):
 @fault("run directory")
 def fault_keep_checkpoints_after_a_repair(sweep):
     workdir = sweep.copy()
-    os.remove(os.path.join(checkpoints(workdir), "checkpoint"))
+    os.remove(os.path.join(checkpoint_folder(workdir), "checkpoint"))
     _resume(workdir, max_steps=20, keep_checkpoints=2)
     expect(steps(workdir) == [15, 20], f"kept {steps(workdir)}; a fresh run keeps [15, 20]")
     _resume(workdir, max_steps=25, keep_checkpoints=2)
@@ -216,7 +216,7 @@ def fault_keep_checkpoints_after_a_repair(sweep):
 
 @fault("run directory")
 def fault_every_checkpoint_corrupt(sweep):
-    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
+    from jem_tf.workdir import checkpoints  # noqa: PLC0415
 
     workdir = sweep.copy()
     for step in (0, 5, FINAL_STEP):
@@ -224,7 +224,7 @@ def fault_every_checkpoint_corrupt(sweep):
     status = open(os.path.join(workdir, "run_status.json")).read()
     try:
         _resume(workdir)
-    except workdir_lib.NoUsableCheckpointError as error:
+    except checkpoints.NoUsableCheckpointError as error:
         expect(error.exit_code == 5 and "--restart_from_scratch" in str(error), f"unclear refusal: {error}")
     else:
         raise Unsurvived("trained from step 0 without being asked to")
@@ -234,7 +234,7 @@ def fault_every_checkpoint_corrupt(sweep):
 
 
 def _planted_lock(sweep, make_link):
-    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
+    from jem_tf.workdir import lock  # noqa: PLC0415
 
     workdir = sweep.copy()
     target = os.path.join(os.path.dirname(workdir), "precious.txt")
@@ -244,7 +244,7 @@ def _planted_lock(sweep, make_link):
     make_link(target, os.path.join(workdir, ".lock"))
     try:
         _resume(workdir)
-    except workdir_lib.UnsafeWorkdirError as error:
+    except lock.UnsafeWorkdirError as error:
         expect(error.exit_code == 2, f"exit code {error.exit_code}")
     else:
         raise Unsurvived("trained through a planted lock link")
@@ -278,25 +278,25 @@ def fault_links_planted_at_run_file_names(sweep):
 @fault("run directory")
 def fault_leftovers_of_a_killed_run(sweep):
     workdir = sweep.copy()
-    os.makedirs(os.path.join(checkpoints(workdir), "ckpt-15_temp", "part-00000-of-00001"))
+    os.makedirs(os.path.join(checkpoint_folder(workdir), "ckpt-15_temp", "part-00000-of-00001"))
     os.makedirs(os.path.join(workdir, "export", ".staging-15-999999999"))
     with open(os.path.join(workdir, "config.json.tmp-999999999"), "w") as f:
         f.write("{")
     expect(_resume(workdir)["steps_this_session"] == 0, "did not resume at step 10")
-    expect(not os.path.exists(os.path.join(checkpoints(workdir), "ckpt-15_temp")), "a staging folder was left")
+    expect(not os.path.exists(os.path.join(checkpoint_folder(workdir), "ckpt-15_temp")), "a staging folder was left")
     return "cleaned; resumed at step 10"
 
 
 @fault("run directory")
 def fault_second_writer(sweep):
-    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
+    from jem_tf.workdir import lock  # noqa: PLC0415
 
     workdir = sweep.copy()
     config = open(os.path.join(workdir, "config.json")).read()
-    with workdir_lib.WorkdirLock(workdir):
+    with lock.WorkdirLock(workdir):
         try:
             _resume(workdir, learning_rate=0.02)
-        except workdir_lib.WorkdirLockedError as error:
+        except lock.WorkdirLockedError as error:
             expect(error.exit_code == 2 and "PID" in str(error), f"unclear refusal: {error}")
         else:
             raise Unsurvived("a second writer trained")
@@ -462,7 +462,7 @@ def fault_evaluate_on_a_read_only_workdir_without_output(sweep):
 
 
 def _serving_check(sweep, spoil):
-    from export import serving_check  # noqa: PLC0415
+    from export.serving_check import builder  # noqa: PLC0415
 
     directory = sweep.scratch("serving")
     export_dir = os.path.join(directory, "export", "1")
@@ -470,9 +470,9 @@ def _serving_check(sweep, spoil):
     open(os.path.join(export_dir, "saved_model.pb"), "wb").close()  # refused before the export is read
     cache = os.path.join(directory, "cache")
     os.makedirs(cache, mode=0o700)
-    spoil(cache, serving_check.binary_path(cache))
+    spoil(cache, builder.binary_path(cache))
     code, stderr = run_command("export.serving_check", f"--export_dir={export_dir}",
-                               env={serving_check.CACHE_ENV: cache})
+                               env={builder.CACHE_ENV: cache})
     return expect_clean_exit(code, stderr, 2, "Refusing to run the serving check")
 
 

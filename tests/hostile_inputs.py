@@ -75,27 +75,28 @@ _PYTHON_SERVER = textwrap.dedent("""
 
 
 def hostile_cases(export_dir: str) -> list:
-    """serving_check.Case list: every bad input of the contract (with the export's limits), the
+    """export.serving_check.request_cases.Case list: every bad input of the contract (with the export's limits), the
     decoding bombs of issue 15, and the hostile-but-valid refinement at every bound."""
-    from export import client, serving_check  # noqa: PLC0415 (heavy: TensorFlow)
+    from export import client  # noqa: PLC0415 (heavy: TensorFlow)
     from export import signatures as sig  # noqa: PLC0415
+    from export.serving_check import request_cases  # noqa: PLC0415 (heavy: TensorFlow)
 
     height, width, _ = IMAGE_SHAPE
-    cases = serving_check.bad_input_cases_for_export(export_dir)
+    cases = request_cases.bad_input_cases_for_export(export_dir)
     not_a_format = "image_bytes: every image must be PNG, JPEG, BMP, GIF (recognised by its first bytes"
     bombs = {
-        "webp_16000x16000_x4": ([serving_check.WEBP_BOMB_16000] * 4, not_a_format),
-        "lying_png_400mb": ([serving_check.lying_png(height, width, 400 << 20)],
+        "webp_16000x16000_x4": ([request_cases.WEBP_BOMB_16000] * 4, not_a_format),
+        "lying_png_400mb": ([request_cases.lying_png(height, width, 400 << 20)],
                             f"image_bytes: every image must be at most {sig.DEFAULT_MAX_IMAGE_BYTES} bytes"),
     }
     for name, (data, message) in bombs.items():
-        cases.append(serving_check.Case(f"bomb_{name}", client.build_request(sig.CLASSIFY_IMAGE_BYTES,
+        cases.append(request_cases.Case(f"bomb_{name}", client.build_request(sig.CLASSIFY_IMAGE_BYTES,
                                                                              {sig.IMAGE_BYTES: data}),
                                         ("INVALID_ARGUMENT", message)))
-    images = serving_check.valid_inputs(sig.CLASSIFY, IMAGE_SHAPE, 2, seed=9)[sig.IMAGES]
+    images = request_cases.valid_inputs(sig.CLASSIFY, IMAGE_SHAPE, 2, seed=9)[sig.IMAGES]
     at_bounds = {sig.IMAGES: images, sig.STEPS: sig.DEFAULT_MAX_REFINE_STEPS, sig.STEP_SIZE: sig.DEFAULT_MAX_STEP_SIZE,
                  sig.NOISE_STD: sig.DEFAULT_MAX_NOISE_STD, sig.SEED: [5, 6]}
-    cases.append(serving_check.Case("valid_refine_at_every_bound",
+    cases.append(request_cases.Case("valid_refine_at_every_bound",
                                     client.build_request(sig.REFINE_THEN_CLASSIFY, at_bounds)))
     return cases
 
@@ -129,7 +130,7 @@ def _judge(case, error_type, message, refined_range):
 
 def run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, timeout_s) -> dict:
     """{case name: outcome} through a TensorFlow-only process."""
-    from export import serving_check  # noqa: PLC0415
+    from export.serving_check import runner  # noqa: PLC0415
 
     jobs = [{"id": case.name, "request": path} for case, path in zip(cases, paths, strict=True)
             if _python_sendable(case)]
@@ -144,7 +145,7 @@ def run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, time
     try:
         result = subprocess.run([sys.executable, script, export_dir, jobs_path, results_path], capture_output=True,
                                 text=True, env=env, timeout=timeout_s,
-                                preexec_fn=serving_check.memory_limit(memory_limit_bytes))
+                                preexec_fn=runner.memory_limit(memory_limit_bytes))
         died = None if result.returncode == 0 else f"the process exited with {result.returncode}"
     except subprocess.TimeoutExpired:
         died = f"the process ran past {timeout_s} s"
@@ -167,14 +168,14 @@ def run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, time
 
 def run_cpp_path(export_dir, cases, paths, memory_limit_bytes, timeout_s) -> dict | None:
     """{case name: outcome} through the C++ loader; None without a C++ compiler."""
-    from export import serving_check  # noqa: PLC0415
     from export import signatures as sig  # noqa: PLC0415
+    from export.serving_check import builder, runner  # noqa: PLC0415
 
-    if serving_check.find_compiler() is None:
+    if builder.find_compiler() is None:
         logging.warning("No C++ compiler: the C++ loader path of the sweep is skipped.")
         return None
     try:
-        result = serving_check.run(serving_check.build(), export_dir, paths, timeout_s=timeout_s,
+        result = runner.run(builder.build(), export_dir, paths, timeout_s=timeout_s,
                                    memory_limit_bytes=memory_limit_bytes)
         stdout, died = result.stdout, (None if result.returncode in (0, 1) else f"exit status {result.returncode}")
     except subprocess.TimeoutExpired as error:
@@ -189,7 +190,7 @@ def run_cpp_path(export_dir, cases, paths, memory_limit_bytes, timeout_s) -> dic
         elif line.startswith(f"PASS {path} refused as expected"):
             outcomes[case.name] = "refused"
         elif line.startswith("PASS"):
-            response = serving_check.read_response(path)
+            response = runner.read_response(path)
             refined = response.get(sig.REFINED_IMAGES)
             refined_range = None if refined is None else [float(np.min(refined)), float(np.max(refined))]
             outcomes[case.name] = _judge(case, None, "", refined_range)
@@ -215,7 +216,8 @@ def sweep(work_dir: str, memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
     the report (see the module docstring)."""
     import keras  # noqa: PLC0415 (heavy)
 
-    from export import archive, serving_check  # noqa: PLC0415
+    from export import archive  # noqa: PLC0415
+    from export.serving_check import request_cases  # noqa: PLC0415
     from jem_tf.models import WideResNet  # noqa: PLC0415
 
     keras.utils.set_random_seed(15)
@@ -223,7 +225,7 @@ def sweep(work_dir: str, memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
     network.build((None, *IMAGE_SHAPE))
     export_dir = archive.export_model(network, os.path.join(work_dir, "export"), 1, overwrite=True)
     cases = hostile_cases(export_dir)
-    paths = serving_check.write_cases(cases, os.path.join(work_dir, "requests"))
+    paths = request_cases.write_cases(cases, os.path.join(work_dir, "requests"))
     logging.info("Sending %d hostile requests to %s.", len(cases), export_dir)
     per_path = {PYTHON_PATH: run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, timeout_s)}
     cpp = run_cpp_path(export_dir, cases, paths, memory_limit_bytes, timeout_s)

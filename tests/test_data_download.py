@@ -336,15 +336,15 @@ def test_evaluate_download_failure_exits_2_and_writes_nothing(tmp_path):
 
 def test_export_download_failure_raises_before_anything_is_written(tmp_path, monkeypatch, reachable):
     from export import savedmodel  # noqa: PLC0415
-    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
     from jem_tf.models import WideResNet  # noqa: PLC0415
+    from jem_tf.workdir import restore  # noqa: PLC0415
 
     network = WideResNet(10, 1, 10)
     network.build((None, 32, 32, 3))
     config = types.SimpleNamespace(dataset="cifar10", data_dir=str(tmp_path / "tfds"), validation_fraction=0.1,
                                    sgld_step_size=1.0, sgld_noise=0.01, objective="jem", preset="cifar10",
                                    skip_bad_files=False, drop_empty_classes=False)
-    monkeypatch.setattr(workdir_lib, "restore_run",
+    monkeypatch.setattr(restore, "restore_run",
                         lambda workdir, checkpoint=None, **kwargs: (network, config, {"global_step": 5}))
 
     def offline(builder, *args, **kwargs):

@@ -13,8 +13,9 @@ import pytest
 import serving_oracle
 import tensorflow as tf
 
-from export import archive, client, graph_audit, ood_threshold, serving_check
+from export import archive, client, graph_audit, ood_threshold
 from export import signatures as sig
+from export.serving_check import builder, request_cases, runner
 from jem_tf.models import WideResNet
 
 IMAGE_SHAPE = (8, 8, 1)
@@ -115,7 +116,7 @@ def test_metadata_records_contract_rules_and_threshold(export_dir):
 
 @pytest.mark.parametrize("name", [sig.CLASSIFY, sig.ENERGY, sig.REFINE_THEN_CLASSIFY, sig.CLASSIFY_IMAGE_BYTES])
 def test_reloaded_signature_matches_in_memory_model(network, loaded, name):
-    inputs = serving_check.valid_inputs(name, IMAGE_SHAPE, batch_size=3, seed=1)
+    inputs = request_cases.valid_inputs(name, IMAGE_SHAPE, batch_size=3, seed=1)
     if name == sig.REFINE_THEN_CLASSIFY:
         inputs.update(REFINE)
     got = call(loaded, name, inputs)
@@ -183,9 +184,9 @@ def test_colour_jpeg_is_converted_to_the_model_channels(loaded):
     assert out[sig.LOGITS].shape == (1, NUM_CLASSES)
 
 
-@pytest.mark.parametrize("case", sorted(serving_check.format_inputs(IMAGE_SHAPE)))
+@pytest.mark.parametrize("case", sorted(request_cases.format_inputs(IMAGE_SHAPE)))
 def test_every_advertised_format_is_decoded_on_a_one_channel_model(network, loaded, case):
-    inputs = serving_check.format_inputs(IMAGE_SHAPE)[case]
+    inputs = request_cases.format_inputs(IMAGE_SHAPE)[case]
     got = call(loaded, sig.CLASSIFY_IMAGE_BYTES, inputs)
     want = serving_oracle.expected_outputs(network, sig.CLASSIFY_IMAGE_BYTES, inputs, OOD_THRESHOLD)
     for key, value in want.items():
@@ -240,7 +241,7 @@ def _python_callable_bad_cases():
     to memory-limited processes (test_export_serving, tests/hostile_inputs.py): if its refusal
     regressed, it would decode to 6.9 GB in this one."""
     cases = []
-    for case in serving_check.bad_input_cases(IMAGE_SHAPE, max_refine_steps=20):
+    for case in request_cases.bad_input_cases(IMAGE_SHAPE, max_refine_steps=20):
         name = case.request.model_spec.signature_name
         if "webp" in case.name:
             continue
@@ -263,7 +264,7 @@ def test_bad_input_is_refused_with_a_clear_message(loaded, case):
 
 
 def test_bad_input_cases_cover_the_issue_list():
-    names = {case.name for case in serving_check.bad_input_cases(IMAGE_SHAPE, 20)}
+    names = {case.name for case in request_cases.bad_input_cases(IMAGE_SHAPE, 20)}
     for required in ("bad_classify_wrong_size", "bad_classify_wrong_channels", "bad_classify_nan", "bad_classify_inf",
                      "bad_refine_steps_negative", "bad_refine_steps_too_many", "bad_refine_noise_negative",
                      "bad_classify_empty_batch", "bad_classify_above_range", "bad_bytes_wrong_size",
@@ -459,8 +460,8 @@ def test_rest_examples_answer_like_the_in_memory_model(network, loaded):
 
 @pytest.mark.slow
 def test_rest_examples_are_served_by_the_cpp_loader(export_dir, tmp_path):
-    if serving_check.find_compiler() is None:
+    if builder.find_compiler() is None:
         pytest.skip("No C++ compiler ($CXX, c++, g++ or clang++) to build export/serving_check.")
-    cases = [serving_check.Case(file[:-5], request) for file, request in example_requests().items()]
-    result = serving_check.run(serving_check.build(), export_dir, serving_check.write_cases(cases, str(tmp_path)))
+    cases = [request_cases.Case(file[:-5], request) for file, request in example_requests().items()]
+    result = runner.run(builder.build(), export_dir, request_cases.write_cases(cases, str(tmp_path)))
     assert result.returncode == 0, result.stdout[-4000:]

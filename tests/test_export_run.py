@@ -15,10 +15,11 @@ import pytest
 import serving_oracle
 import tensorflow as tf
 
-from export import archive, client, savedmodel, serving_check
+from export import archive, client, savedmodel
 from export import signatures as sig
-from jem_tf import workdir as workdir_lib
+from export.serving_check import builder, request_cases, runner
 from jem_tf.configs.quick import get_config
+from jem_tf.workdir import restore
 from trainers.jem import JEM
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def restored_run(monkeypatch, tmp_path):
-    """`jem_tf.workdir.restore_run` answering with a small JEM's network (random weights)."""
+    """`jem_tf.workdir.restore.restore_run` answering with a small JEM's network (random weights)."""
     config = get_config()
     config.depth, config.width = 10, 1
     keras.utils.set_random_seed(0)
@@ -42,7 +43,7 @@ def restored_run(monkeypatch, tmp_path):
         calls.append((workdir, checkpoint, with_replay_buffer))
         return model.to_wide_resnet(), config, dict(run_info)
 
-    monkeypatch.setattr(workdir_lib, "restore_run", restore_run)
+    monkeypatch.setattr(restore, "restore_run", restore_run)
     return model, calls
 
 
@@ -129,13 +130,13 @@ def test_quick_training_run_exports_and_serves(tmp_path):
     for key in keys:
         np.testing.assert_array_equal(first.get_tensor(key), second.get_tensor(key), err_msg=key)
     # It serves the trained weights.
-    network = workdir_lib.restore_run(workdir, with_replay_buffer=False)[0]
-    images = serving_check.valid_inputs(sig.CLASSIFY, (8, 8, 1), batch_size=3)[sig.IMAGES]
+    network = restore.restore_run(workdir, with_replay_buffer=False)[0]
+    images = request_cases.valid_inputs(sig.CLASSIFY, (8, 8, 1), batch_size=3)[sig.IMAGES]
     threshold = archive.read_metadata(path)["ood"]["threshold"]
     want = serving_oracle.expected_outputs(network, sig.CLASSIFY, {sig.IMAGES: images}, threshold)
     got = tf.saved_model.load(path).signatures[sig.CLASSIFY](images=tf.constant(images))
     for key, value in want.items():
         np.testing.assert_allclose(got[key].numpy(), value, rtol=1e-4, atol=1e-4, err_msg=key)
-    if serving_check.find_compiler() is not None:
-        result, _, _ = serving_check.check_export(path, str(tmp_path / "requests"), bad_inputs=False)
+    if builder.find_compiler() is not None:
+        result, _, _ = runner.check_export(path, str(tmp_path / "requests"), bad_inputs=False)
         assert result.returncode == 0, result.stdout[-4000:]

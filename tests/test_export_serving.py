@@ -24,8 +24,9 @@ import pytest
 import serving_oracle
 import tensorflow as tf
 
-from export import archive, client, serving_check
+from export import archive, client
 from export import signatures as sig
+from export.serving_check import builder, request_cases, runner
 from jem_tf.models import WideResNet
 
 # A colour model, so the byte path's RGB decoding is exercised too.
@@ -61,7 +62,7 @@ def export_dir(network, tmp_path_factory):
 
 
 def inputs_for(name, batch_size, seed=0):
-    inputs = serving_check.valid_inputs(name, IMAGE_SHAPE, batch_size, seed)
+    inputs = request_cases.valid_inputs(name, IMAGE_SHAPE, batch_size, seed)
     if sig.contract_for(name).name == sig.REFINE_THEN_CLASSIFY:
         inputs.update(REFINE)
     return inputs
@@ -206,17 +207,17 @@ def test_saved_model_cli_runs_every_signature(network, export_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def checker_binary():
-    if serving_check.find_compiler() is None:
+    if builder.find_compiler() is None:
         pytest.skip("No C++ compiler ($CXX, c++, g++ or clang++) to build export/serving_check; the C++ "
                     "serving proof cannot run on this machine.")
-    return serving_check.build()
+    return builder.build()
 
 
 @pytest.mark.slow
 def test_cpp_loader_serves_every_signature_and_refuses_every_bad_input(network, export_dir, checker_binary,
                                                                        tmp_path):
     del checker_binary  # built (and cached) by the fixture; check_export finds it
-    result, cases, paths = serving_check.check_export(export_dir, str(tmp_path), bad_inputs=True,
+    result, cases, paths = runner.check_export(export_dir, str(tmp_path), bad_inputs=True,
                                                       batch_sizes=BATCH_SIZES, memory_limit_bytes=MEMORY_LIMIT_BYTES)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert "ALL PASSED" in result.stdout
@@ -236,28 +237,28 @@ def test_cpp_loader_serves_every_signature_and_refuses_every_bad_input(network, 
         inputs = {key: tf.make_ndarray(proto) for key, proto in case.request.inputs.items()}
         if sig.IMAGE_BYTES in inputs:
             inputs[sig.IMAGE_BYTES] = list(inputs[sig.IMAGE_BYTES])
-        assert_matches_reference(network, name, inputs, serving_check.read_response(path), f"C++ {case.name}")
+        assert_matches_reference(network, name, inputs, runner.read_response(path), f"C++ {case.name}")
         checked += 1
-    assert checked == len(sig.ALL_SIGNATURE_NAMES) * len(BATCH_SIZES) + len(serving_check.format_inputs(IMAGE_SHAPE))
+    assert checked == len(sig.ALL_SIGNATURE_NAMES) * len(BATCH_SIZES) + len(request_cases.format_inputs(IMAGE_SHAPE))
 
 
 @pytest.mark.slow
 def test_cpp_check_fails_when_a_signature_is_not_served(export_dir, checker_binary, tmp_path):
-    cases = serving_check.valid_cases({sig.CLASSIFY: None}, IMAGE_SHAPE, batch_sizes=(1,))
-    result = serving_check.run(checker_binary, export_dir, serving_check.write_cases(cases, str(tmp_path)))
+    cases = request_cases.valid_cases({sig.CLASSIFY: None}, IMAGE_SHAPE, batch_sizes=(1,))
+    result = runner.run(checker_binary, export_dir, request_cases.write_cases(cases, str(tmp_path)))
     assert result.returncode == 1
     assert f"FAIL signature {sig.ENERGY} answered no request" in result.stdout
 
 
 @pytest.mark.slow
 def test_cpp_check_fails_on_an_unexpected_refusal_and_a_missing_export(export_dir, checker_binary, tmp_path):
-    bad = serving_check.bad_input_cases(IMAGE_SHAPE, 20)[0]
+    bad = request_cases.bad_input_cases(IMAGE_SHAPE, 20)[0]
     bad.expected_error = None  # now it is expected to succeed, and must be reported as a failure
-    result = serving_check.run(checker_binary, export_dir, serving_check.write_cases([bad], str(tmp_path)))
+    result = runner.run(checker_binary, export_dir, request_cases.write_cases([bad], str(tmp_path)))
     assert result.returncode == 1 and f"FAIL {tmp_path}/{bad.name}.request: INVALID_ARGUMENT" in result.stdout
-    result = serving_check.run(checker_binary, str(tmp_path / "missing"), [])
+    result = runner.run(checker_binary, str(tmp_path / "missing"), [])
     assert result.returncode == 2  # usage: no request files
-    result = serving_check.run(checker_binary, str(tmp_path / "missing"), ["x.request"])
+    result = runner.run(checker_binary, str(tmp_path / "missing"), ["x.request"])
     assert result.returncode == 1 and "FAIL load" in result.stdout
 
 
@@ -448,23 +449,23 @@ def broken_export(tmp_path_factory):
 
 
 def gray_refine(**override):
-    images = serving_check.valid_inputs(sig.CLASSIFY, GRAY_SHAPE, 2, seed=4)[sig.IMAGES]
-    return {sig.IMAGES: images, **serving_check.CHECK_REFINE, **override}
+    images = request_cases.valid_inputs(sig.CLASSIFY, GRAY_SHAPE, 2, seed=4)[sig.IMAGES]
+    return {sig.IMAGES: images, **request_cases.CHECK_REFINE, **override}
 
 
 def permissive_extra_cases():
     """Within the permissive bounds, noise_std=3e38 overflows each SGLD step to Inf; the clamp to
     [-1, 1] after every step keeps the chain finite, so it is answered (it was refused as non-finite
     before the clamp)."""
-    return [serving_check.Case(
+    return [request_cases.Case(
         "clamped_refine_noise_3e38",
         client.build_request(sig.REFINE_THEN_CLASSIFY, gray_refine(**{sig.NOISE_STD: 3e38})),
     )]
 
 
 def broken_cases():
-    images = serving_check.valid_inputs(sig.CLASSIFY, GRAY_SHAPE, 2, seed=4)[sig.IMAGES]
-    encoded = serving_check.valid_inputs(sig.CLASSIFY_IMAGE_BYTES, GRAY_SHAPE, 2, seed=4)
+    images = request_cases.valid_inputs(sig.CLASSIFY, GRAY_SHAPE, 2, seed=4)[sig.IMAGES]
+    encoded = request_cases.valid_inputs(sig.CLASSIFY_IMAGE_BYTES, GRAY_SHAPE, 2, seed=4)
     logits = "the logits are not finite (NaN or Inf) for these images"
     specs = {
         "classify": (sig.CLASSIFY, {sig.IMAGES: images}, logits),
@@ -478,7 +479,7 @@ def broken_cases():
         "refine_2_steps": (sig.REFINE_THEN_CLASSIFY, gray_refine(),
                            "refine_then_classify: the refined images are not finite"),
     }
-    return [serving_check.Case(f"broken_{name}", client.build_request(signature, inputs), ("INVALID_ARGUMENT", text))
+    return [request_cases.Case(f"broken_{name}", client.build_request(signature, inputs), ("INVALID_ARGUMENT", text))
             for name, (signature, inputs, text) in specs.items()]
 
 
@@ -530,7 +531,7 @@ def run_keras_free(jobs, tmp_path, memory_limit_bytes=None, timeout_s=600):
     script.write_text(KERAS_FREE_REQUESTS_SCRIPT)
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "jobs.json"), str(tmp_path / "out.npz")],
                             capture_output=True, text=True, env=subprocess_env(), timeout=timeout_s, cwd=str(tmp_path),
-                            preexec_fn=serving_check.memory_limit(memory_limit_bytes))
+                            preexec_fn=runner.memory_limit(memory_limit_bytes))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["keras_modules"] == []
@@ -558,10 +559,10 @@ def test_tensorflow_only_process_enforces_every_limit_and_serves_every_format(
         network, gray_network, export_dir, permissive_export, broken_export, tmp_path):
     jobs, expected_values = [], []
     plans = [
-        (export_dir, network, serving_check.format_cases(IMAGE_SHAPE) + serving_check.bad_input_cases_for_export(
+        (export_dir, network, request_cases.format_cases(IMAGE_SHAPE) + request_cases.bad_input_cases_for_export(
             export_dir)),
-        (permissive_export, gray_network, serving_check.format_cases(GRAY_SHAPE)
-         + serving_check.bad_input_cases_for_export(permissive_export) + permissive_extra_cases()),
+        (permissive_export, gray_network, request_cases.format_cases(GRAY_SHAPE)
+         + request_cases.bad_input_cases_for_export(permissive_export) + permissive_extra_cases()),
         (broken_export, None, broken_cases()),
     ]
     for directory, model, cases in plans:
@@ -602,7 +603,7 @@ def test_tensorflow_only_process_enforces_every_limit_and_serves_every_format(
 def test_cpp_loader_refuses_out_of_bound_and_non_finite_answers(gray_network, permissive_export, broken_export,
                                                                checker_binary, tmp_path):
     # The permissive export: every signature, every format, its bad inputs and the overflow.
-    result, cases, paths = serving_check.check_export(permissive_export, str(tmp_path / "permissive"),
+    result, cases, paths = runner.check_export(permissive_export, str(tmp_path / "permissive"),
                                                       batch_sizes=(1,), extra_cases=permissive_extra_cases(),
                                                       memory_limit_bytes=MEMORY_LIMIT_BYTES)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
@@ -610,17 +611,17 @@ def test_cpp_loader_refuses_out_of_bound_and_non_finite_answers(gray_network, pe
         if case.name.startswith("bytes_"):
             inputs = {sig.IMAGE_BYTES: list(tf.make_ndarray(case.request.inputs[sig.IMAGE_BYTES]))}
             want = serving_oracle.expected_outputs(gray_network, sig.CLASSIFY_IMAGE_BYTES, inputs, None)
-            got = serving_check.read_response(path)
+            got = runner.read_response(path)
             for key, value in want.items():
                 np.testing.assert_allclose(got[key], value, rtol=RTOL, atol=ATOL, err_msg=f"C++ {case.name}: {key}")
     assert f"PASS {tmp_path}/permissive/clamped_refine_noise_3e38.request (refine_then_classify)" in result.stdout
-    refined = serving_check.read_response(f"{tmp_path}/permissive/clamped_refine_noise_3e38.request")
+    refined = runner.read_response(f"{tmp_path}/permissive/clamped_refine_noise_3e38.request")
     assert np.all(np.abs(refined[sig.REFINED_IMAGES]) <= 1.0)
     # The broken export answers nothing (so the checker reports unserved signatures and exits 1),
     # but refuses every request the expected way.
     broken = broken_cases()
-    paths = serving_check.write_cases(broken, str(tmp_path / "broken"))
-    result = serving_check.run(checker_binary, broken_export, paths)
+    paths = request_cases.write_cases(broken, str(tmp_path / "broken"))
+    result = runner.run(checker_binary, broken_export, paths)
     for path in paths:
         assert f"PASS {path} refused as expected: INVALID_ARGUMENT" in result.stdout, result.stdout[-6000:]
     unexpected = [line for line in result.stdout.splitlines()
@@ -640,12 +641,12 @@ def decoding_bomb_cases(image_shape):
     height, width, _ = image_shape
     not_a_format = "image_bytes: every image must be PNG, JPEG, BMP, GIF (recognised by its first bytes"
     specs = {
-        "webp_16000x16000": ([serving_check.WEBP_BOMB_16000], not_a_format),
-        "webp_16000x16000_x4": ([serving_check.WEBP_BOMB_16000] * 4, not_a_format),
-        "lying_png_400mb": ([serving_check.lying_png(height, width, 400 << 20)],
+        "webp_16000x16000": ([request_cases.WEBP_BOMB_16000], not_a_format),
+        "webp_16000x16000_x4": ([request_cases.WEBP_BOMB_16000] * 4, not_a_format),
+        "lying_png_400mb": ([request_cases.lying_png(height, width, 400 << 20)],
                             f"image_bytes: every image must be at most {sig.DEFAULT_MAX_IMAGE_BYTES} bytes"),
     }
-    return [serving_check.Case(f"bomb_{name}", client.build_request(sig.CLASSIFY_IMAGE_BYTES, {sig.IMAGE_BYTES: data}),
+    return [request_cases.Case(f"bomb_{name}", client.build_request(sig.CLASSIFY_IMAGE_BYTES, {sig.IMAGE_BYTES: data}),
                                ("INVALID_ARGUMENT", message))
             for name, (data, message) in specs.items()]
 
@@ -653,10 +654,10 @@ def decoding_bomb_cases(image_shape):
 def refine_at_every_bound_case():
     """refine_then_classify at every default bound at once (steps 100, step_size 10, noise_std 1):
     unclamped, it returned pixels from -7.2 to 5.7, which classify refuses."""
-    images = serving_check.valid_inputs(sig.CLASSIFY, IMAGE_SHAPE, 2, seed=9)[sig.IMAGES]
+    images = request_cases.valid_inputs(sig.CLASSIFY, IMAGE_SHAPE, 2, seed=9)[sig.IMAGES]
     inputs = {sig.IMAGES: images, sig.STEPS: sig.DEFAULT_MAX_REFINE_STEPS, sig.STEP_SIZE: sig.DEFAULT_MAX_STEP_SIZE,
               sig.NOISE_STD: sig.DEFAULT_MAX_NOISE_STD, sig.SEED: [5, 6]}
-    return serving_check.Case("refine_at_every_bound", client.build_request(sig.REFINE_THEN_CLASSIFY, inputs))
+    return request_cases.Case("refine_at_every_bound", client.build_request(sig.REFINE_THEN_CLASSIFY, inputs))
 
 
 def assert_refined_within_the_image_domain(network, outputs, where):
@@ -698,15 +699,15 @@ def test_cpp_loader_refuses_decoding_bombs_and_keeps_refinement_in_range(network
     jobs = hostile_jobs(export_dir, permissive_export)
     for directory in (export_dir, permissive_export):
         cases = [case for export, case in jobs if export == directory]
-        paths = serving_check.write_cases(cases, str(tmp_path / os.path.basename(os.path.dirname(directory))))
-        result = serving_check.run(checker_binary, directory, paths, timeout_s=HOSTILE_TIMEOUT_S,
+        paths = request_cases.write_cases(cases, str(tmp_path / os.path.basename(os.path.dirname(directory))))
+        result = runner.run(checker_binary, directory, paths, timeout_s=HOSTILE_TIMEOUT_S,
                                    memory_limit_bytes=MEMORY_LIMIT_BYTES)
         for case, path in zip(cases, paths, strict=True):
             if case.expected_error:
                 assert f"PASS {path} refused as expected: INVALID_ARGUMENT" in result.stdout, result.stdout[-6000:]
             else:
                 assert f"PASS {path} ({sig.REFINE_THEN_CLASSIFY})" in result.stdout, result.stdout[-6000:]
-                assert_refined_within_the_image_domain(network, serving_check.read_response(path), f"C++ {case.name}")
+                assert_refined_within_the_image_domain(network, runner.read_response(path), f"C++ {case.name}")
 
 
 # -- the checker binary is never one someone else planted --------------------------------------
@@ -714,9 +715,9 @@ def test_cpp_loader_refuses_decoding_bombs_and_keeps_refinement_in_range(network
 
 def test_default_build_cache_is_per_user_not_the_shared_temp_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert serving_check.default_cache_dir() == str(tmp_path / "xdg" / "jem_tf" / "serving_check")
+    assert builder.default_cache_dir() == str(tmp_path / "xdg" / "jem_tf" / "serving_check")
     monkeypatch.delenv("XDG_CACHE_HOME")
-    default = serving_check.default_cache_dir()
+    default = builder.default_cache_dir()
     assert default.startswith(os.path.expanduser("~"))
     assert not default.startswith(tempfile.gettempdir() + os.sep)
 
@@ -732,7 +733,7 @@ def test_build_cache_folders_are_private(checker_binary):
 
 def _plant(cache_dir):
     """A program at the exact path `build` would use in `cache_dir`; running it leaves a marker."""
-    binary = serving_check.binary_path(str(cache_dir))
+    binary = builder.binary_path(str(cache_dir))
     os.makedirs(os.path.dirname(binary), mode=0o700)
     os.chmod(cache_dir, 0o700)
     marker = cache_dir / "planted_program_ran"
@@ -761,11 +762,11 @@ def test_a_planted_or_writable_binary_is_never_run(checker_binary, tmp_path, tam
         tamper(binary)
     except PermissionError:
         pytest.skip("Changing a file's owner needs root; the permission cases still run.")
-    with pytest.raises(serving_check.UnsafeBinaryError, match=reason) as refused:
-        serving_check.build(str(cache_dir))
+    with pytest.raises(builder.UnsafeBinaryError, match=reason) as refused:
+        builder.build(str(cache_dir))
     assert f"Refusing to run the serving check from {str(cache_dir)!r}"[:-1] in str(refused.value)
-    with pytest.raises(serving_check.UnsafeBinaryError, match=reason):
-        serving_check.run(binary, str(tmp_path), ["x.request"])
+    with pytest.raises(builder.UnsafeBinaryError, match=reason):
+        runner.run(binary, str(tmp_path), ["x.request"])
     assert not marker.exists()
 
 
@@ -776,8 +777,8 @@ def test_a_private_planted_binary_is_run_which_shows_the_refusals_are_the_checks
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
     binary, marker = _plant(cache_dir)
-    assert serving_check.build(str(cache_dir)) == binary
-    serving_check.run(binary, str(tmp_path), ["x.request"])
+    assert builder.build(str(cache_dir)) == binary
+    runner.run(binary, str(tmp_path), ["x.request"])
     assert marker.exists()
 
 
@@ -788,6 +789,6 @@ def test_a_symlinked_binary_is_refused(checker_binary, tmp_path):
     binary, marker = _plant(cache_dir)
     os.rename(binary, binary + ".real")
     os.symlink(binary + ".real", binary)
-    with pytest.raises(serving_check.UnsafeBinaryError, match="symbolic link"):
-        serving_check.build(str(cache_dir))
+    with pytest.raises(builder.UnsafeBinaryError, match="symbolic link"):
+        builder.build(str(cache_dir))
     assert not marker.exists()

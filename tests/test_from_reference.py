@@ -20,8 +20,8 @@ import tensorflow as tf
 
 from export import reference_state_dict, torch_checkpoint
 from jem_tf import energy
-from jem_tf import workdir as workdir_lib
 from jem_tf.models import WideResNet
+from jem_tf.workdir import restore, run_files
 from trainers import from_reference, loop
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reference")
@@ -196,7 +196,7 @@ def test_the_cli_writes_a_workdir_that_restores_with_network_and_buffer(tmp_path
                      f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "energy_output.weight" in result.stderr  # the skipped heads are named in the log
-    model, config, run_info = workdir_lib.restore_run(str(workdir))
+    model, config, run_info = restore.restore_run(str(workdir))
     assert (config.depth, config.width, config.norm, config.buffer_size) == (10, 1, "none", 6)
     assert run_info["num_classes"] == 10 and run_info["global_step"] == 0
     expected = np.load(os.path.join(DATA, "wrn10x1_outputs.npz"))
@@ -216,12 +216,12 @@ def test_training_resumes_from_an_imported_workdir(tmp_path):
 
     workdir = tmp_path / "imported"
     from_reference.import_checkpoint(os.path.join(DATA, "wrn10x1_zip.pt"), "cifar10", str(workdir))
-    config = TrainConfig.load(str(workdir / workdir_lib.CONFIG_FILE))
+    config = TrainConfig.load(str(workdir / run_files.CONFIG_FILE))
     config.max_steps, config.sgld_steps, config.export = 1, 2, False
     with tfds.testing.mock_data(num_examples=24):
         metrics = loop.train(config)
     assert metrics["global_step"] == 1
-    model, _, _ = workdir_lib.restore_run(str(workdir))
+    model, _, _ = restore.restore_run(str(workdir))
     # The reference's warm-up gives the first step a learning rate of 0, so the network trained for
     # one step from the import is still exactly the reference's.
     expected = np.load(os.path.join(DATA, "wrn10x1_outputs.npz"))

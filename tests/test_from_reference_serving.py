@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from export import client, savedmodel, serving_check
+from export import client, savedmodel
 from export import signatures as sig
+from export.serving_check import builder, request_cases, runner
 from trainers import from_reference
 
 pytestmark = pytest.mark.slow  # builds and runs the C++ serving check
@@ -19,10 +20,10 @@ RTOL = 1e-5
 
 @pytest.fixture(scope="module")
 def checker_binary():
-    if serving_check.find_compiler() is None:
+    if builder.find_compiler() is None:
         pytest.skip("No C++ compiler ($CXX, c++, g++ or clang++) to build export/serving_check; the C++ "
                     "serving proof cannot run on this machine.")
-    return serving_check.build()
+    return builder.build()
 
 
 def test_reference_checkpoint_imports_exports_and_serves_the_reference_logits(checker_binary, tmp_path):
@@ -31,20 +32,20 @@ def test_reference_checkpoint_imports_exports_and_serves_the_reference_logits(ch
     export_dir = savedmodel.export_run(str(workdir), str(tmp_path / "models" / "jem"), version=1)
 
     # Capped: the bad inputs include decoding bombs.
-    result, _, _ = serving_check.check_export(export_dir, str(tmp_path / "check"), bad_inputs=True,
+    result, _, _ = runner.check_export(export_dir, str(tmp_path / "check"), bad_inputs=True,
                                               memory_limit_bytes=4 << 30)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert "ALL PASSED" in result.stdout
 
     expected = np.load(os.path.join(DATA, "wrn10x1_outputs.npz"))
     images = np.ascontiguousarray(np.transpose(expected["inputs"], (0, 2, 3, 1)))  # NCHW -> NHWC, [-1, 1]
-    case = serving_check.Case("reference_inputs", client.build_request(sig.CLASSIFY, {sig.IMAGES: images}))
+    case = request_cases.Case("reference_inputs", client.build_request(sig.CLASSIFY, {sig.IMAGES: images}))
     # The checker insists that every signature answers a request; the others get the usual valid ones.
-    others = serving_check.valid_cases(client.signature_defs_from_export(export_dir), (32, 32, 3), batch_sizes=(1,))
-    paths = serving_check.write_cases([case, *others], str(tmp_path / "reference"))
-    served = serving_check.run(checker_binary, export_dir, paths)
+    others = request_cases.valid_cases(client.signature_defs_from_export(export_dir), (32, 32, 3), batch_sizes=(1,))
+    paths = request_cases.write_cases([case, *others], str(tmp_path / "reference"))
+    served = runner.run(checker_binary, export_dir, paths)
     assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
-    logits = serving_check.read_response(paths[0])[sig.LOGITS]
+    logits = runner.read_response(paths[0])[sig.LOGITS]
     error = np.max(np.abs(logits - expected["logits"])) / np.max(np.abs(expected["logits"]))
     assert error <= RTOL, f"served logits differ from the reference's by {error:.3g} (relative) > {RTOL}"
     np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(expected["logits"], -1))

@@ -275,12 +275,12 @@ def test_the_run_exports_and_evaluates(uninterrupted, tmp_path):
 
 
 def test_readers_restore_the_replay_buffer_because_the_checkpoint_holds_one(trained):
-    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
+    from jem_tf.workdir import checkpoints, restore  # noqa: PLC0415
 
-    stored = workdir_lib.checkpoint_path(os.path.join(trained, "checkpoints"), 4)
-    assert workdir_lib.replay_buffer_size(stored) == checkpoint_tensors(trained, 4)[
+    stored = checkpoints.checkpoint_path(os.path.join(trained, "checkpoints"), 4)
+    assert restore.replay_buffer_size(stored) == checkpoint_tensors(trained, 4)[
         "replay_buffer/images/.ATTRIBUTES/VARIABLE_VALUE"].shape[0]
-    network, config, _ = workdir_lib.restore_run(trained)
+    network, config, _ = restore.restore_run(trained)
     assert config.objective == "jempp"
     np.testing.assert_array_equal(network.replay_buffer.images.numpy(),
                                   checkpoint_tensors(trained, 4)["replay_buffer/images/.ATTRIBUTES/VARIABLE_VALUE"])

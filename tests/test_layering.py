@@ -132,8 +132,9 @@ def test_relative_imports_resolve_inside_the_file_package():
 
 # The parts that serve every objective: they ask the model (trainers/registry.py hooks) or read the
 # run's files, and never branch on which objective it is.
-OBJECTIVE_AGNOSTIC = ("trainers/loop.py", "export", "jem_tf/evaluation", "jem_tf/workdir.py", "jem_tf/preflight.py",
-                      "jem_tf/data")
+OBJECTIVE_AGNOSTIC = ("trainers/loop.py", "trainers/run_plan.py", "trainers/checkpointing.py", "trainers/recovery.py",
+                      "trainers/preemption.py",
+                      "export", "jem_tf/evaluation", "jem_tf/workdir", "jem_tf/preflight.py", "jem_tf/data")
 OBJECTIVE_BRANCH = re.compile(
     r"objective\s*(==|!=|\bin\b|\bnot in\b)"  # config.objective == "jem", objective in (...)
     r"|isinstance\([^)]*\b(JEM\w*|Classifier)\b"  # isinstance(model, JEM)

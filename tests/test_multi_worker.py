@@ -22,9 +22,9 @@ import pytest
 import tensorflow as tf
 
 from jem_tf import cluster as cluster_lib
-from jem_tf import workdir as workdir_lib
 from jem_tf.configs import get_preset
-from trainers import loop
+from jem_tf.workdir import checkpoints, run_files
+from trainers import loop, run_plan
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def _tail(log_path, lines=30):
 
 def _checkpoint_state(workdir, step):
     """Every tensor of checkpoint `step` (weights, optimizer, replay buffer) by name."""
-    reader = tf.train.load_checkpoint(workdir_lib.checkpoint_path(workdir_lib.checkpoint_dir(workdir), step))
+    reader = tf.train.load_checkpoint(checkpoints.checkpoint_path(checkpoints.checkpoint_dir(workdir), step))
     return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
             if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
 
@@ -114,7 +114,7 @@ def _assert_same_state(workdir, reference_workdir, step):
 def _train_losses(workdir):
     """{step: train/loss} from the run's TensorBoard events."""
     losses = {}
-    directory = os.path.join(workdir, workdir_lib.TENSORBOARD_DIR)
+    directory = os.path.join(workdir, run_files.TENSORBOARD_DIR)
     for name in os.listdir(directory):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
             for value in event.summary.value:
@@ -129,13 +129,13 @@ def reference(tmp_path_factory, two_logical_cpus):
     devices = two_logical_cpus
     workdir = str(tmp_path_factory.mktemp("two_replicas"))
     config = dataclasses.replace(get_preset("quick"), workdir=workdir, strategy="mirrored", **SETTINGS)
-    original = loop.make_strategy
+    original = run_plan.make_strategy
     # `--strategy=mirrored` takes GPUs or one CPU; the two logical CPUs are given explicitly here.
-    loop.make_strategy = lambda name: tf.distribute.MirroredStrategy(devices[:2])
+    run_plan.make_strategy = lambda name: tf.distribute.MirroredStrategy(devices[:2])
     try:
         metrics = loop.train(config)
     finally:
-        loop.make_strategy = original
+        run_plan.make_strategy = original
     assert metrics["global_step"] == FINAL_STEP
     return workdir
 
@@ -151,9 +151,9 @@ def test_two_workers_match_two_replicas_in_one_process(reference, tmp_path):
     np.testing.assert_allclose([losses[s] for s in sorted(losses)],
                                [reference_losses[s] for s in sorted(losses)], rtol=RTOL, atol=ATOL)
     # Only the chief wrote the run's files; the other worker's checkpoint copies are gone.
-    with open(os.path.join(workdir, workdir_lib.METRICS_FILE)) as f:
+    with open(os.path.join(workdir, run_files.METRICS_FILE)) as f:
         assert json.load(f)["global_step"] == SHORT_RUN
-    assert workdir_lib.checkpoint_steps(workdir_lib.checkpoint_dir(workdir)) == [0, 2, 4]
+    assert checkpoints.checkpoint_steps(checkpoints.checkpoint_dir(workdir)) == [0, 2, 4]
     assert "not the chief" in _tail(workers[1][1], lines=200)
 
 
@@ -162,7 +162,7 @@ def _start_workers_past_step_2(workdir, log_dir):
     fails the test, killing them, if they end or time out first."""
     workers = _start_workers(workdir, log_dir, "first")
     deadline = time.monotonic() + WORKER_TIMEOUT_S
-    while not os.path.exists(os.path.join(workdir_lib.checkpoint_dir(workdir), "ckpt-2.index")):
+    while not os.path.exists(os.path.join(checkpoints.checkpoint_dir(workdir), "ckpt-2.index")):
         if time.monotonic() > deadline or any(p.poll() is not None for p, _ in workers):
             for p, _ in workers:
                 p.kill()
@@ -173,17 +173,17 @@ def _start_workers_past_step_2(workdir, log_dir):
 
 def test_sigterm_to_one_worker_stops_both_at_one_checkpoint_and_restart_resumes(reference, tmp_path):
     workdir = str(tmp_path / "run")
-    checkpoints = workdir_lib.checkpoint_dir(workdir)
+    checkpoint_folder = checkpoints.checkpoint_dir(workdir)
     # Preempt the non-chief worker once training is under way (after the step-2 checkpoint).
     workers = _start_workers_past_step_2(workdir, str(tmp_path))
     workers[1][0].send_signal(signal.SIGTERM)
     codes = _wait(workers)
     assert codes == [143, 143], [_tail(log) for _, log in workers]  # both stopped: 128 + SIGTERM
-    status = workdir_lib.read_json(os.path.join(workdir, workdir_lib.RUN_STATUS_FILE), {})
+    status = run_files.read_json(os.path.join(workdir, run_files.RUN_STATUS_FILE), {})
     assert status["state"] == "preempted"
     stopped_at = status["step"]
     assert 2 <= stopped_at < FINAL_STEP
-    assert workdir_lib.checkpoint_steps(checkpoints)[-1] == stopped_at
+    assert checkpoints.checkpoint_steps(checkpoint_folder)[-1] == stopped_at
     # Restarting both resumes from that checkpoint and reaches the end, as an uninterrupted run.
     workers = _start_workers(workdir, str(tmp_path), "restart")
     codes = _wait(workers)
@@ -194,16 +194,16 @@ def test_sigterm_to_one_worker_stops_both_at_one_checkpoint_and_restart_resumes(
 
 def test_sigkill_of_one_worker_fails_the_other_and_restarting_both_resumes(reference, tmp_path):
     workdir = str(tmp_path / "run")
-    checkpoints = workdir_lib.checkpoint_dir(workdir)
+    checkpoint_folder = checkpoints.checkpoint_dir(workdir)
     workers = _start_workers_past_step_2(workdir, str(tmp_path))
     workers[1][0].kill()  # no checkpoint, no goodbye
     codes = _wait(workers)
     # The chief's next collective fails (TensorFlow's heartbeats or the broken connection): a
     # failure with a traceback, not a hang and not a clean end.
     assert codes[0] == 1 and codes[1] == -signal.SIGKILL, codes
-    status = workdir_lib.read_json(os.path.join(workdir, workdir_lib.RUN_STATUS_FILE), {})
+    status = run_files.read_json(os.path.join(workdir, run_files.RUN_STATUS_FILE), {})
     assert status["state"] == "failed"
-    last = workdir_lib.checkpoint_steps(checkpoints)[-1]
+    last = checkpoints.checkpoint_steps(checkpoint_folder)[-1]
     assert 2 <= last < FINAL_STEP
     workers = _start_workers(workdir, str(tmp_path), "restart")
     codes = _wait(workers)

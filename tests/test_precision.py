@@ -12,9 +12,9 @@ import tensorflow as tf
 from export import archive, savedmodel
 from export import signatures as sig
 from jem_tf import energy, precision
-from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import TrainConfig, incompatible_fields
 from jem_tf.models import WideResNet
+from jem_tf.workdir import restore
 from trainers import distribution, loop
 from trainers.jem import JEM
 
@@ -234,7 +234,7 @@ def test_bfloat16_run_exports_a_float32_servable_model(tmp_path):
                 assert np.all(np.isfinite(value.numpy())), (name, key)
     # The export computes in bfloat16 (its convolutions), not in a float32 copy of the network...
     assert _conv_dtypes(path) == {tf.bfloat16.as_datatype_enum}
-    model, _, _ = workdir_lib.restore_run(str(workdir))
+    model, _, _ = restore.restore_run(str(workdir))
     reference = model(images, training=False).numpy()
     np.testing.assert_allclose(loaded.signatures[sig.CLASSIFY](images=images)[sig.LOGITS].numpy(), reference,
                                atol=0.05 * np.abs(reference).max())

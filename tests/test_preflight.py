@@ -15,7 +15,7 @@ from PIL import Image
 from jem_tf import cli, preflight, train
 from jem_tf.configs import TrainConfig, get_preset
 from jem_tf.configs import objectives as objective_configs
-from trainers import loop, objectives
+from trainers import loop, objectives, run_plan
 
 
 def tiny_config(workdir, **overrides) -> TrainConfig:
@@ -192,7 +192,7 @@ def test_workdir_under_a_file_is_refused(tmp_path):
 
 def test_garbled_config_json_is_named(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(loop.IncompatibleWorkdirError, match="config.json' cannot be read"):
+    with pytest.raises(run_plan.IncompatibleWorkdirError, match="config.json' cannot be read"):
         loop.train(tiny_config(tmp_path))
 
 

@@ -8,11 +8,11 @@ import pytest
 import tensorflow as tf
 
 from jem_tf import energy
-from jem_tf import workdir as workdir_lib
 from jem_tf.configs import get_preset
 from jem_tf.configs import objectives as objective_configs
 from jem_tf.configs.base import OBJECTIVES
 from jem_tf.models.wide_resnet import ARCHITECTURE_FIELDS, network_arguments
+from jem_tf.workdir import restore
 from trainers import objectives, registry
 from trainers.classifier import Classifier
 from trainers.jem import JEM
@@ -62,7 +62,7 @@ def test_every_network_of_a_run_is_described_from_its_config_in_one_place():
     assert {name: expected[name] for name in ARCHITECTURE_FIELDS} == dict(
         depth=10, width=1, norm="group", activation="swish", dropout_rate=0.25)
     model = objectives.build_model(config, SHAPE, 4)  # the trainer's
-    reader, _ = workdir_lib.build_network(config, dict(image_shape=list(SHAPE), num_classes=4))  # export, evaluation
+    reader, _ = restore.build_network(config, dict(image_shape=list(SHAPE), num_classes=4))  # export, evaluation
     for network in (model, model.to_wide_resnet(), reader):
         described = network_arguments(network, network.num_classes)
         assert described == dict(expected, dtype=described["dtype"]) and described["num_classes"] == 4

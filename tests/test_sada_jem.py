@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf
 from train_hooks import wrap_train_step
 
-from jem_tf import workdir as workdir_lib
 from jem_tf.configs import get_preset
-from trainers import loop
+from jem_tf.workdir import checkpoints
+from trainers import loop, preemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINAL_STEP = 6
@@ -64,9 +64,9 @@ def test_a_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(vari
     loop.train(tiny_config(reference, variant))
     workdir = str(tmp_path / "run")
     wrap_train_step(monkeypatch, _sigterm_after(4))
-    with pytest.raises(loop.TrainingPreemptedError):
+    with pytest.raises(preemption.TrainingPreemptedError):
         loop.train(tiny_config(workdir, variant))
-    assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints"))[-1] == 4
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints"))[-1] == 4
     monkeypatch.undo()
     assert loop.train(tiny_config(workdir, variant))["steps_this_session"] == FINAL_STEP - 4
     got, want = final_state(workdir), final_state(reference)

@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 from jem_tf import data, energy
-from jem_tf import workdir as workdir_lib
 from jem_tf.configs import get_preset
+from jem_tf.workdir import run_files
 from trainers import distribution, loop, registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def uninterrupted(request, tmp_path_factory):
 
 def test_run_info_records_the_labelled_subset(uninterrupted):
     objective, workdir = uninterrupted
-    recorded = workdir_lib.load_run_info(workdir)["labelled_subset"]
+    recorded = run_files.load_run_info(workdir)["labelled_subset"]
     config = semi_supervised_config(workdir, objective)
     digits = data.load("digits", validation_fraction=config.validation_fraction)
     assert recorded == data.training_data_record(digits, config)["labelled_subset"]
@@ -147,7 +147,7 @@ def test_a_semi_supervised_run_exports_and_evaluates(uninterrupted, tmp_path):
     for key in wanted:
         assert isinstance(results.get(key), float) and np.isfinite(results[key]), (key, results.get(key))
     # The report says which labels the run learned from.
-    sha = workdir_lib.load_run_info(workdir)["labelled_subset"]["indices_sha256"]
+    sha = run_files.load_run_info(workdir)["labelled_subset"]["indices_sha256"]
     assert results["meta/training_labels"].startswith(f"{LABELS_PER_CLASS} per class, {10 * LABELS_PER_CLASS} images")
     assert sha[:16] in results["meta/training_labels"]
     assert results["meta/training_labels"] in (tmp_path / "eval" / "report.md").read_text()
@@ -167,7 +167,7 @@ def test_the_cli_trains_with_the_flag_and_a_sigkilled_run_resumes_bit_identicall
     result = run_module("jem_tf.train", *CLI_FLAGS, f"--workdir={reference}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(Path(reference, "metrics.json").read_text())["global_step"] == FINAL_STEP
-    assert workdir_lib.load_run_info(reference)["labelled_subset"]["num_labelled"] == 10 * LABELS_PER_CLASS
+    assert run_files.load_run_info(reference)["labelled_subset"]["num_labelled"] == 10 * LABELS_PER_CLASS
 
     workdir = str(tmp_path / "killed")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))

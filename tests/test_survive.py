@@ -13,10 +13,11 @@ import pytest
 import tensorflow as tf
 from train_hooks import wrap_train_step
 
-from jem_tf import workdir as workdir_lib
+from jem_tf import cli
 from jem_tf.configs import get_preset
 from jem_tf.evaluation import suite
-from trainers import loop
+from jem_tf.workdir import checkpoints, lock, restore
+from trainers import loop, preemption, recovery
 
 FINAL_STEP = 10
 
@@ -51,7 +52,7 @@ def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
     metrics = loop.train(tiny_config(workdir))
     assert metrics["global_step"] == FINAL_STEP
-    assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 5, FINAL_STEP]
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 5, FINAL_STEP]
     return str(workdir)
 
 
@@ -91,20 +92,20 @@ DAMAGES = {
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_a_damaged_newest_checkpoint_is_skipped_by_every_command(copy_of, reference, damage, caplog):
     DAMAGES[damage](copy_of)
-    checkpoints = os.path.join(copy_of, "checkpoints")
-    before = sorted(os.listdir(checkpoints))
+    checkpoint_folder = os.path.join(copy_of, "checkpoints")
+    before = sorted(os.listdir(checkpoint_folder))
     # Evaluation and export (readers) restore the newest intact checkpoint and move nothing.
     run, _ = suite.restore_run(copy_of)
     assert run.checkpoint.endswith("ckpt-5") and run.global_step == 5 and run.has_replay_buffer
-    network, _, run_info = workdir_lib.restore_run(copy_of, with_replay_buffer=False)
+    network, _, run_info = restore.restore_run(copy_of, with_replay_buffer=False)
     assert run_info["global_step"] == 5 and not hasattr(network, "replay_buffer")
-    assert sorted(os.listdir(checkpoints)) == before
+    assert sorted(os.listdir(checkpoint_folder)) == before
     # Training moves the broken one aside, resumes from step 5 and ends where the intact run ended.
     caplog.set_level("WARNING")
     metrics = loop.train(tiny_config(copy_of))
     assert metrics["steps_this_session"] == FINAL_STEP - 5
     assert_same_state(copy_of, reference)
-    broken_dir = os.path.join(checkpoints, "broken")
+    broken_dir = os.path.join(checkpoint_folder, "broken")
     broken = os.listdir(broken_dir) if os.path.isdir(broken_dir) else []
     if damage == "index deleted":
         assert broken == [], "a checkpoint without its index is not a candidate: nothing to move"
@@ -126,19 +127,19 @@ def test_export_of_a_run_with_a_damaged_newest_checkpoint_exports_the_intact_one
 def test_non_finite_weights_fail_verification(tmp_path):
     weight = tf.Variable(tf.ones([3]))
     path = tf.train.Checkpoint(model=tf.Module()).write(str(tmp_path / "empty"))
-    workdir_lib.verify_checkpoint(path)
+    checkpoints.verify_checkpoint(path)
     module = tf.Module()
     module.kernel = weight
     weight.assign([1.0, np.nan, 2.0])
     path = tf.train.Checkpoint(model=module).write(str(tmp_path / "nan"))
     with pytest.raises(ValueError, match="non-finite"):
-        workdir_lib.verify_checkpoint(path)
+        checkpoints.verify_checkpoint(path)
 
 
 @pytest.mark.parametrize("state_file", ["deleted", "garbled", "stale"])
 def test_a_lost_state_file_is_rebuilt_not_read_as_no_checkpoint(copy_of, reference, state_file):
-    checkpoints = os.path.join(copy_of, "checkpoints")
-    state_path = os.path.join(checkpoints, "checkpoint")
+    checkpoint_folder = os.path.join(copy_of, "checkpoints")
+    state_path = os.path.join(checkpoint_folder, "checkpoint")
     if state_file == "deleted":
         os.remove(state_path)
     elif state_file == "garbled":
@@ -147,21 +148,21 @@ def test_a_lost_state_file_is_rebuilt_not_read_as_no_checkpoint(copy_of, referen
     else:
         with open(state_path, "w") as f:
             f.write('model_checkpoint_path: "ckpt-0"\nall_model_checkpoint_paths: "ckpt-0"\n')
-    before = {name: os.path.getmtime(os.path.join(checkpoints, name)) for name in os.listdir(checkpoints)
+    before = {name: os.path.getmtime(os.path.join(checkpoint_folder, name)) for name in os.listdir(checkpoint_folder)
               if name.startswith("ckpt-")}
     # Leftovers of a killed run are cleaned at start.
-    os.makedirs(os.path.join(checkpoints, "ckpt-15_temp", "part-00000-of-00001"))
+    os.makedirs(os.path.join(checkpoint_folder, "ckpt-15_temp", "part-00000-of-00001"))
     os.makedirs(os.path.join(copy_of, "export", ".staging-15-999999999"))
     with open(os.path.join(copy_of, "config.json.tmp-999999999"), "w") as f:
         f.write("{")
     metrics = loop.train(tiny_config(copy_of))
     assert metrics["steps_this_session"] == 0, "it must resume at step 10, not restart at 0"
-    after = {name: os.path.getmtime(os.path.join(checkpoints, name)) for name in os.listdir(checkpoints)
+    after = {name: os.path.getmtime(os.path.join(checkpoint_folder, name)) for name in os.listdir(checkpoint_folder)
              if name.startswith("ckpt-")}
     assert after == before, "no good checkpoint may be rewritten"
-    assert tf.train.get_checkpoint_state(checkpoints).all_model_checkpoint_paths[:] == [
-        os.path.join(checkpoints, f"ckpt-{s}") for s in (0, 5, FINAL_STEP)]
-    assert not os.path.exists(os.path.join(checkpoints, "ckpt-15_temp"))
+    assert tf.train.get_checkpoint_state(checkpoint_folder).all_model_checkpoint_paths[:] == [
+        os.path.join(checkpoint_folder, f"ckpt-{s}") for s in (0, 5, FINAL_STEP)]
+    assert not os.path.exists(os.path.join(checkpoint_folder, "ckpt-15_temp"))
     assert not os.path.exists(os.path.join(copy_of, "export", ".staging-15-999999999"))
     assert not os.path.exists(os.path.join(copy_of, "config.json.tmp-999999999"))
     assert_same_state(copy_of, reference)
@@ -170,11 +171,11 @@ def test_a_lost_state_file_is_rebuilt_not_read_as_no_checkpoint(copy_of, referen
 def test_a_second_writer_is_refused_naming_the_holder_and_nothing_is_written(copy_of):
     config_before = open(os.path.join(copy_of, "config.json")).read()
     metrics_before = open(os.path.join(copy_of, "metrics.json")).read()
-    with workdir_lib.WorkdirLock(copy_of):
-        with pytest.raises(workdir_lib.WorkdirLockedError, match=rf"PID {os.getpid()} on host") as refused:
+    with lock.WorkdirLock(copy_of):
+        with pytest.raises(lock.WorkdirLockedError, match=rf"PID {os.getpid()} on host") as refused:
             loop.train(tiny_config(copy_of, learning_rate=0.02))
         # Readers do not take the lock.
-        assert workdir_lib.restore_run(copy_of)[2]["global_step"] == FINAL_STEP
+        assert restore.restore_run(copy_of)[2]["global_step"] == FINAL_STEP
     assert refused.value.exit_code == 2
     assert open(os.path.join(copy_of, "config.json")).read() == config_before
     assert open(os.path.join(copy_of, "metrics.json")).read() == metrics_before
@@ -194,13 +195,13 @@ def test_a_signal_saves_a_checkpoint_and_a_rerun_continues_the_same_run(referenc
 
     wrap_train_step(monkeypatch, send_signal_at_step_3)
     handler_before = signal.getsignal(signal_number)
-    with pytest.raises(loop.TrainingPreemptedError) as stopped:
+    with pytest.raises(preemption.TrainingPreemptedError) as stopped:
         loop.train(tiny_config(workdir))
     assert stopped.value.step == 3 and stopped.value.exit_code == 128 + signal_number
     status = json.load(open(os.path.join(workdir, "run_status.json")))
     assert status["state"] == "preempted" and status["step"] == 3
     assert status["signal"] == signal.Signals(signal_number).name
-    assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 3]
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 3]
     assert signal.getsignal(signal_number) is handler_before, "the loop's handler must be uninstalled"
     monkeypatch.undo()
     metrics = loop.train(tiny_config(workdir))
@@ -213,7 +214,7 @@ def test_time_based_checkpoints(tmp_path):
     workdir = str(tmp_path / "run")
     loop.train(tiny_config(workdir, max_steps=3, checkpoint_every_steps=1000, checkpoint_every_secs=1e-6,
                            keep_checkpoints=10))
-    assert workdir_lib.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 1, 2, 3]
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 1, 2, 3]
 
 
 def _nan_at_step(step_to_break, attempts, wild_chain_at=None, crash_at_replayed=None):
@@ -300,12 +301,12 @@ def test_without_recoveries_left_divergence_stops_as_before(tmp_path, monkeypatc
     workdir = str(tmp_path / "run")
     hook, _ = _nan_at_step(7, attempts=10)
     wrap_train_step(monkeypatch, hook)
-    with pytest.raises(loop.TrainingDivergedError, match=r"diverged at step 7: the loss is nan.*ckpt-5"):
+    with pytest.raises(recovery.TrainingDivergedError, match=r"diverged at step 7: the loss is nan.*ckpt-5"):
         loop.train(tiny_config(workdir, max_recoveries=0))
     assert json.load(open(os.path.join(workdir, "run_status.json")))["state"] == "diverged"
     assert not os.path.exists(os.path.join(workdir, "recoveries.json"))
     # With recoveries that keep failing, it gives up after --max_recoveries.
-    with pytest.raises(loop.TrainingDivergedError, match=r"2 of --max_recoveries=2 used"):
+    with pytest.raises(recovery.TrainingDivergedError, match=r"2 of --max_recoveries=2 used"):
         loop.train(tiny_config(workdir, max_recoveries=2))
     assert len(json.load(open(os.path.join(workdir, "recoveries.json")))) == 2
 
@@ -330,46 +331,46 @@ def test_recovery_reinitialises_only_wild_chains():
 def test_a_reader_lists_again_when_the_trainer_rotates_a_checkpoint_away_under_it(copy_of, monkeypatch):
     """The race export/evaluation meet on a training workdir, made deterministic: while the reader
     verifies ckpt-10, the trainer saves ckpt-11 and its rotation deletes every older checkpoint."""
-    checkpoints = os.path.join(copy_of, "checkpoints")
-    original_verify = workdir_lib.verify_checkpoint
+    checkpoint_folder = os.path.join(copy_of, "checkpoints")
+    original_verify = checkpoints.verify_checkpoint
     rotated = []
 
     def verify_during_rotation(path):
         if not rotated:
             rotated.append(path)
-            for name in os.listdir(checkpoints):
+            for name in os.listdir(checkpoint_folder):
                 if name.startswith(f"ckpt-{FINAL_STEP}."):  # the "new" checkpoint: same content, next step
-                    shutil.copy(os.path.join(checkpoints, name),
-                                os.path.join(checkpoints, name.replace(f"ckpt-{FINAL_STEP}.", "ckpt-11.")))
-            for name in os.listdir(checkpoints):
+                    shutil.copy(os.path.join(checkpoint_folder, name),
+                                os.path.join(checkpoint_folder, name.replace(f"ckpt-{FINAL_STEP}.", "ckpt-11.")))
+            for name in os.listdir(checkpoint_folder):
                 if name.startswith(("ckpt-0.", "ckpt-5.", f"ckpt-{FINAL_STEP}.")):
-                    os.remove(os.path.join(checkpoints, name))
+                    os.remove(os.path.join(checkpoint_folder, name))
         return original_verify(path)
 
-    monkeypatch.setattr(workdir_lib, "verify_checkpoint", verify_during_rotation)
-    _, _, run_info = workdir_lib.restore_run(copy_of, with_replay_buffer=False)
-    assert rotated == [os.path.join(checkpoints, f"ckpt-{FINAL_STEP}")]
+    monkeypatch.setattr(checkpoints, "verify_checkpoint", verify_during_rotation)
+    _, _, run_info = restore.restore_run(copy_of, with_replay_buffer=False)
+    assert rotated == [os.path.join(checkpoint_folder, f"ckpt-{FINAL_STEP}")]
     assert run_info["global_step"] == 11
-    assert not os.path.exists(os.path.join(checkpoints, "broken")), "a reader moves nothing"
+    assert not os.path.exists(os.path.join(checkpoint_folder, "broken")), "a reader moves nothing"
 
 
 def test_state_file_repair_units(tmp_path):
     directory = str(tmp_path)
     for step in (3, 6):
         open(os.path.join(directory, f"ckpt-{step}.index"), "w").close()
-    assert workdir_lib.repair_checkpoint_state(directory) == [3, 6]
+    assert checkpoints.repair_checkpoint_state(directory) == [3, 6]
     state = tf.train.get_checkpoint_state(directory)
     assert state.model_checkpoint_path == os.path.join(directory, "ckpt-6")
     # Absolute paths of a workdir that was moved are stale.
     with open(os.path.join(directory, "checkpoint"), "w") as f:
         f.write('model_checkpoint_path: "/elsewhere/ckpt-6"\nall_model_checkpoint_paths: "/elsewhere/ckpt-3"\n'
                 'all_model_checkpoint_paths: "/elsewhere/ckpt-6"\n')
-    workdir_lib.repair_checkpoint_state(directory)
+    checkpoints.repair_checkpoint_state(directory)
     assert tf.train.get_checkpoint_state(directory).model_checkpoint_path == os.path.join(directory, "ckpt-6")
     # A state file naming checkpoints that are all gone is moved aside, not deleted.
     for step in (3, 6):
         os.remove(os.path.join(directory, f"ckpt-{step}.index"))
-    assert workdir_lib.repair_checkpoint_state(directory) == []
+    assert checkpoints.repair_checkpoint_state(directory) == []
     assert not os.path.exists(os.path.join(directory, "checkpoint"))
     assert [n.split(".")[0] for n in os.listdir(os.path.join(directory, "broken"))] == ["checkpoint"]
 
@@ -379,39 +380,39 @@ def test_state_file_repair_units(tmp_path):
 
 @pytest.mark.parametrize("repair", ["state file deleted", "newest checkpoint corrupt"])
 def test_a_repaired_workdir_rotates_like_a_fresh_one(copy_of, repair):
-    """A rebuilt state file without checkpoint timestamps made CheckpointManager keep the checkpoints
+    """A rebuilt state file without checkpoint timestamps made CheckpointManager keep the checkpoint_folder
     it listed forever (--keep_checkpoints ignored), and every later start pinned them again."""
-    checkpoints = os.path.join(copy_of, "checkpoints")
+    checkpoint_folder = os.path.join(copy_of, "checkpoints")
     if repair == "state file deleted":
-        os.remove(os.path.join(checkpoints, "checkpoint"))
+        os.remove(os.path.join(checkpoint_folder, "checkpoint"))
     else:
         _truncate(_data_file(copy_of, FINAL_STEP))
     loop.train(tiny_config(copy_of, max_steps=20, keep_checkpoints=2))
-    assert workdir_lib.checkpoint_steps(checkpoints) == [15, 20], "a fresh run to step 20 keeps 15 and 20"
+    assert checkpoints.checkpoint_steps(checkpoint_folder) == [15, 20], "a fresh run to step 20 keeps 15 and 20"
     # The next start reads the state file the manager wrote: still nothing pinned.
     loop.train(tiny_config(copy_of, max_steps=25, keep_checkpoints=2))
-    assert workdir_lib.checkpoint_steps(checkpoints) == [20, 25]
-    assert sorted(n.split(".")[0] for n in os.listdir(checkpoints) if n.startswith("ckpt-")) == [
+    assert checkpoints.checkpoint_steps(checkpoint_folder) == [20, 25]
+    assert sorted(n.split(".")[0] for n in os.listdir(checkpoint_folder) if n.startswith("ckpt-")) == [
         "ckpt-20", "ckpt-20", "ckpt-25", "ckpt-25"]
 
 
 def test_every_checkpoint_damaged_stops_instead_of_restarting_from_step_0(copy_of):
-    checkpoints = os.path.join(copy_of, "checkpoints")
+    checkpoint_folder = os.path.join(copy_of, "checkpoints")
     for step in (0, 5, FINAL_STEP):
         _truncate(_data_file(copy_of, step))
     kept = {name: open(os.path.join(copy_of, name)).read() for name in ("config.json", "run_status.json")}
     for _attempt in range(2):  # the evidence of progress survives the first refusal
-        with pytest.raises(workdir_lib.RunStopped,
+        with pytest.raises(cli.RunStopped,
                            match=r"made progress.*checkpoints/broken/.*--restart_from_scratch") as stopped:
             loop.train(tiny_config(copy_of))
         assert stopped.value.exit_code == 5
         assert {name: open(os.path.join(copy_of, name)).read() for name in kept} == kept
-    broken = os.listdir(os.path.join(checkpoints, "broken"))
+    broken = os.listdir(os.path.join(checkpoint_folder, "broken"))
     assert sorted(n.split(".")[0] for n in broken if n.endswith(".index")) == ["ckpt-0", "ckpt-10", "ckpt-5"]
     # Only the explicit flag starts over, and it deletes nothing.
     metrics = loop.train(tiny_config(copy_of, restart_from_scratch=True))
     assert metrics["steps_this_session"] == FINAL_STEP
-    assert sorted(os.listdir(os.path.join(checkpoints, "broken"))) == sorted(broken)
+    assert sorted(os.listdir(os.path.join(checkpoint_folder, "broken"))) == sorted(broken)
 
 
 def test_a_workdir_without_progress_still_starts_at_step_0(tmp_path):
@@ -433,7 +434,7 @@ def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path, link
     workdir = tmp_path / "run"
     workdir.mkdir()
     (os.symlink if link == "symbolic" else os.link)(target, workdir / ".lock")
-    with pytest.raises(workdir_lib.RunStopped, match=r"\.lock.*(symbolic link|not a plain file)") as refused:
+    with pytest.raises(cli.RunStopped, match=r"\.lock.*(symbolic link|not a plain file)") as refused:
         loop.train(tiny_config(str(workdir), max_steps=1))
     assert refused.value.exit_code == 2
     assert target.read_text() == "keep me"

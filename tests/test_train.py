@@ -15,8 +15,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jem_tf import data as jem_data
-from jem_tf import workdir as workdir_lib
 from jem_tf.configs import get_preset
+from jem_tf.workdir import restore
 from trainers import loop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_cli_trains_and_writes_metrics_checkpoints_summaries_samples(uninterrupt
     metrics = json.loads(Path(workdir, "metrics.json").read_text())
     assert metrics["global_step"] == 12 and metrics["objective"] == "jem" and metrics["dataset"] == "digits"
     # The reported accuracy is the final weights' on the whole test split, recounted here image by image.
-    network, config, _ = workdir_lib.restore_run(workdir, with_replay_buffer=False)
+    network, config, _ = restore.restore_run(workdir, with_replay_buffer=False)
     data = jem_data.load(config.dataset, config.data_dir, config.validation_fraction, config.validation_size)
     correct = total = 0
     for images, labels in jem_data.make_batches(data.test, 100, training=False):
@@ -185,7 +185,7 @@ def test_a_full_disk_stops_cleanly_and_the_rerun_with_space_finishes_the_same_ru
 def test_a_second_run_on_a_locked_workdir_exits_2_naming_the_holder(tmp_path):
     workdir = str(tmp_path / "locked")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from jem_tf.workdir import WorkdirLock; "
+        [sys.executable, "-c", "import sys, time; from jem_tf.workdir.lock import WorkdirLock; "
          "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)", workdir],
         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2"), stdout=subprocess.PIPE,
         text=True)
@@ -253,7 +253,7 @@ def test_paper_datasets_code_path_under_mock_data(tmp_path, dataset, num_classes
     with tfds.testing.mock_data(num_examples=40):
         metrics = loop.train(config)
     assert metrics["global_step"] == 2 and metrics["dataset"] == dataset
-    model, restored_config, run_info = workdir_lib.restore_run(str(tmp_path))
+    model, restored_config, run_info = restore.restore_run(str(tmp_path))
     assert run_info["image_shape"] == [32, 32, 3] and run_info["num_classes"] == num_classes
     assert model.replay_buffer.images.shape == (64, 32, 32, 3)
     assert restored_config.dataset == dataset
@@ -261,7 +261,7 @@ def test_paper_datasets_code_path_under_mock_data(tmp_path, dataset, num_classes
 
 def test_restore_run_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a jem_tf training workdir"):
-        workdir_lib.restore_run(str(tmp_path))
+        restore.restore_run(str(tmp_path))
 
 
 @pytest.mark.slow

@@ -34,10 +34,10 @@ from export import reference_state_dict, torch_checkpoint
 from export.reference_state_dict import ReferenceCheckpointError
 from jem_tf import cli, configs
 from jem_tf import data as jem_data
-from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import write_json_atomically
 from jem_tf.models.wide_resnet import NETWORK_LAYOUT
-from trainers import loop, objectives, optimization
+from jem_tf.workdir import run_files
+from trainers import checkpointing, objectives, optimization
 
 EXIT_BAD_INPUT = 2
 
@@ -128,16 +128,16 @@ def import_checkpoint(checkpoint_path: str, dataset: str, workdir: str, data_dir
     shutil.rmtree(staging, ignore_errors=True)
     try:
         os.makedirs(staging)
-        write_json_atomically(os.path.join(staging, workdir_lib.CONFIG_FILE), config.to_json())
-        write_json_atomically(os.path.join(staging, workdir_lib.RUN_INFO_FILE), json.dumps(info, indent=2))
+        write_json_atomically(os.path.join(staging, run_files.CONFIG_FILE), config.to_json())
+        write_json_atomically(os.path.join(staging, run_files.RUN_INFO_FILE), json.dumps(info, indent=2))
         # A training checkpoint at step 0, fresh Adam state included (the reference saves none), so
         # resumed training starts its schedule, warm-up included, from the imported weights.
         # (The schedule is not checkpointed: training rebuilds it from the config and the data size.)
         optimizer = optimization.make_optimizer(optimization.learning_rate_schedule(config, steps_per_epoch=1))
         model.compile(optimizer=optimizer)
         optimizer.build(model.trainable_variables)
-        manager = tf.train.CheckpointManager(loop._make_checkpoint(model, optimizer),
-                                             os.path.join(staging, workdir_lib.CHECKPOINT_DIR),
+        manager = tf.train.CheckpointManager(checkpointing.make_checkpoint(model, optimizer),
+                                             os.path.join(staging, run_files.CHECKPOINT_DIR),
                                              max_to_keep=config.keep_checkpoints)
         manager.save(checkpoint_number=0)
         if os.path.isdir(workdir):

@@ -5,156 +5,67 @@ Our own loop rather than `model.fit`: it resumes mid-epoch from a step-numbered 
 every step for divergence, and is the shape multi-worker training needs (`fit` fails under
 MultiWorkerMirroredStrategy, keras#20585). The loop's parts live beside it, one job each:
 trainers/distribution.py (strategy, replicas, compiled steps), trainers/optimization.py (Adam and
-the learning-rate schedules), trainers/preemption.py (stop requests), trainers/objectives.py (what
-is trained); this module runs them and owns checkpoints, resume and divergence recovery.
+the learning-rate schedules), trainers/checkpointing.py (what a checkpoint holds, saving,
+restoring), trainers/recovery.py (divergence and its recovery), trainers/preemption.py (stop
+requests), trainers/objectives.py (what is trained); this module runs them.
+
+A run starts in three phases: check (trainers/run_plan.py: config, workdir, data and the
+objective's checks, before anything is built or written; it returns a RunPlan), build (`_Run`:
+model, optimizer, checkpoints; nothing written), train (under the workdir lock: restore or save step
+0, write the run files, the step loop).
 
 A run survives:
-  * being killed: it holds WORKDIR/.lock (jem_tf.workdir.WorkdirLock) and resumes from the newest
-    checkpoint that verifies (jem_tf.workdir.restore_newest); broken ones are moved aside;
+  * being killed: it holds WORKDIR/.lock (jem_tf.workdir.lock.WorkdirLock) and resumes from the newest
+    checkpoint that verifies (jem_tf.workdir.checkpoints.restore_newest); broken ones are moved aside;
   * preemption: SIGTERM or SIGINT finishes the current step, saves a checkpoint, writes
     run_status.json "preempted" and ends with exit code 128 + the signal (143 / 130);
   * divergence: a non-finite loss or a runaway generative loss restores the last good checkpoint
-    and continues with the recovery policy (`_recover`), at most --max_recoveries times.
+    and continues with the recovery policy (trainers.recovery), at most --max_recoveries times.
 """
 
 import contextlib
-import dataclasses
 import errno
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from jem_tf import data as jem_data
-from jem_tf import preflight
-from jem_tf import workdir as workdir_lib
 from jem_tf.configs.base import (
-    RECOVERY_STATE_FIELDS,
     TrainConfig,
-    incompatible_fields,
     write_file_atomically,
     write_json_atomically,
 )
-from jem_tf.models.wide_resnet import NETWORK_LAYOUT, NETWORK_LAYOUT_KEY
+from jem_tf.images import image_grid
+from jem_tf.workdir import checkpoints, lock, run_files
 from trainers import objectives
+from trainers.checkpointing import RunCheckpoints, WorkdirWriteError
 from trainers.distribution import (
     classifier_evaluator,
     distribute_dataset,
     distributed_train_step,
-    gather_from_replicas,
     is_chief,
-    make_strategy,
 )
 from trainers.optimization import ScaledSchedule, learning_rate_schedule, make_optimizer
-from trainers.preemption import AgreedStopRequests, StopRequests
-
-# Exit codes (jem_tf/train.py documents them): preemption ends like a process killed by the signal
-# would, 128 + signal number, which schedulers (SLURM, Kubernetes) read as "terminated, requeue".
-PREEMPTED_EXIT_BASE = 128
-# The workdir could not be written (disk full, quota, permissions): free space and re-run.
-WORKDIR_WRITE_FAILED_EXIT = 4
-
-class TrainingDivergedError(RuntimeError):
-    """Training stopped because the loss became non-finite or the energy gap ran away."""
-
-
-class IncompatibleWorkdirError(ValueError):
-    """The workdir holds a run made with settings that cannot be resumed by this one."""
-
-
-class TrainingPreemptedError(workdir_lib.RunStopped):
-    """SIGTERM/SIGINT: a checkpoint was saved at `step`; re-running the command resumes."""
-
-    def __init__(self, message, step, signal_number):
-        super().__init__(message)
-        self.step = step
-        self.signal_number = signal_number
-        self.exit_code = PREEMPTED_EXIT_BASE + signal_number
-
-
-class WorkdirWriteError(workdir_lib.RunStopped):
-    """A checkpoint or another run file could not be written (e.g. no space left on the device)."""
-
-    exit_code = WORKDIR_WRITE_FAILED_EXIT
-
-
-def _make_checkpoint(model, optimizer=None):
-    # The layout marker lets a restore refuse checkpoints of an older network (check_checkpoint_layout).
-    parts = dict(model=model, **{NETWORK_LAYOUT_KEY: tf.Variable(NETWORK_LAYOUT, dtype=tf.int64, trainable=False)})
-    if optimizer is not None:
-        parts["optimizer"] = optimizer
-    parts.update(model.checkpoint_items())
-    return tf.train.Checkpoint(**parts)
-
-
-def divergence_reason(logs, max_abs_generative_loss):
-    """Why this step's logs show divergence (a non-finite loss, or |generative loss| above the
-    limit; the reference code aborts at 1e8), or None."""
-    loss = float(logs["loss"])
-    generative = float(logs.get("generative_loss", 0.0))
-    if not np.isfinite(loss):
-        return f"the loss is {loss}"
-    if not np.isfinite(generative) or abs(generative) > max_abs_generative_loss:
-        return (f"|generative loss| = {abs(generative):.3g} exceeds "
-                f"--max_abs_generative_loss={max_abs_generative_loss:g}")
-    return None
-
-
-def image_grid(images, columns=8, gap=1):
-    """[n, H, W, C] in [-1, 1] -> one uint8 grid image [rows*(H+gap)-gap, columns*(W+gap)-gap, C]."""
-    images = np.clip((np.asarray(images) + 1.0) * 127.5, 0, 255).astype(np.uint8)
-    n, height, width, channels = images.shape
-    columns = min(columns, n)
-    rows = int(np.ceil(n / columns))
-    grid = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, channels), 255, np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = image
-    return grid
-
-
-def _check_resumable(config: TrainConfig):
-    """Refuses (writing nothing) a workdir made with incompatible settings.
-
-    Returns (resuming, config): resuming is True when the workdir already holds this run; config
-    carries the saved run's recovery state (RECOVERY_STATE_FIELDS) over.
-    """
-    config_path = os.path.join(config.workdir, workdir_lib.CONFIG_FILE)
-    if not os.path.exists(config_path):
-        return False, config
-    try:
-        saved = TrainConfig.load(config_path)
-    except (ValueError, TypeError) as error:
-        raise IncompatibleWorkdirError(
-            f"{config_path!r} cannot be read ({error}). Restore it from the command that started the run, or "
-            "choose a new --workdir."
-        ) from None
-    differences = incompatible_fields(saved, config)
-    if differences:
-        raise IncompatibleWorkdirError(
-            f"Workdir {config.workdir!r} holds a run with different settings ({'; '.join(differences)}). "
-            "Resume it with its original settings, or choose a new --workdir."
-        )
-    return True, dataclasses.replace(config, **{name: getattr(saved, name) for name in RECOVERY_STATE_FIELDS})
+from trainers.preemption import AgreedStopRequests, StopRequests, TrainingPreemptedError
+from trainers.recovery import TrainingDivergedError, divergence_reason, reapply_last_recovery, recover
+from trainers.run_plan import RunPlan, check_run
 
 
 def _prepare_workdir(config: TrainConfig, data, training_data: dict) -> None:
     """Writes config and run info (with `training_data`, e.g. the labelled subset). Call with the
     workdir lock held."""
-    workdir_lib.write_config(config.workdir, config)
+    run_files.write_config(config.workdir, config)
     run_info = dict(
         dataset=data.name, image_shape=list(data.image_shape), num_classes=data.num_classes,
         class_names=list(data.class_names), num_train=data.num_train,
         num_validation=data.num_validation, num_test=data.num_test, **training_data,
     )
-    workdir_lib.write_run_info(config.workdir, run_info)
+    run_files.write_run_info(config.workdir, run_info)
 
 
 def train(config: TrainConfig, exporter=None) -> dict:
@@ -170,63 +81,41 @@ def train(config: TrainConfig, exporter=None) -> dict:
     Raises:
       TrainingDivergedError: divergence after --max_recoveries automatic recoveries.
       TrainingPreemptedError: SIGTERM/SIGINT; a checkpoint was saved (exit code 128 + signal).
-      jem_tf.workdir.WorkdirLockedError: another process trains in this workdir.
+      jem_tf.workdir.lock.WorkdirLockedError: another process trains in this workdir.
       WorkdirWriteError: a checkpoint could not be written (e.g. disk full).
-      IncompatibleWorkdirError, ValueError: bad settings, before anything is written.
+      trainers.run_plan.IncompatibleWorkdirError, ValueError: bad settings, before anything is written.
     """
-    # Every check that can refuse the command runs before the first write (preflight), so a refused
-    # command leaves the workdir as it was and the corrected one just runs.
-    config.validate()
-    preflight.check_workdir_path(config.workdir)
-    resuming, config = _check_resumable(config)
-    # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime at creation.
-    strategy = make_strategy(config.strategy)
-    data = jem_data.load(config.dataset, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
-                         validation_size=config.validation_size, skip_bad_files=config.skip_bad_files,
-                         drop_empty_classes=config.drop_empty_classes)
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ValueError(
-            f"--batch_size={config.batch_size} (global) must be divisible by the {replicas} replicas."
-        )
-    config.validate_for_data(data.num_train)
-    training_data = jem_data.training_data_record(data, config)
-    objective = objectives.get(config.objective)
-    objective.check_config(config, data.num_train)
-    steps_per_epoch = data.num_train // config.batch_size
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    preflight.check_not_past_end(config, total_steps, steps_per_epoch)
-    if objective.uses_replay_buffer(config):
-        preflight.check_replay_buffer_memory(config, data.image_shape)
-    # Built before anything is written: a build that fails (e.g. out of accelerator memory, which
-    # the host-memory check cannot see) leaves the workdir as it was.
-    run = _Run(config, data, strategy, steps_per_epoch, training_data)
+    # Three phases. Check: everything that can refuse the command, before anything is built or
+    # written, so a refused command leaves the workdir as it was and the corrected one just runs.
+    plan = check_run(config)
+    config, strategy = plan.config, plan.strategy
+    # Build: before anything is written, so a build that fails (e.g. out of accelerator memory,
+    # which the host-memory check cannot see) leaves the workdir as it was.
+    run = _Run(plan)
     chief = is_chief(strategy)
-    # One writer per workdir, from the first file written to the last: the chief. Other workers of
+    # Train. One writer per workdir, from the first file written to the last: the chief. Other workers of
     # a multi-worker run write nothing there and take no lock (on a shared filesystem theirs would
     # lock the chief out).
-    with workdir_lib.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
+    with lock.WorkdirLock(config.workdir) if chief else contextlib.nullcontext():
         if chief:
-            workdir_lib.clean_leftovers(config.workdir)
+            run_files.clean_leftovers(config.workdir)
         # Installed before the first checkpoint is read or written: a signal from here on ends with
         # a checkpoint.
         stop_requests = StopRequests().install()
 
         def status(state, **details):
             if chief:
-                workdir_lib.write_run_status(config.workdir, state, run.step, **details)
+                run_files.write_run_status(config.workdir, state, run.step, **details)
 
         try:
-            run.start(resuming)
+            run.start(plan.resuming)
             multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
             return run.train(AgreedStopRequests(stop_requests, strategy) if multi_worker else stop_requests,
                              exporter)
         except TrainingDivergedError as error:
             status("diverged", message=str(error))
             raise
-        except (TrainingPreemptedError, workdir_lib.NoUsableCheckpointError):
+        except (TrainingPreemptedError, checkpoints.NoUsableCheckpointError):
             raise  # its status was written before; or the run's status is evidence of progress to keep
         except WorkdirWriteError as error:
             status("failed", message=str(error))
@@ -250,43 +139,35 @@ def train(config: TrainConfig, exporter=None) -> dict:
 class _Run:
     """One training session of a run: the model, its checkpointing, and the loop."""
 
-    def __init__(self, config, data, strategy, steps_per_epoch, training_data):
-        """Builds the model and optimizer; writes nothing (see `start`). `training_data` is what
-        run_info.json records of the training examples the run uses (jem_data.training_data_record)."""
+    def __init__(self, plan: RunPlan):
+        """Builds the model and optimizer of a checked run (trainers.run_plan); writes nothing (see
+        `start`)."""
+        config, strategy, steps_per_epoch = plan.config, plan.strategy, plan.steps_per_epoch
         self.config = config
-        self.data = data
-        self.training_data = training_data
+        self.data = plan.data
+        self.training_data = plan.training_data
         self.strategy = strategy
         self.steps_per_epoch = steps_per_epoch
-        self.total_steps = config.epochs * steps_per_epoch
-        if config.max_steps is not None:
-            self.total_steps = min(self.total_steps, config.max_steps)
-        self.checkpoint_dir = workdir_lib.checkpoint_dir(config.workdir)
-        # Saving is collective: every worker saves; non-chief workers to a temporary directory that
-        # is removed after each save (TensorFlow's multi-worker checkpoint pattern).
+        self.total_steps = plan.total_steps
         self.chief = is_chief(strategy)
         self.step = 0
-        self.saved_step = None
         # Seeds the weight initialisers (and TF's global seed): two runs with one --seed are one run.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            self.model = objectives.build_model(config, data.image_shape, data.num_classes)
+            self.model = objectives.build_model(config, plan.data.image_shape, plan.data.num_classes)
             self.schedule = ScaledSchedule(learning_rate_schedule(config, steps_per_epoch), config.learning_rate_scale)
             self.optimizer = make_optimizer(self.schedule, config.precision)
             self.model.compile(optimizer=self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
-            self.checkpoint = _make_checkpoint(self.model, self.optimizer)
+            self.checkpoints = RunCheckpoints(config.workdir, self.model, self.optimizer, strategy,
+                                              keep=config.keep_checkpoints)
 
     def start(self, resuming: bool):
         """Restores the newest checkpoint that verifies, or saves step 0. Call with the workdir lock held."""
-        with self.strategy.scope():
-            restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=self.chief)
+        restored, self.step = self.checkpoints.restore_newest()
         if not restored:
             # Every checkpoint damaged: never a silent restart from step 0 (unless asked for).
-            workdir_lib.require_checkpoint_or_restart(self.config.workdir, self.config.restart_from_scratch)
-        self.manager = self._make_manager()
-        self.step = _optimizer_step(self.optimizer)
-        self._check_workers_agree_on_step()
+            checkpoints.require_checkpoint_or_restart(self.config.workdir, self.config.restart_from_scratch)
         with self.strategy.scope():
             # Only the examples whose labels the run may use (--labels_per_class: the labelled subset).
             self.model.prepare_for_data(jem_data.labelled_training_examples(self.data, self.config),
@@ -296,65 +177,15 @@ class _Run:
         if self.chief:
             _prepare_workdir(self.config, self.data, self.training_data)
         if restored:
-            self.saved_step = self.step
             logging.info("Resumed from %s (step %d).", restored, self.step)
-            self._reapply_last_recovery()
+            reapply_last_recovery(self.config.workdir, self.model, self.step)
         else:
             if resuming:
                 logging.info("Workdir %s has a config but no checkpoint yet; starting from step 0.",
                              self.config.workdir)
             # Step 0 is the last good checkpoint a divergence before the first periodic one returns to.
-            self.save()
-        self.last_save_time = time.monotonic()
-
-    def _reapply_last_recovery(self):
-        """A run killed after a recovery but before its next checkpoint resumes from the checkpoint
-        that recovery restored; the chain re-initialisation it then made is in no checkpoint, so it
-        is made again, identically (a stateless draw), to continue the same run. The learning-rate
-        scale and SGLD steps come back from config.json."""
-        history = workdir_lib.read_json(os.path.join(self.config.workdir, workdir_lib.RECOVERIES_FILE), [])
-        last = history[-1] if history else None
-        if last and last.get("restored_step") == self.step:
-            self.model.reapply_recovery(last)
-
-    def _check_workers_agree_on_step(self):
-        """Multi-worker: every worker must have restored the same step (the workdir must be on a
-        filesystem all workers see); otherwise their steps would silently mix two states."""
-        if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            return
-        steps = gather_from_replicas(self.strategy, tf.constant([self.step], tf.int64)).numpy()
-        lowest, highest = int(steps.min()), int(steps.max())
-        if highest != lowest:
-            raise ValueError(
-                f"The workers restored different steps ({lowest} .. {highest}; this one: {self.step}) from "
-                f"{self.checkpoint_dir!r}. --workdir must be one directory on a filesystem every worker sees "
-                "(NFS, GCS, ...); the chief writes its checkpoints there.")
-
-    def _make_manager(self):
-        # Reads the state file restore_newest rebuilt: it lists exactly the checkpoints present.
-        return tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
-                                          max_to_keep=self.config.keep_checkpoints)
-
-    def save(self) -> str:
-        try:
-            if self.chief:
-                path = self.manager.save(checkpoint_number=self.step)
-            else:  # the collective save's copy on a non-chief worker is not kept
-                directory = tempfile.mkdtemp(prefix="jem_tf-worker-checkpoint-")
-                try:
-                    path = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=1).save(
-                        checkpoint_number=self.step)
-                finally:
-                    shutil.rmtree(directory, ignore_errors=True)
-        except (tf.errors.OpError, OSError) as error:
-            raise WorkdirWriteError(
-                f"Could not save the checkpoint of step {self.step} in {self.checkpoint_dir!r}: "
-                f"{str(error).strip().splitlines()[0]}. Free space (or fix permissions) and re-run the same command: "
-                f"it resumes from {self.manager.latest_checkpoint or 'step 0'}."
-            ) from None
-        self.last_save_time = time.monotonic()
-        self.saved_step = self.step
-        return path
+            self.checkpoints.save(self.step)
+        self.checkpoints.reset_save_timer()
 
     def train(self, stop_requests, exporter) -> dict:
         config, data, model, optimizer = self.config, self.data, self.model, self.optimizer
@@ -362,8 +193,8 @@ class _Run:
         train_step = distributed_train_step(model, self.strategy)
         evaluate = classifier_evaluator(model, self.strategy)
         if self.chief:
-            writer = tf.summary.create_file_writer(os.path.join(config.workdir, workdir_lib.TENSORBOARD_DIR))
-            workdir_lib.write_run_status(config.workdir, "running", self.step)
+            writer = tf.summary.create_file_writer(os.path.join(config.workdir, run_files.TENSORBOARD_DIR))
+            run_files.write_run_status(config.workdir, "running", self.step)
         else:
             writer = tf.summary.create_noop_writer()
         logging.info(
@@ -385,7 +216,7 @@ class _Run:
                 self.step += 1
                 reason = divergence_reason(logs, config.max_abs_generative_loss)
                 if reason:
-                    self._recover(reason, writer)
+                    self.step = recover(config, self.checkpoints, model, self.schedule, self.step, reason, writer)
                     # The train step is traced again: SGLD steps are a Python constant in it.
                     train_step = distributed_train_step(model, self.strategy)
                     recovered = True
@@ -398,11 +229,11 @@ class _Run:
                         tf.summary.scalar("train/learning_rate", optimizer.learning_rate)
                     if self.chief and (self.step % config.sample_every_steps == 0 or self.step == total_steps):
                         _write_sample_grid(model, config.workdir, self.step)
-                checkpoint_due = time.monotonic() - self.last_save_time >= config.checkpoint_every_secs
+                checkpoint_due = self.checkpoints.seconds_since_save() >= config.checkpoint_every_secs
                 if isinstance(stop_requests, AgreedStopRequests):
                     checkpoint_due = stop_requests.agree(checkpoint_due)
                 if self.step % config.checkpoint_every_steps == 0 or stop_requests.requested or checkpoint_due:
-                    self.save()
+                    self.checkpoints.save(self.step)
                 if stop_requests.requested:
                     break
             if recovered or stop_requests.requested:
@@ -414,8 +245,8 @@ class _Run:
                 with writer.as_default(step=self.step):
                     for name, value in validation.items():
                         tf.summary.scalar(f"validation/{name}", value)
-        if self.saved_step != self.step:
-            self.save()
+        if self.checkpoints.saved_step != self.step:
+            self.checkpoints.save(self.step)
         writer.flush()
         if stop_requests.requested:
             self._stop_preempted(stop_requests.signal_number)
@@ -428,7 +259,7 @@ class _Run:
             test_accuracy=test["accuracy"], test_xent=test["xent"], global_step=self.step,
             objective=config.objective, dataset=data.name, preset=config.preset,
             steps_this_session=self.step - first_step, seconds_this_session=round(elapsed, 1),
-            checkpoint=self.manager.latest_checkpoint, recoveries=config.recoveries,
+            checkpoint=self.checkpoints.latest, recoveries=config.recoveries,
             # 1 unless something retraced the compiled step (each retrace costs a full trace and compile).
             train_step_traces=train_step.experimental_get_tracing_count(),
         )
@@ -440,77 +271,21 @@ class _Run:
             return metrics
         if config.export and exporter is not None:
             metrics["export"] = exporter(config.workdir, self.step)
-        write_json_atomically(os.path.join(config.workdir, workdir_lib.METRICS_FILE), json.dumps(metrics, indent=2))
-        workdir_lib.write_run_status(config.workdir, "finished", self.step)
+        write_json_atomically(os.path.join(config.workdir, run_files.METRICS_FILE), json.dumps(metrics, indent=2))
+        run_files.write_run_status(config.workdir, "finished", self.step)
         logging.info("Finished at step %d: test accuracy %.4f. Metrics in %s.", self.step, test["accuracy"],
-                     os.path.join(config.workdir, workdir_lib.METRICS_FILE))
+                     os.path.join(config.workdir, run_files.METRICS_FILE))
         return metrics
 
     def _stop_preempted(self, signal_number):
         name = signal.Signals(signal_number).name
         if self.chief:
-            workdir_lib.write_run_status(self.config.workdir, "preempted", self.step, signal=name,
-                                         checkpoint=self.manager.latest_checkpoint)
-        saved = workdir_lib.checkpoint_path(self.checkpoint_dir, self.saved_step)
+            run_files.write_run_status(self.config.workdir, "preempted", self.step, signal=name,
+                                         checkpoint=self.checkpoints.latest)
+        saved = self.checkpoints.path(self.checkpoints.saved_step)
         raise TrainingPreemptedError(
             f"Stopped by {name} at step {self.step}; saved {saved}. Re-run the same command "
             "to resume.", self.step, signal_number)
-
-    def _recover(self, reason, writer):
-        """Divergence at self.step: restore the last good checkpoint and apply the recovery policy,
-        or raise TrainingDivergedError when --max_recoveries are used up."""
-        config = self.config
-        diverged_at = self.step
-        if config.recoveries >= config.max_recoveries:
-            last = self.manager.latest_checkpoint
-            raise TrainingDivergedError(
-                f"Training diverged at step {diverged_at}: {reason}. The last good checkpoint is "
-                f"{last or 'none (no checkpoint was saved yet)'} and was left intact. "
-                f"Automatic recoveries: {config.recoveries} of --max_recoveries={config.max_recoveries} used. "
-                "The paper's remedies (appendix G.3): resume with a lower --learning_rate, more --sgld_steps, "
-                "or another --seed."
-            )
-        with self.strategy.scope():
-            restored = workdir_lib.restore_newest(self.checkpoint, self.checkpoint_dir, writer=self.chief)
-        if restored is None:
-            raise TrainingDivergedError(
-                f"Training diverged at step {diverged_at}: {reason}, and no checkpoint restores to recover from.")
-        self.manager = self._make_manager()
-        self.step = _optimizer_step(self.optimizer)
-        self._check_workers_agree_on_step()
-        self.saved_step = self.step
-        change = dict(
-            step=diverged_at, reason=reason, restored_checkpoint=os.path.basename(restored), restored_step=self.step,
-            learning_rate_scale=[config.learning_rate_scale, config.learning_rate_scale * config.recovery_lr_factor],
-        )
-        config.learning_rate_scale *= config.recovery_lr_factor
-        self.schedule.scale.assign(config.learning_rate_scale)
-        change.update(self.model.apply_recovery(config, seed=(config.seed, diverged_at, config.recoveries)))
-        config.recoveries += 1
-        change["recovery"] = config.recoveries
-        change["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        # The effective values go into config.json, so a resumed run continues with them.
-        path = os.path.join(config.workdir, workdir_lib.RECOVERIES_FILE)
-        if self.chief:
-            workdir_lib.write_config(config.workdir, config)
-            history = workdir_lib.read_json(path, [])
-            write_json_atomically(path, json.dumps(history + [change], indent=2))
-        logging.warning(
-            "Recovery %d of %d: training diverged at step %d (%s). Restored %s (step %d); learning rate x%g, "
-            "SGLD steps %s, %s replay-buffer chains re-initialised. Recorded in %s.",
-            config.recoveries, config.max_recoveries, diverged_at, reason, restored, self.step,
-            config.learning_rate_scale, change.get("sgld_steps", "n/a"), change.get("chains_reinitialised", 0), path,
-        )
-        with writer.as_default(step=diverged_at):
-            tf.summary.scalar("recovery/count", config.recoveries)
-            tf.summary.scalar("recovery/learning_rate_scale", config.learning_rate_scale)
-            tf.summary.text("recovery/event", json.dumps(change))
-
-
-def _optimizer_step(optimizer) -> int:
-    # Through a tensor: under MultiWorkerMirroredStrategy the variable's value is a
-    # MirroredVariable, which int() does not take.
-    return int(tf.convert_to_tensor(optimizer.iterations.value))
 
 
 def _write_sample_grid(model, workdir, step, count=64):
@@ -521,13 +296,7 @@ def _write_sample_grid(model, workdir, step, count=64):
         return
     grid = image_grid(images)
     tf.summary.image("train/sgld_samples", grid[None])
-    os.makedirs(os.path.join(workdir, workdir_lib.SAMPLES_DIR), exist_ok=True)
+    os.makedirs(os.path.join(workdir, run_files.SAMPLES_DIR), exist_ok=True)
     # Atomically, and never through a link planted under the name (tf.io.write_file would follow it).
-    write_file_atomically(os.path.join(workdir, workdir_lib.SAMPLES_DIR, f"step_{step:07d}.png"),
+    write_file_atomically(os.path.join(workdir, run_files.SAMPLES_DIR, f"step_{step:07d}.png"),
                           tf.io.encode_png(grid).numpy())
-
-
-__all__ = [
-    "IncompatibleWorkdirError", "TrainingDivergedError", "TrainingPreemptedError", "WorkdirWriteError",
-    "divergence_reason", "train",
-]

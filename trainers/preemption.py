@@ -8,7 +8,22 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from jem_tf import cli
 from trainers.distribution import gather_from_replicas
+
+# Exit codes (jem_tf/train.py documents them): preemption ends like a process killed by the signal
+# would, 128 + signal number, which schedulers (SLURM, Kubernetes) read as "terminated, requeue".
+PREEMPTED_EXIT_BASE = 128
+
+
+class TrainingPreemptedError(cli.RunStopped):
+    """SIGTERM/SIGINT: a checkpoint was saved at `step`; re-running the command resumes."""
+
+    def __init__(self, message, step, signal_number):
+        super().__init__(message)
+        self.step = step
+        self.signal_number = signal_number
+        self.exit_code = PREEMPTED_EXIT_BASE + signal_number
 
 
 class StopRequests:
@@ -18,9 +33,9 @@ class StopRequests:
     Why not tf.distribute.experimental.PreemptionCheckpointHandler: it supports only
     MultiWorkerMirroredStrategy and TPUStrategy (not the default or MirroredStrategy this loop
     runs), restores the latest checkpoint itself when created (bypassing the verified restore of
-    jem_tf.workdir), numbers checkpoints by its own run counter instead of the optimizer step the
-    data order is keyed on, watches SIGTERM only, and exits the process itself. Multi-worker
-    training would call it where this is checked.
+    jem_tf.workdir.checkpoints), numbers checkpoints by its own run counter instead of the
+    optimizer step the data order is keyed on, watches SIGTERM only, and exits the process itself.
+    Multi-worker training would call it where this is checked.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -2,7 +2,7 @@
 
 from absl import flags
 
-from export import serving_check
+from export.serving_check import runner
 from jem_tf import cli
 
 flags.DEFINE_string("export_dir", None, "An export version directory (OUTPUT/<version>).")
@@ -10,4 +10,4 @@ flags.DEFINE_bool("bad_inputs", True, "Also check that malformed requests are re
 flags.mark_flag_as_required("export_dir")
 
 if __name__ == "__main__":
-    cli.run(serving_check.main)  # bad flags exit 2, like every command
+    cli.run(runner.main)  # bad flags exit 2, like every command

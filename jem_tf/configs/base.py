@@ -52,7 +52,7 @@ RESUME_INVARIANT_FIELDS = (
     "precision",
 )
 
-# The automatic divergence recovery's state (trainers/loop.py): not flags; written into config.json
+# The automatic divergence recovery's state (trainers/recovery.py): not flags; written into config.json
 # by the training loop and carried over when a run is resumed, so the resumed run continues with
 # the learning rate and SGLD steps the recoveries chose.
 RECOVERY_STATE_FIELDS = ("learning_rate_scale", "extra_sgld_steps", "recoveries")
@@ -179,7 +179,7 @@ class TrainConfig(ObjectiveFields):
     summary_every_steps: int = dataclasses.field(default=100, metadata=dict(help="TensorBoard scalars every N steps."))
     sample_every_steps: int = dataclasses.field(default=1000, metadata=dict(
         help="Grid of current SGLD chains (TensorBoard + WORKDIR/samples) every N steps."))
-    # Automatic divergence recovery (trainers/loop.py); the objective's own policy is in its config.
+    # Automatic divergence recovery (trainers/recovery.py); the objective's own policy is in its config.
     max_recoveries: int = dataclasses.field(default=3, metadata=dict(
         help="Automatic divergence recoveries (restore the last good checkpoint, apply the recovery policy, "
              "continue) before giving up with exit code 3; 0 stops at the first divergence."))

@@ -40,7 +40,7 @@ class EvaluatedRun:
     @property
     def has_replay_buffer(self) -> bool:
         """Whether the run has persistent chains: restored runs have them when their checkpoint holds a
-        replay buffer (`jem_tf.workdir.restore_run`)."""
+        replay buffer (`jem_tf.workdir.restore.restore_run`)."""
         return getattr(self.model, "replay_buffer", None) is not None
 
     def class_name(self, label: int) -> str:

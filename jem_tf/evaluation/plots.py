@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from jem_tf.configs.base import write_file_atomically
+from jem_tf.images import image_grid
 
 # Colours of the paper's Table 2 histograms: in-distribution green, OOD red.
 IN_COLOR = "tab:green"
@@ -34,19 +35,6 @@ def to_display(images) -> np.ndarray:
     return np.clip((np.asarray(images, np.float32) + 1.0) / 2.0, 0.0, 1.0)
 
 
-def tile(images, columns: int, pad: int = 1) -> np.ndarray:
-    """[n, H, W, C] -> one [rows*(H+pad)+pad, columns*(W+pad)+pad, C] mosaic (white gaps)."""
-    images = to_display(images)
-    count, height, width, channels = images.shape
-    rows = max(1, int(np.ceil(count / columns)))
-    mosaic = np.ones((rows * (height + pad) + pad, columns * (width + pad) + pad, channels), np.float32)
-    for index in range(count):
-        row, column = divmod(index, columns)
-        top, left = pad + row * (height + pad), pad + column * (width + pad)
-        mosaic[top : top + height, left : left + width] = images[index]
-    return mosaic
-
-
 def _show(axis, image):
     if image.shape[-1] == 1:
         axis.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -56,20 +44,20 @@ def _show(axis, image):
     axis.set_yticks([])
 
 
-def image_grid(path: str, images, columns: int, title: str, row_labels=None) -> str:
-    """Saves a grid of images; `row_labels` names each row (e.g. the class of conditional samples)."""
+def image_grid_figure(path: str, images, columns: int, title: str, row_labels=None) -> str:
+    """Saves a figure of the images' grid (`jem_tf.images.image_grid`) with a title; `row_labels`
+    names each row (e.g. the class of conditional samples)."""
     images = np.asarray(images)
     rows = max(1, int(np.ceil(len(images) / columns)))
     scale = max(0.5, 6.0 / max(columns, rows))
     figure = Figure(figsize=(columns * scale + 1.5, rows * scale + 0.8))
     axis = figure.subplots()
-    mosaic = tile(images, columns)
-    _show(axis, mosaic)
+    _show(axis, image_grid(images, columns).astype(np.float32) / 255.0)
     axis.set_title(textwrap.fill(title, width=max(40, int(12 * (columns * scale + 1.5)))), fontsize=9)
     if row_labels is not None:
         axis.set_ylabel("class")
-        height = images.shape[1] + 1
-        axis.set_yticks([1 + height * (i + 0.5) for i in range(len(row_labels))])
+        height = images.shape[1] + 1  # a row and its gap
+        axis.set_yticks([height * (i + 0.5) - 1 for i in range(len(row_labels))])
         axis.set_yticklabels(row_labels, fontsize=8)
     return _save(figure, path)
 

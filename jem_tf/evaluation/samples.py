@@ -104,7 +104,7 @@ class SamplesEvaluation(registry.Evaluation):
                                      **chain_settings)
         sets["fresh"] = fresh
         columns = int(np.ceil(np.sqrt(len(fresh))))
-        context.figures["samples_fresh_unconditional"] = plots.image_grid(
+        context.figures["samples_fresh_unconditional"] = plots.image_grid_figure(
             context.figure_path("samples_fresh_unconditional.png"), fresh, columns,
             f"Unconditional samples: {options.sample_steps} SGLD steps from U(-1, 1)")
         _sample_metrics(context, "samples/fresh", fresh)
@@ -122,7 +122,7 @@ class SamplesEvaluation(registry.Evaluation):
         for row, label in enumerate(classes):
             indices = np.arange(row * options.samples_per_class, (row + 1) * options.samples_per_class)
             rows.append(indices[np.argsort(-probabilities[indices, label], kind="stable")])
-        context.figures["samples_fresh_conditional"] = plots.image_grid(
+        context.figures["samples_fresh_conditional"] = plots.image_grid_figure(
             context.figure_path("samples_fresh_conditional.png"), conditional[np.concatenate(rows)],
             options.samples_per_class, f"Class-conditional samples: {options.sample_steps} SGLD steps on "
             "log p(x, y), sorted by p(y|x)", row_labels=[run.class_name(c) for c in classes])
@@ -135,7 +135,7 @@ class SamplesEvaluation(registry.Evaluation):
             context.results["samples/buffer"] = common.unavailable(reason)
         else:
             shown = buffer[: options.num_samples]
-            context.figures["samples_buffer_unconditional"] = plots.image_grid(
+            context.figures["samples_buffer_unconditional"] = plots.image_grid_figure(
                 context.figure_path("samples_buffer_unconditional.png"), shown, int(np.ceil(np.sqrt(len(shown)))),
                 f"Replay buffer (persistent chains), {len(shown)} of {len(buffer)}")
             buffer_logits = context.logits(buffer, f"Classifying the {len(buffer)} replay-buffer chains")
@@ -143,7 +143,7 @@ class SamplesEvaluation(registry.Evaluation):
             counts = np.bincount(buffer_logits.argmax(-1), minlength=run.num_classes)
             context.results["samples/buffer/predicted_class_counts"] = [int(c) for c in counts]
             selections = top_by_class(buffer_logits, run.num_classes, options.samples_per_class)
-            context.figures["samples_buffer_conditional"] = plots.image_grid(
+            context.figures["samples_buffer_conditional"] = plots.image_grid_figure(
                 context.figure_path("samples_buffer_conditional.png"),
                 conditional_grid(buffer, [selections[c] for c in classes], options.samples_per_class,
                                          run.image_shape),

@@ -125,12 +125,12 @@ def load_test_split(dataset: str, data_dir, num_examples: int, batch_size: int, 
 
 
 def restore_run(workdir: str, checkpoint=None, precision=None):
-    """Restores a training workdir's network and replay buffer (jem_tf.workdir.restore_run, read-only):
+    """Restores a training workdir's network and replay buffer (jem_tf.workdir.restore.restore_run, read-only):
     (EvaluatedRun, TrainConfig). `precision` (jem_tf.precision.PRECISIONS) overrides the precision
     the run was trained in."""
-    from jem_tf import workdir as workdir_lib
+    from jem_tf.workdir import restore
 
-    model, config, run_info = workdir_lib.restore_run(workdir, checkpoint, precision=precision)
+    model, config, run_info = restore.restore_run(workdir, checkpoint, precision=precision)
     return EvaluatedRun(
         model=model,
         name=f"{config.objective} ({os.path.basename(os.path.normpath(workdir))})",

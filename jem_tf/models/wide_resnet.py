@@ -153,7 +153,7 @@ def network_arguments(source, num_classes: int, precision: str = None) -> dict:
     """WideResNet's constructor arguments: the architecture of `source` (a run's TrainConfig, or a
     built WideResNet), `num_classes` logits, and the dtype policy of `precision` (default: the
     config's `precision`, or the network's own policy). The one place a network is described from a
-    config: the objectives' models (trainers/registry.py), the readers' network (jem_tf/workdir.py)
+    config: the objectives' models (trainers/registry.py), the readers' network (jem_tf/workdir/restore.py)
     and the export copy (Classifier.to_wide_resnet) all build from it."""
     from jem_tf import precision as jem_precision  # noqa: PLC0415 (jem_tf.precision imports nothing of ours)
 
