@@ -152,35 +152,43 @@ def export_run(
 FLAGS = flags.FLAGS
 
 
-def define_flags():
-    flags.DEFINE_string("workdir", None, "Training workdir to export (config.json, run_info.json, checkpoints/).")
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the command's flags in `flag_values` (absl's global FLAGS when run as a program)."""
+    flags.DEFINE_string("workdir", None, "Training workdir to export (config.json, run_info.json, checkpoints/).",
+                        flag_values=flag_values)
     flags.DEFINE_string("output", None, "TF Serving model base path; the export goes to OUTPUT/<version>. "
-                        "Default: WORKDIR/export.")
-    flags.DEFINE_integer("version", None, "Version directory (default: the checkpoint's global step).")
-    flags.DEFINE_string("checkpoint", None, "Checkpoint step or path prefix (default: the latest).")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing OUTPUT/<version>.")
+                        "Default: WORKDIR/export.", flag_values=flag_values)
+    flags.DEFINE_integer("version", None, "Version directory (default: the checkpoint's global step).",
+                         flag_values=flag_values)
+    flags.DEFINE_string("checkpoint", None, "Checkpoint step or path prefix (default: the latest).",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing OUTPUT/<version>.", flag_values=flag_values)
     flags.DEFINE_integer("max_refine_steps", sig.DEFAULT_MAX_REFINE_STEPS,
-                         "Largest `steps` refine_then_classify accepts.")
+                         "Largest `steps` refine_then_classify accepts.", flag_values=flag_values)
     flags.DEFINE_float("max_step_size", sig.DEFAULT_MAX_STEP_SIZE,
-                       "Largest `step_size` refine_then_classify accepts (the paper uses 1).")
+                       "Largest `step_size` refine_then_classify accepts (the paper uses 1).", flag_values=flag_values)
     flags.DEFINE_float("max_noise_std", sig.DEFAULT_MAX_NOISE_STD,
-                       "Largest `noise_std` refine_then_classify accepts (the paper uses 0.01).")
+                       "Largest `noise_std` refine_then_classify accepts (the paper uses 0.01).",
+                       flag_values=flag_values)
     flags.DEFINE_integer("max_batch_size", sig.DEFAULT_MAX_BATCH_SIZE,
-                         "Most images one request to any signature may carry; larger batches are refused.")
+                         "Most images one request to any signature may carry; larger batches are refused.",
+                         flag_values=flag_values)
     flags.DEFINE_integer("max_image_bytes", sig.DEFAULT_MAX_IMAGE_BYTES,
-                         "Most bytes one encoded image sent to classify_image_bytes may have.")
+                         "Most bytes one encoded image sent to classify_image_bytes may have.", flag_values=flag_values)
     flags.DEFINE_integer("max_request_bytes", sig.DEFAULT_MAX_REQUEST_BYTES,
-                         "Most bytes all encoded images of one classify_image_bytes request may have together.")
+                         "Most bytes all encoded images of one classify_image_bytes request may have together.",
+                         flag_values=flag_values)
     flags.DEFINE_bool("download", False, "If the run's tfds dataset (used for the OOD threshold) is not prepared in "
-                      "its data_dir, download and prepare it first (needs internet access; off by default).")
+                      "its data_dir, download and prepare it first (needs internet access; off by default).",
+                      flag_values=flag_values)
     flags.DEFINE_float("ood_quantile", ood_threshold.DEFAULT_OOD_QUANTILE,
-                       "Fraction of validation images the OOD threshold may flag.")
+                       "Fraction of validation images the OOD threshold may flag.", flag_values=flag_values)
     flags.DEFINE_integer("ood_max_images", ood_threshold.DEFAULT_OOD_MAX_IMAGES,
-                         "Validation images used for the OOD threshold.")
+                         "Validation images used for the OOD threshold.", flag_values=flag_values)
     flags.DEFINE_enum("precision", None, list(jem_precision.PRECISIONS),
                       "Precision of the exported network's computation (default: the run's --precision); "
-                      "inputs and outputs are float32 in every precision.")
-    flags.mark_flag_as_required("workdir")
+                      "inputs and outputs are float32 in every precision.", flag_values=flag_values)
+    flags.mark_flag_as_required("workdir", flag_values=flag_values)
 
 
 def main(argv):

@@ -105,3 +105,89 @@ def _distinct_collective_keys():
     tf.distribute.MirroredStrategy._collective_key_base += 100000
     yield
     tf.distribute.MirroredStrategy._collective_key_base += 100000
+
+
+# -- command lines in process -----------------------------------------------------------------
+
+# Commands whose `__main__` parses through `cli.run` (a bad flag exits 2); the others use absl's
+# own `app.run` (a bad flag exits 1).
+_CLI_RUN_COMMANDS = ("jem_tf.train", "jem_tf.evaluate", "export.savedmodel")
+
+
+class CommandResult:
+    """What a finished command left: its exit code, stdout, and stderr (its log lines included)."""
+
+    def __init__(self, args, returncode, stdout, stderr):
+        self.args, self.returncode, self.stdout, self.stderr = args, returncode, stdout, stderr
+
+    def __repr__(self):
+        return f"CommandResult({self.args!r}, returncode={self.returncode}, stderr={self.stderr[-2000:]!r})"
+
+
+def run_command(module_name: str, *args: str) -> CommandResult:
+    """`python -m module_name ARGS` run in this process, for the tests where a real process is not the
+    point: the module's flags are defined on a fresh absl FlagValues and parsed as its `__main__`
+    parses them, then its `main` runs; the exit code is what the process would exit with (SystemExit's
+    code, `main`'s return value, 1 with the traceback on stderr for an uncaught exception).
+
+    Saves the ~5-10 s TensorFlow import of a new interpreter per call. Tests of signals, of the
+    process's own exit status or of a second process's view keep their subprocess."""
+    import contextlib  # noqa: PLC0415
+    import importlib  # noqa: PLC0415
+    import io  # noqa: PLC0415
+    import logging as std_logging  # noqa: PLC0415
+    import traceback  # noqa: PLC0415
+
+    from absl import flags  # noqa: PLC0415
+
+    from jem_tf import cli  # noqa: PLC0415
+
+    module = importlib.import_module(module_name)
+    flag_values = flags.FlagValues()
+    module.define_flags(flag_values)
+    argv = [module_name, *args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    handler = std_logging.StreamHandler(stderr)
+    handler.setFormatter(std_logging.Formatter("%(levelname).1s %(filename)s:%(lineno)d] %(message)s"))
+    absl_logger = std_logging.getLogger("absl")
+    level = absl_logger.level
+    saved = flags.FLAGS, getattr(module, "FLAGS", None)
+    flags.FLAGS = flag_values
+    if saved[1] is not None:
+        module.FLAGS = flag_values
+    absl_logger.addHandler(handler)
+    absl_logger.setLevel(std_logging.INFO)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                if module_name in _CLI_RUN_COMMANDS:
+                    remaining = cli.parse_flags(argv)
+                    if len(remaining) > 1:  # what cli.run says before main
+                        raise cli.UsageError(f"Unexpected arguments {remaining[1:]}: every setting is a --flag=value.")
+                else:
+                    try:
+                        remaining = flag_values(argv)
+                    except flags.Error as error:
+                        stderr.write(f"FATAL Flags parsing error: {error}\n")
+                        raise SystemExit(1) from None
+                code = module.main(remaining)
+            except cli.UsageError as error:
+                std_logging.getLogger("absl").error("%s", error)
+                code = cli.EXIT_BAD_INPUT
+            except SystemExit as exit_:
+                code = exit_.code
+            except Exception:  # noqa: BLE001 (a real process prints it and exits 1)
+                traceback.print_exc(file=stderr)
+                code = 1
+    finally:
+        absl_logger.removeHandler(handler)
+        absl_logger.setLevel(level)
+        flags.FLAGS = saved[0]
+        if saved[1] is not None:
+            module.FLAGS = saved[1]
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, exit 1
+        stderr.write(f"{code}\n")
+        code = 1
+    return CommandResult(argv, code, stdout.getvalue(), stderr.getvalue())

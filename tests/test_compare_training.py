@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from conftest import run_command
 from PIL import Image
 from reference_env import REFERENCE_DIR, TORCH_PYTHON, torch_and_reference_missing
 
@@ -114,6 +115,12 @@ def _cli(*args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _main(*args):
+    """The command line's main in this process (conftest.run_command), for its refusals and failures
+    before any training: a new interpreter would only add TensorFlow's import."""
+    return run_command("benchmarks.compare_training", *args)
+
+
 def _image_tree(root, classes=10, size=32, per_class=4):
     rng = np.random.default_rng(0)
     for split, count in (("train", per_class), ("test", 1)):
@@ -126,12 +133,12 @@ def _image_tree(root, classes=10, size=32, per_class=4):
 
 @pytest.mark.slow
 def test_bad_input_exits_2_naming_it(tmp_path):
-    missing = _cli(f"--data={tmp_path / 'none'}", f"--output_dir={tmp_path / 'out'}", "--implementations=jem_tf")
+    missing = _main(f"--data={tmp_path / 'none'}", f"--output_dir={tmp_path / 'out'}", "--implementations=jem_tf")
     assert missing.returncode == 2 and "has no train/ folder" in missing.stderr and "Traceback" not in missing.stderr
     _image_tree(tmp_path / "small", classes=3, size=8, per_class=1)
-    wrong_shape = _cli(f"--data={tmp_path / 'small'}", f"--output_dir={tmp_path / 'out'}", "--implementations=jem_tf")
+    wrong_shape = _main(f"--data={tmp_path / 'small'}", f"--output_dir={tmp_path / 'out'}", "--implementations=jem_tf")
     assert wrong_shape.returncode == 2 and "3 classes of (8, 8, 3) images" in wrong_shape.stderr
-    no_reference = _cli(f"--data={tmp_path / 'small'}", f"--output_dir={tmp_path / 'out'}")
+    no_reference = _main(f"--data={tmp_path / 'small'}", f"--output_dir={tmp_path / 'out'}")
     assert no_reference.returncode == 2 and "--reference_dir is required" in no_reference.stderr
 
 

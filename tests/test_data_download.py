@@ -1,13 +1,9 @@
 """`--download`: tfds datasets are fetched only when asked, fail fast and clearly offline, and
 never leave anything behind in the workdir. No test opens a connection: sockets are blocked in
-this process (and in the command-line children), and tfds' download step is replaced."""
+this process, where the command lines run too (their main), and tfds' download step is replaced."""
 
-import json
 import os
 import socket
-import subprocess
-import sys
-import textwrap
 import time
 import types
 from pathlib import Path
@@ -15,12 +11,12 @@ from pathlib import Path
 import pytest
 import requests
 import tensorflow_datasets as tfds
+from conftest import run_command
 
 from jem_tf import data
 from jem_tf.data import download
 from jem_tf.evaluation import suite
 
-REPO = Path(__file__).resolve().parents[1]
 TFDS_NAMES = {"svhn": "svhn_cropped", "cifar10": "cifar10", "cifar100": "cifar100", "celeb_a": "celeb_a"}
 
 
@@ -240,58 +236,25 @@ def test_evaluation_without_download_downloads_nothing(tmp_path, stub_run, fake_
 
 # -- the command lines --------------------------------------------------------------------------
 
-# Runs an entry point with the network blocked and tfds' download step replaced, in a child.
-CHILD = textwrap.dedent("""
-    import json, os, socket, sys
-
-    def blocked(*args, **kwargs):
-        raise OSError("network access is blocked in the tests")
-
-    socket.create_connection = socket.getaddrinfo = blocked
-    socket.socket.connect = socket.socket.connect_ex = blocked
-
-    import requests
-    import tensorflow_datasets as tfds
-    from absl import app
-
-    mode, calls_file, module_name = sys.argv[1], sys.argv[2], sys.argv[3]
+def run_cli(monkeypatch, module, mode, *flags):
+    """Runs a command line's main in this process (conftest.run_command) with the network blocked (the
+    autouse `no_network`) and tfds' download step replaced by one that fails as offline; `mode`
+    "reachable" makes the reachability check succeed. Returns (result, the download steps tried)."""
+    calls = []
 
     def replaced_download(builder, *args, **kwargs):
-        with open(calls_file, "a") as f:
-            f.write(json.dumps({"name": builder.name, "data_dir": str(builder.data_dir)}) + "\\n")
+        calls.append({"name": builder.name, "data_dir": str(builder.data_dir)})
         raise requests.exceptions.ConnectionError("Max retries exceeded (replaced download step, offline)")
 
-    tfds.core.DatasetBuilder.download_and_prepare = replaced_download
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", replaced_download)
     if mode == "reachable":
-        from jem_tf.data import download
-
-        def connect(host, port, timeout_s, outcome):
-            outcome["ok"] = True
-
-        download._connect = connect
-    if module_name == "jem_tf.evaluate":
-        import types
-        from jem_tf.evaluation import suite
-
+        monkeypatch.setattr(download, "_connect", lambda host, port, timeout_s, outcome: outcome.update(ok=True))
+    if module == "jem_tf.evaluate":
         run = types.SimpleNamespace(dataset="digits", image_shape=(8, 8, 1), num_classes=10)
         config = types.SimpleNamespace(data_dir=None, validation_fraction=0.1, validation_size=None,
                                        skip_bad_files=False, drop_empty_classes=False)
-        suite.restore_run = lambda workdir, checkpoint=None, precision=None: (run, config)
-    module = __import__(module_name, fromlist=["main"])
-    module.define_flags()
-    app.run(module.main, argv=[module_name] + sys.argv[4:])
-""")
-
-
-def run_cli(tmp_path, module, mode, *flags):
-    calls_file = tmp_path / "download_calls.jsonl"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        env.pop(variable, None)
-    result = subprocess.run([sys.executable, "-c", CHILD, mode, str(calls_file), module, *flags], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
-    calls = [json.loads(line) for line in calls_file.read_text().splitlines()] if calls_file.exists() else []
-    return result, calls
+        monkeypatch.setattr(suite, "restore_run", lambda workdir, checkpoint=None, precision=None: (run, config))
+    return run_command(module, *flags), calls
 
 
 @pytest.mark.slow
@@ -299,9 +262,9 @@ def run_cli(tmp_path, module, mode, *flags):
     ("offline", 0, "tried to connect to www.cs.toronto.edu:443"),
     ("reachable", 1, "failed: ConnectionError: Max retries exceeded"),
 ])
-def test_train_download_failure_exits_2_and_writes_no_workdir(tmp_path, mode, expected_calls, message):
+def test_train_download_failure_exits_2_and_writes_no_workdir(tmp_path, monkeypatch, mode, expected_calls, message):
     workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
-    result, calls = run_cli(tmp_path, "jem_tf.train", mode, "--dataset=cifar10", f"--data_dir={data_dir}",
+    result, calls = run_cli(monkeypatch, "jem_tf.train", mode, "--dataset=cifar10", f"--data_dir={data_dir}",
                             f"--workdir={workdir}", "--download", "--max_steps=1")
     assert result.returncode == 2, result.stderr[-3000:]
     assert message in result.stderr and "--download" in result.stderr
@@ -314,19 +277,19 @@ def test_train_download_failure_exits_2_and_writes_no_workdir(tmp_path, mode, ex
 
 
 @pytest.mark.slow
-def test_train_without_download_never_downloads_and_names_the_flag(tmp_path):
-    result, calls = run_cli(tmp_path, "jem_tf.train", "reachable", "--dataset=svhn", f"--data_dir={tmp_path / 'tfds'}",
-                            f"--workdir={tmp_path / 'run'}", "--max_steps=1")
+def test_train_without_download_never_downloads_and_names_the_flag(tmp_path, monkeypatch):
+    result, calls = run_cli(monkeypatch, "jem_tf.train", "reachable", "--dataset=svhn",
+                            f"--data_dir={tmp_path / 'tfds'}", f"--workdir={tmp_path / 'run'}", "--max_steps=1")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Add --download to fetch and prepare it there" in result.stderr
     assert calls == []
 
 
 @pytest.mark.slow
-def test_evaluate_download_failure_exits_2_and_writes_nothing(tmp_path):
+def test_evaluate_download_failure_exits_2_and_writes_nothing(tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    result, calls = run_cli(tmp_path, "jem_tf.evaluate", "reachable", f"--workdir={workdir}", "--eval=ood",
+    result, calls = run_cli(monkeypatch, "jem_tf.evaluate", "reachable", f"--workdir={workdir}", "--eval=ood",
                             "--ood_sets=svhn,uniform", f"--data_dir={tmp_path / 'tfds'}", "--download")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "--download: downloading and preparing 'svhn'" in result.stderr

@@ -3,20 +3,17 @@
 against what is registered."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_command
 
 from jem_tf import energy
 from jem_tf.evaluation import EvalOptions, EvaluatedRun, common, registry, suite
 from jem_tf.models import WideResNet
 
 SHAPE = (8, 8, 1)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +108,7 @@ def test_register_refuses_bad_names_duplicates_and_non_evaluations(temporary_eva
 
 @pytest.mark.slow
 def test_an_unknown_eval_name_exits_2_naming_the_registered_ones(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO_ROOT)
-    result = subprocess.run([sys.executable, "-m", "jem_tf.evaluate", f"--workdir={tmp_path}", "--eval=accuracy,fid"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_command("jem_tf.evaluate", f"--workdir={tmp_path}", "--eval=accuracy,fid")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Unknown evaluation(s) ['fid']; choose from " + ", ".join(registry.names()) + " or 'all'." in result.stderr
     assert "Traceback" not in result.stderr

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import serving_oracle
 import tensorflow as tf
+from conftest import run_command
 
 from export import archive, client, savedmodel
 from export import signatures as sig
@@ -105,17 +106,19 @@ def _run(args, timeout=600):
 @pytest.mark.slow
 def test_quick_training_run_exports_and_serves(tmp_path):
     workdir = str(tmp_path / "run")
-    # Training exports its final checkpoint itself, through export_run, to WORKDIR/export/<step>.
+    # Training exports its final checkpoint itself, through export_run, to WORKDIR/export/<step>, in
+    # its own process; the exports below run the command in this one (a fresh interpreter would only
+    # add TensorFlow's import), so training's export is still compared with another process's.
     trained = _run(["jem_tf.train", "--preset=quick", f"--workdir={workdir}", "--max_steps=2", "--depth=10",
                     "--width=1"])
     assert trained.returncode == 0, trained.stderr[-4000:]
     assert os.listdir(os.path.join(workdir, "export")) == ["2"]
     # The command line refuses to replace that version...
-    again = _run(["export.savedmodel", f"--workdir={workdir}"])
+    again = run_command("export.savedmodel", f"--workdir={workdir}")
     assert again.returncode == 2 and "already exists" in again.stderr, again.stderr[-2000:]
     # ...and exports anywhere else, versioned by the checkpoint's global step.
     output = str(tmp_path / "models" / "jem")
-    exported = _run(["export.savedmodel", f"--workdir={workdir}", f"--output={output}"])
+    exported = run_command("export.savedmodel", f"--workdir={workdir}", f"--output={output}")
     assert exported.returncode == 0, exported.stderr[-4000:]
     path = exported.stdout.strip().splitlines()[-1]
     assert path == os.path.join(output, "2")

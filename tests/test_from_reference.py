@@ -17,6 +17,7 @@ import hostile_pt
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_command
 
 from export import reference_state_dict, torch_checkpoint
 from jem_tf import energy
@@ -184,9 +185,8 @@ def test_a_checkpoint_that_does_not_fit_the_dataset_is_refused_naming_the_mismat
 
 
 def run_cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", "trainers.from_reference", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    """The importer's command line, its main in this process (conftest.run_command)."""
+    return run_command("trainers.from_reference", *args)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_command
 
 from jem_tf import data, energy
 from jem_tf.configs import get_preset
@@ -126,20 +127,14 @@ def test_the_classifier_trains_on_the_labelled_batch_only():
         np.testing.assert_array_equal(with_third, without)
 
 
-def run_module(module, *flags, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 @pytest.mark.slow
 def test_a_semi_supervised_run_exports_and_evaluates(uninterrupted, tmp_path):
     objective, workdir = uninterrupted
-    export = run_module("export.savedmodel", f"--workdir={workdir}", f"--output={tmp_path / 'export'}")
+    export = run_command("export.savedmodel", f"--workdir={workdir}", f"--output={tmp_path / 'export'}")
     assert export.returncode == 0, export.stderr[-3000:]
     assert (tmp_path / "export" / str(FINAL_STEP) / "saved_model.pb").exists()
     evaluations = "accuracy,calibration,ood" if objective == "jem" else "accuracy,calibration"
-    evaluate = run_module("jem_tf.evaluate", f"--workdir={workdir}", f"--eval={evaluations}", "--num_examples=64",
+    evaluate = run_command("jem_tf.evaluate", f"--workdir={workdir}", f"--eval={evaluations}", "--num_examples=64",
                           "--ood_sets=uniform", f"--output={tmp_path / 'eval'}", "--progress=false")
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -164,11 +159,12 @@ CLI_FLAGS = ["--preset=quick", "--depth=10", "--width=1", "--buffer_size=100", "
 @pytest.mark.slow
 def test_the_cli_trains_with_the_flag_and_a_sigkilled_run_resumes_bit_identically(tmp_path):
     reference = str(tmp_path / "uninterrupted")
-    result = run_module("jem_tf.train", *CLI_FLAGS, f"--workdir={reference}")
+    result = run_command("jem_tf.train", *CLI_FLAGS, f"--workdir={reference}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(Path(reference, "metrics.json").read_text())["global_step"] == FINAL_STEP
     assert run_files.load_run_info(reference)["labelled_subset"]["num_labelled"] == 10 * LABELS_PER_CLASS
 
+    # Only the run that is killed needs a process of its own; the others run the command in this one.
     workdir = str(tmp_path / "killed")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     process = subprocess.Popen([sys.executable, "-m", "jem_tf.train", *CLI_FLAGS, f"--workdir={workdir}"], cwd=REPO,
@@ -182,7 +178,7 @@ def test_the_cli_trains_with_the_flag_and_a_sigkilled_run_resumes_bit_identicall
     process.kill()
     process.wait()
     assert not Path(workdir, "metrics.json").exists(), "killed too late: the run had already finished"
-    result = run_module("jem_tf.train", *CLI_FLAGS, f"--workdir={workdir}")
+    result = run_command("jem_tf.train", *CLI_FLAGS, f"--workdir={workdir}")
     assert result.returncode == 0 and "Resumed from" in result.stderr, result.stderr[-3000:]
     assert json.loads(Path(workdir, "metrics.json").read_text())["steps_this_session"] < FINAL_STEP
     got, want = checkpoint_tensors(workdir), checkpoint_tensors(reference)
@@ -199,7 +195,7 @@ def test_the_cli_trains_with_the_flag_and_a_sigkilled_run_resumes_bit_identicall
 def test_a_bad_labels_per_class_exits_2_naming_it_and_writes_nothing(tmp_path, value, message):
     workdir = tmp_path / "run"
     flags = [flag for flag in CLI_FLAGS if not flag.startswith("--labels_per_class")]
-    result = run_module("jem_tf.train", *flags, f"--labels_per_class={value}", f"--workdir={workdir}")
+    result = run_command("jem_tf.train", *flags, f"--labels_per_class={value}", f"--workdir={workdir}")
     assert result.returncode == 2, result.stderr[-3000:]
     assert message in result.stderr
     assert not workdir.exists() or not any(workdir.iterdir())

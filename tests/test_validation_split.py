@@ -4,22 +4,17 @@ data layer (digits, folders, tfds), the config and the training command line."""
 import dataclasses
 import hashlib
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import run_command
 from PIL import Image
 
 from jem_tf import data
 from jem_tf.configs import get_preset
 from jem_tf.data import splits
 from jem_tf.evaluation import suite
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _arrays(ds):
@@ -120,9 +115,7 @@ def test_config_refuses_a_size_together_with_a_fraction():
 
 
 def _train(*flags):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "jem_tf.train", *flags], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return run_command("jem_tf.train", *flags)
 
 
 @pytest.mark.slow

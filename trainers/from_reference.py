@@ -153,13 +153,17 @@ def import_checkpoint(checkpoint_path: str, dataset: str, workdir: str, data_dir
 FLAGS = flags.FLAGS
 
 
-def define_flags():
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the command's flags in `flag_values` (absl's global FLAGS when run as a program)."""
     flags.DEFINE_string("checkpoint", None,
-                        "A checkpoint of the reference JEM code (torch.save file, zip or legacy format).")
+                        "A checkpoint of the reference JEM code (torch.save file, zip or legacy format).",
+                        flag_values=flag_values)
     flags.DEFINE_string("dataset", None, "What the model was trained on: cifar10, cifar100, svhn or folder:PATH; "
-                        "sets the classes, image shape and the config's defaults.")
-    flags.DEFINE_string("workdir", None, "New (or empty) directory to write the jem_tf workdir to.")
-    flags.DEFINE_string("data_dir", None, "Prepared tfds data directory (as for jem_tf.train), recorded in the config.")
+                        "sets the classes, image shape and the config's defaults.", flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "New (or empty) directory to write the jem_tf workdir to.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "Prepared tfds data directory (as for jem_tf.train), recorded in the config.",
+                        flag_values=flag_values)
 
 
 def main(argv):
