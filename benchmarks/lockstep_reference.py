@@ -286,8 +286,11 @@ def run(flag_values) -> int:
 
     from trainers import from_reference  # noqa: PLC0415
 
-    tf.config.threading.set_intra_op_parallelism_threads(flag_values.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(flag_values.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already running (called in-process, e.g. by a test): its threads stay
+        pass
     workdir = os.path.join(output_dir, "jem_tf_workdir")
     from_reference.import_checkpoint(initial, "cifar10", workdir)
     model, _ = build_jem(workdir, settings)
@@ -344,11 +347,10 @@ def write_results(flag_values, summary) -> None:
     print(f"Wrote {path}.")
 
 
-def main(argv):
+def main(argv, flag_values=flags.FLAGS):
     if len(argv) > 1:
         logging.error("Unexpected arguments %s; all options are --flags.", argv[1:])
         return EXIT_BAD_INPUT
-    flag_values = flags.FLAGS
     for name in ("reference_dir", "torch_python"):
         if not flag_values[name].value:
             logging.error("--%s is required (python -m benchmarks.lockstep_reference --help).", name)
