@@ -323,9 +323,22 @@ def run(flag_values) -> int:
 
 
 def write_results(flag_values, summary) -> None:
+    """docs/results/NAME.json: rows of windows of steps (the largest differences in each), every step
+    in `per_step`; runs of other --steps with the same settings already there are kept."""
     from benchmarks import results_json  # noqa: PLC0415
+    from tools import results_tables  # noqa: PLC0415
 
     settings = summary["settings"]
+    same_but_steps = {key: value for key, value in settings.items() if key != "steps"}
+    runs = {}
+    if (results_tables.RESULTS / f"{flag_values.results_json}.json").is_file():
+        old = results_tables.load(flag_values.results_json).get("per_step", {})
+        runs = {steps: run for steps, run in old.items()
+                if {k: v for k, v in run.get("settings", {}).items() if k != "steps"} == same_but_steps}
+    runs[str(settings["steps"])] = dict(settings=settings, columns=summary["columns"], rows=summary["per_step"],
+                                        final_buffer=summary["worst"]["buffer"], agree=summary["agree"],
+                                        tolerance=summary["tolerance"], torch=summary["torch"])
+    runs = dict(sorted(runs.items(), key=lambda item: int(item[0])))
     table = dict(
         results_json.provenance(results_json.command_line(
             "benchmarks.lockstep_reference", flag_values, leave_out=("reference_dir", "torch_python", "output_dir",
@@ -337,13 +350,16 @@ def write_results(flag_values, summary) -> None:
                f"{settings['buffer_size']}, {settings['sgld_steps']} SGLD steps of {settings['sgld_step_size']:g} "
                f"with noise {settings['sgld_noise']:g} (the same draws on both sides), re-initialisation "
                f"{settings['reinit_freq']:g}, Adam {settings['learning_rate']:g} with {settings['warmup_steps']} "
-               f"warm-up steps; float32 on CPU, torch {summary['torch']}. Each row: the largest difference over "
-               "its steps; the final buffer differs by at most "
-               f"{summary['worst']['buffer']:.1e}. Tolerance {summary['tolerance']:g}: "
-               + ("every value within it." if summary["agree"] else "SOME VALUES BEYOND IT.")],
-        per_step={str(settings["steps"]): dict(columns=summary["columns"], rows=summary["per_step"])},
+               f"warm-up steps, seed {settings['seed']}; float32 on CPU, torch {summary['torch']}. Each row: the "
+               "largest difference over its steps (every step: `per_step` in the JSON). Final replay buffer: "
+               + "; ".join(f"{steps} steps {run['final_buffer']:.1e}" for steps, run in runs.items()) + ". "
+               + ("Every value within the tolerance of "
+                  if all(run["agree"] for run in runs.values()) else "SOME VALUES BEYOND the tolerance of ")
+               + f"{summary['tolerance']:g}."],
+        per_step=runs,
     )
-    path = results_json.write(flag_values.results_json, table, key_columns=1)
+    same_settings = len(runs) > 1
+    path = results_json.write(flag_values.results_json, table, key_columns=1 if same_settings else None)
     print(f"Wrote {path}.")
 
 
