@@ -6,21 +6,28 @@
 
 Both sides start from the same weights and replay buffer: the reference's own initial state (its
 `get_model_and_buffer` after `torch.manual_seed(--seed)`, saved by its `checkpoint()`), imported into
-a jem_tf workdir by `trainers.from_reference`. Then jem_tf's JEM runs `--steps` training steps
-(`JEM.train_step`, eagerly: buffer draw, SGLD, cross-entropy on its own batch (`--xent_batch=independent`)
-+ log p(x), `TorchAdam` on the reference's warm-up schedule, buffer write-back), built as the training
-loop builds it. What it drew is recorded (the buffer slots, which chains were re-initialised and
-their fresh U(-1, 1) starts, the SGLD noise) with the batches, and the reference's own `main()`
-replays them from the same file (`benchmarks/reference_worker.py lockstep`, under `--torch_python`;
-the reference is imported from `--reference_dir` at run time, never copied here): its loop runs
-unchanged, only its random draws and data loaders are replaced by the recorded ones. Data noise is
-zero (the batches are given as they are) and the batches are fixed synthetic images (smooth random
-colour fields in [-1, 1] with random labels), so only the training step itself is compared.
+a jem_tf workdir by `trainers.from_reference`. jem_tf's JEM, built as the training loop builds it,
+first runs `--steps` steps of `JEM.train_step` eagerly (buffer draw, SGLD, cross-entropy on its own
+batch (`--xent_batch=independent`) + log p(x), `TorchAdam` on the reference's warm-up schedule, buffer
+write-back), with spies that record what it draws: the buffer slots, which chains were
+re-initialised and their fresh U(-1, 1) starts, the seed of the SGLD noise. With `--ours=compiled`
+(the default) the compared run is then the training loop's compiled step
+(`trainers.distribution.distributed_train_step`) from a fresh restore: its draws are stateless
+functions of (seed, step), the same. The reference's own `main()` replays the recorded draws and
+batches (`benchmarks/reference_worker.py lockstep`, under `--torch_python`; the reference is imported
+from `--reference_dir` at run time, never copied here): its loop runs unchanged, only its random
+draws and data loaders are replaced. Data noise is zero (the batches are given as they are) and the
+batches are fixed synthetic images (smooth random colour fields in [-1, 1] with random labels), so
+only the training step itself is compared.
 
 Printed per step: the learning rate, the loss, and the largest absolute differences of the loss,
 the logits (of the p(x) batch, the samples and the cross-entropy batch, all at the step's weights),
 the SGLD samples (as written back to the buffer) and the weights after the update; then the largest
-difference of the final buffer. Everything in float32 on CPU.
+difference of the final buffer. Everything in float32 on CPU. With `--float64_control` (the default)
+the reference also runs the same steps in float64 from the same start, and each float32 run's
+distance from it is printed: how far float32 rounding alone carries a run, the scale against which
+a difference between the two implementations is read (SGLD and Adam amplify rounding from step to
+step, the more so once the energies move).
 
 Exit codes: 0 every difference within --tolerance; 1 some difference beyond it (or a side failed; its
 log is named); 2 bad flags, reference checkout or torch Python.
@@ -39,9 +46,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_WORKER = os.path.join(REPO_ROOT, "benchmarks", "reference_worker.py")
 EXIT_DIFFERENT, EXIT_BAD_INPUT = 1, 2
 NUM_CLASSES, IMAGE_SHAPE = 10, (32, 32, 3)  # the reference's cifar10 network
-# Columns of the per-step table; the differences are max |ours - official|.
-COLUMNS = ["step", "learning rate", "loss (official)", "loss", "logits", "samples", "weights"]
 COMPARED = ("loss", "logits", "samples", "weights")
+# With the float64 control: how far each float32 run is from the same steps in float64.
+CONTROLLED = ("logits", "samples", "weights")
+CONTROL = [f"{value}, {side} vs float64" for value in CONTROLLED for side in ("official", "jem_tf")]
+# Columns of the per-step table; the differences are max |a - b|, jem_tf vs official unless named.
+COLUMNS = ["step", "learning rate", "loss (official)", *COMPARED]
 
 
 class SideFailed(Exception):
@@ -70,6 +80,12 @@ def define_flags(flag_values=flags.FLAGS):
     define("integer", "warmup_steps", 10, "Linear learning-rate warm-up steps (0: none).", lower_bound=0)
     define("integer", "seed", 1, "Seeds the initial weights and buffer (torch), jem_tf's draws and the batches.")
     define("float", "tolerance", 1e-3, "Largest absolute difference accepted in any compared value.", lower_bound=0.0)
+    flags.DEFINE_enum("ours", "compiled", ["compiled", "eager"], "Which jem_tf step is compared: `compiled` (the "
+                      "training loop's tf.function step, trainers.distribution.distributed_train_step) or `eager` "
+                      "(JEM.train_step called eagerly; its spies record the draws in both modes).",
+                      flag_values=flag_values)
+    define("bool", "float64_control", True, "Also run the official steps in float64 from the same start: how "
+           "far float32 rounding alone moves each side (a third, slower run of the reference).")
     define("integer", "threads", 1, "Threads of each side (torch.set_num_threads; TensorFlow intra-op).",
            lower_bound=1)
     define("integer", "report_every", 10, "Steps per row of the --results_json table (the largest "
@@ -80,7 +96,7 @@ def define_flags(flag_values=flags.FLAGS):
 
 def settings_of(flag_values) -> dict:
     names = ("steps", "depth", "width", "batch_size", "buffer_size", "sgld_steps", "sgld_step_size", "sgld_noise",
-             "reinit_freq", "learning_rate", "warmup_steps", "seed")
+             "reinit_freq", "learning_rate", "warmup_steps", "seed", "ours", "float64_control")
     return {name: flag_values[name].value for name in names}
 
 
@@ -235,29 +251,83 @@ def sgld_noise(seed, steps: int, batch_size: int) -> np.ndarray:
     ).numpy()) for step in range(steps)])
 
 
-def compare(ours: dict, official: dict) -> tuple:
-    """(rows per step, final buffer difference): COLUMNS' values, differences as max |ours - official|."""
+def run_ours_compiled(model, batches: dict, script: dict, settings: dict) -> dict:
+    """The same steps through the training loop's compiled step (`distributed_train_step`), from a
+    fresh restore of the same checkpoint. Its draws are stateless functions of (seed, step), so they
+    are the eager pass's (`script`); the records are read around each step: the logits at the step's
+    weights by a copy of the network taken before it, the samples from the buffer at the script's
+    slots after it. Returns records as `run_ours` does."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    from trainers.distribution import distributed_train_step  # noqa: PLC0415
+
+    step_function = distributed_train_step(model, tf.distribute.get_strategy())
+    probe = model.to_wide_resnet()
+    records = {key: [] for key in ("loss", "lr", "logits_p_d", "logits_q", "logits_lab", "samples", "weights")}
+    for k in range(settings["steps"]):
+        probe.set_weights(model.get_weights())
+        records["lr"].append(float(model.optimizer.learning_rate))
+        logs = step_function((tf.constant(batches["x_lab"][k]), tf.constant(batches["y_lab"][k]),
+                              tf.constant(batches["x_p_d"][k])))
+        records["loss"].append(float(logs["loss"]))
+        samples = tf.gather(model.replay_buffer.images, script["slots"][k])
+        for key, images in (("logits_lab", batches["x_lab"][k]), ("logits_p_d", batches["x_p_d"][k]),
+                            ("logits_q", samples)):
+            records[key].append(probe(tf.constant(images), training=False).numpy())
+        records["samples"].append(_nchw(samples.numpy()))
+        records["weights"].append(_state(model))
+    records["buffer"] = _nchw(model.replay_buffer.images.numpy())
+    return records
+
+
+def flatten_weights(records: dict, keys) -> dict:
+    """`records` with its per-step state dicts (jem_tf's) as [steps, parameters] in the order of `keys`."""
+    if isinstance(records["weights"], np.ndarray):
+        return records
+    flat = [np.concatenate([np.asarray(state[key], np.float32).ravel() for key in keys])
+            for state in records["weights"]]
+    return dict(records, weights=np.stack(flat))
+
+
+def differences(a: dict, b: dict) -> list:
+    """Per step {value: max |a - b|} of COMPARED (logits: of all three batches), and the final buffer's."""
+    steps = []
+    for k in range(len(b["loss"])):
+        steps.append(dict(
+            loss=abs(float(a["loss"][k]) - float(b["loss"][k])),
+            logits=max(float(np.max(np.abs(np.asarray(a[name][k], np.float64) - b[name][k])))
+                       for name in ("logits_p_d", "logits_q", "logits_lab")),
+            samples=float(np.max(np.abs(np.asarray(a["samples"][k], np.float64) - b["samples"][k]))),
+            weights=float(np.max(np.abs(np.asarray(a["weights"][k], np.float64) - b["weights"][k])))))
+    return steps
+
+
+def compare(ours: dict, official: dict, official64: dict | None = None) -> tuple:
+    """(rows per step, final buffer difference): COLUMNS' values, then with `official64` CONTROL's."""
     keys = [str(key) for key in official["weight_keys"]]
+    ours = flatten_weights(ours, keys)
+    for k, (mine, theirs) in enumerate(zip(ours["lr"], official["lr"])):
+        if abs(mine - theirs) > 1e-9 * max(1.0, abs(theirs)):
+            raise SideFailed(f"step {k}: learning rate {mine!r} (jem_tf) vs {theirs!r} (official): the schedules "
+                             "differ")
+    main = differences(ours, official)
+    control = None
+    if official64 is not None:
+        control = list(zip(differences(official, official64), differences(ours, official64)))
     rows = []
-    for k in range(len(official["loss"])):
-        logits = max(float(np.max(np.abs(ours[name][k] - official[name][k])))
-                     for name in ("logits_p_d", "logits_q", "logits_lab"))
-        weights = np.concatenate([np.asarray(ours["weights"][k][key], np.float32).ravel() for key in keys])
-        rows.append([k, official["lr"][k], float(official["loss"][k]),
-                     abs(ours["loss"][k] - float(official["loss"][k])), logits,
-                     float(np.max(np.abs(ours["samples"][k] - official["samples"][k]))),
-                     float(np.max(np.abs(weights - official["weights"][k])))])
-        if abs(ours["lr"][k] - official["lr"][k]) > 1e-9 * max(1.0, abs(official["lr"][k])):
-            raise SideFailed(f"step {k}: learning rate {ours['lr'][k]!r} (jem_tf) vs {official['lr'][k]!r} "
-                             "(official): the schedules differ")
-    return rows, float(np.max(np.abs(ours["buffer"] - official["buffer"])))
+    for k, step in enumerate(main):
+        row = [k, float(official["lr"][k]), float(official["loss"][k])] + [step[name] for name in COMPARED]
+        if control:
+            row += [side[name] for name in CONTROLLED for side in control[k]]
+        rows.append(row)
+    return rows, float(np.max(np.abs(np.asarray(ours["buffer"], np.float64) - official["buffer"])))
 
 
 def format_table(rows) -> str:
-    lines = ["| " + " | ".join(COLUMNS[:3]) + " | " + " | ".join(f"max abs diff: {c}" for c in COLUMNS[3:]) + " |",
-             "|" + "---:|" * len(COLUMNS)]
-    for step, lr, loss, *differences in rows:
-        lines.append(f"| {step} | {lr:.3g} | {loss:.6f} | " + " | ".join(f"{d:.2e}" for d in differences) + " |")
+    columns = COLUMNS[:3] + [f"max abs diff: {c}" for c in COLUMNS[3:]] + CONTROL[:max(0, len(rows[0]) - len(COLUMNS))]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---:|" * len(columns)]
+    for step, lr, loss, *values in rows:
+        lines.append(f"| {step} | {lr:.3g} | {loss:.6f} | " + " | ".join(f"{d:.2e}" for d in values) + " |")
     return "\n".join(lines)
 
 
@@ -266,7 +336,8 @@ def windows(rows, every: int, steps: int) -> list:
     table = []
     for start in range(0, len(rows), every):
         part = rows[start:start + every]
-        table.append([steps, f"{part[0][0]}–{part[-1][0]}"] + [max(row[i] for row in part) for i in range(3, 7)])
+        table.append([steps, f"{part[0][0]}–{part[-1][0]}"]
+                     + [max(row[i] for row in part) for i in range(3, len(part[0]))])
     return table
 
 
@@ -294,27 +365,42 @@ def run(flag_values) -> int:
     workdir = os.path.join(output_dir, "jem_tf_workdir")
     from_reference.import_checkpoint(initial, "cifar10", workdir)
     model, _ = build_jem(workdir, settings)
-    ours, script = run_ours(model, make_batches(settings["steps"], settings["batch_size"], settings["seed"]),
-                            settings)
-    script_path, result_path = os.path.join(output_dir, "script.npz"), os.path.join(output_dir, "official.npz")
+    batches = make_batches(settings["steps"], settings["batch_size"], settings["seed"])
+    ours, script = run_ours(model, batches, settings)
+    if flag_values.ours == "compiled":
+        model, _ = build_jem(workdir, settings)
+        ours = run_ours_compiled(model, batches, script, settings)
+    script_path = os.path.join(output_dir, "script.npz")
     np.savez(script_path, **script)
-    _worker(flag_values, "lockstep", os.path.join(output_dir, "official_lockstep.log"), f"--script={script_path}",
-            f"--load_path={initial}", f"--output={result_path}")
-    with np.load(result_path) as arrays:
-        official = {key: arrays[key] for key in arrays.files}
-    rows, buffer_difference = compare(ours, official)
+    official, official64 = None, None
+    for precision in ("float32", "float64") if flag_values.float64_control else ("float32",):
+        result_path = os.path.join(output_dir, f"official_{precision}.npz")
+        _worker(flag_values, "lockstep", os.path.join(output_dir, f"official_lockstep_{precision}.log"),
+                f"--script={script_path}", f"--load_path={initial}", f"--output={result_path}",
+                *(["--float64"] if precision == "float64" else []))
+        with np.load(result_path) as arrays:
+            result = {key: arrays[key] for key in arrays.files}
+        official, official64 = (result, None) if precision == "float32" else (official, result)
+    rows, buffer_difference = compare(ours, official, official64)
     print(format_table(rows))
     worst = {name: max(row[3 + i] for row in rows) for i, name in enumerate(COMPARED)}
     worst["buffer"] = buffer_difference
     agree = all(value <= flag_values.tolerance for value in worst.values())
     print(f"\nFinal replay buffer: max abs diff {buffer_difference:.2e}.")
-    print(f"{settings['steps']} steps, WRN-{settings['depth']}-{settings['width']}, batch {settings['batch_size']}, "
+    print(f"{settings['steps']} steps of jem_tf's {flag_values.ours} step, "
+          f"WRN-{settings['depth']}-{settings['width']}, batch {settings['batch_size']}, "
           f"torch {official['torch_version']}: largest differences "
           + ", ".join(f"{name} {value:.2e}" for name, value in worst.items())
           + (f": within --tolerance={flag_values.tolerance:g}." if agree
              else f": BEYOND --tolerance={flag_values.tolerance:g}."))
-    summary = dict(settings=settings, worst=worst, agree=agree, tolerance=flag_values.tolerance,
-                   torch=str(official["torch_version"]), columns=COLUMNS, per_step=rows)
+    control = None
+    if official64 is not None:
+        control = {name: max(row[len(COLUMNS) + i] for row in rows) for i, name in enumerate(CONTROL)}
+        print("Against the same steps in float64, largest differences: "
+              + ", ".join(f"{name} {value:.2e}" for name, value in control.items()) + ".")
+    summary = dict(settings=settings, ours=flag_values.ours, worst=worst, control=control, agree=agree,
+                   tolerance=flag_values.tolerance, torch=str(official["torch_version"]),
+                   columns=COLUMNS + (CONTROL if control else []), per_step=rows)
     with open(os.path.join(output_dir, "lockstep_reference.json"), "w") as f:
         json.dump(summary, f, indent=1)
     if flag_values.results_json:
@@ -339,22 +425,29 @@ def write_results(flag_values, summary) -> None:
                                         final_buffer=summary["worst"]["buffer"], agree=summary["agree"],
                                         tolerance=summary["tolerance"], torch=summary["torch"])
     runs = dict(sorted(runs.items(), key=lambda item: int(item[0])))
+    control = bool(summary["control"])
     table = dict(
         results_json.provenance(results_json.command_line(
             "benchmarks.lockstep_reference", flag_values, leave_out=("reference_dir", "torch_python", "output_dir",
                                                                      "results_json"))),
-        columns=["steps compared", "steps", "max abs diff: loss", "logits", "samples", "weights"],
-        align=["r", "l", "r", "r", "r", "r"], formats=[None, None, "{:.1e}", "{:.1e}", "{:.1e}", "{:.1e}"],
+        columns=["steps compared", "steps", "max abs diff: loss", "logits", "samples", "weights"]
+        + (CONTROL if control else []),
+        align=["r", "l"] + ["r"] * (4 + (len(CONTROL) if control else 0)),
+        formats=[None, None] + ["{:.1e}"] * (4 + (len(CONTROL) if control else 0)),
         rows=windows(summary["per_step"], flag_values.report_every, settings["steps"]),
-        notes=[f"WRN-{settings['depth']}-{settings['width']}, batch {settings['batch_size']}, buffer "
-               f"{settings['buffer_size']}, {settings['sgld_steps']} SGLD steps of {settings['sgld_step_size']:g} "
-               f"with noise {settings['sgld_noise']:g} (the same draws on both sides), re-initialisation "
+        notes=[f"jem_tf's {settings['ours']} training step against the official code's `main()`, from the same "
+               f"weights and buffer on the same batches and draws: WRN-{settings['depth']}-{settings['width']}, "
+               f"batch {settings['batch_size']}, buffer {settings['buffer_size']}, {settings['sgld_steps']} SGLD "
+               f"steps of {settings['sgld_step_size']:g} with noise {settings['sgld_noise']:g}, re-initialisation "
                f"{settings['reinit_freq']:g}, Adam {settings['learning_rate']:g} with {settings['warmup_steps']} "
                f"warm-up steps, seed {settings['seed']}; float32 on CPU, torch {summary['torch']}. Each row: the "
-               "largest difference over its steps (every step: `per_step` in the JSON). Final replay buffer: "
+               "largest difference over its steps (every step: `per_step` in the JSON)"
+               + ("; the last columns: each float32 run against the official steps recomputed in float64 from "
+                  "the same start (what float32 rounding alone does)" if control else "")
+               + ". Final replay buffer: "
                + "; ".join(f"{steps} steps {run['final_buffer']:.1e}" for steps, run in runs.items()) + ". "
                + ("Every value within the tolerance of "
-                  if all(run["agree"] for run in runs.values()) else "SOME VALUES BEYOND the tolerance of ")
+                  if all(run["agree"] for run in runs.values()) else "Some values beyond the tolerance of ")
                + f"{summary['tolerance']:g}."],
         per_step=runs,
     )

@@ -462,7 +462,8 @@ def run_lockstep(args) -> dict:
     Recorded per step k, as numpy: `loss` (the value `L.backward()` is called on), `lr` (its Adam's rate
     for the step), the logits of x_p_d, x_q and x_lab (the last three `f.classify` calls of the step,
     in main()'s order), the samples x_q, the weights after the step (flattened in state-dict order,
-    the heads JEM does not use left out), and the buffer after the last step."""
+    the heads JEM does not use left out), and the buffer after the last step. With --float64 the same
+    steps run in float64 from the same float32 start: how far float32 rounding alone moves the run."""
     import numpy as np
     import torch
 
@@ -472,6 +473,10 @@ def run_lockstep(args) -> dict:
     with np.load(args.script) as arrays:
         script = {key: arrays[key] for key in arrays.files}
     settings = json.loads(str(script.pop("settings")))
+    if args.float64:  # the rounding control: the same steps in float64 (weights, buffer, batches, draws)
+        torch.set_default_dtype(torch.float64)
+        script = {key: value.astype(np.float64) if value.dtype == np.float32 else value
+                  for key, value in script.items()}
     steps = int(script["slots"].shape[0])
     captured, calls, records = {}, [], {key: [] for key in ("loss", "lr", "logits_p_d", "logits_q", "logits_lab",
                                                             "samples", "weights")}
@@ -482,6 +487,7 @@ def run_lockstep(args) -> dict:
 
     def get_model_and_buffer(*a, **k):
         f, buffer = original_get_model(*a, **k)
+        buffer = buffer.to(torch.get_default_dtype())  # float32 as saved; float64 for the control
         captured["f"], captured["buffer"] = f, buffer
         classify = f.classify
 
@@ -575,6 +581,8 @@ def main(argv=None):
     parser.add_argument("--output", help="train: write the result JSON here")
     parser.add_argument("--script", help="lockstep: the .npz of batches and random choices to replay")
     parser.add_argument("--load_path", help="lockstep: the initial checkpoint (lockstep_init's --output)")
+    parser.add_argument("--float64", action="store_true",
+                        help="lockstep: compute in float64 (the float32 rounding control)")
     parser.add_argument("--fp32_convolutions", action="store_true",
                         help="train on a GPU: turn off TF32 (cuDNN and matmul), which PyTorch uses by default")
     args = parser.parse_args(argv)

@@ -76,13 +76,14 @@ def test_missing_reference_or_torch_is_refused(tmp_path):
 
 @pytest.mark.skipif(bool(torch_and_reference_missing()), reason=torch_and_reference_missing() or "available")
 def test_four_steps_agree_with_the_official_code(tmp_path):
-    """WRN-10-1, batch 8, a 20-chain buffer (so chains are drawn again after their write-back), a
+    """The training loop's compiled step. WRN-10-1, batch 8, a 20-chain buffer (so chains are drawn again after their write-back), a
     re-initialisation rate of 0.25 (so fresh chains occur), 3 SGLD steps with noise, Adam 1e-3 with 2
     warm-up steps (so steps at rate 0, in the warm-up and at the full rate)."""
     code = _main_in_process(
         f"--reference_dir={REFERENCE_DIR}", f"--torch_python={TORCH_PYTHON}", f"--output_dir={tmp_path}",
         "--steps=4", "--depth=10", "--width=1", "--batch_size=8", "--buffer_size=20", "--sgld_steps=3",
-        "--reinit_freq=0.25", "--learning_rate=1e-3", "--warmup_steps=2", "--tolerance=1e-3")
+        "--reinit_freq=0.25", "--learning_rate=1e-3", "--warmup_steps=2", "--tolerance=1e-3",
+        "--nofloat64_control")
     summary = json.loads((tmp_path / "lockstep_reference.json").read_text())
     assert code == 0, summary["worst"]
     assert summary["agree"] and len(summary["per_step"]) == 4
