@@ -76,9 +76,10 @@ def test_missing_reference_or_torch_is_refused(tmp_path):
 
 @pytest.mark.skipif(bool(torch_and_reference_missing()), reason=torch_and_reference_missing() or "available")
 def test_four_steps_agree_with_the_official_code(tmp_path):
-    """The training loop's compiled step. WRN-10-1, batch 8, a 20-chain buffer (so chains are drawn again after their write-back), a
-    re-initialisation rate of 0.25 (so fresh chains occur), 3 SGLD steps with noise, Adam 1e-3 with 2
-    warm-up steps (so steps at rate 0, in the warm-up and at the full rate)."""
+    """The training loop's compiled step. WRN-10-1, batch 8, a 20-chain buffer (so chains are drawn
+    again after their write-back), a re-initialisation rate of 0.25 (so fresh chains occur), 3 SGLD
+    steps with noise, Adam 1e-3 with 2 warm-up steps (so steps at rate 0, in the warm-up and at the
+    full rate)."""
     code = _main_in_process(
         f"--reference_dir={REFERENCE_DIR}", f"--torch_python={TORCH_PYTHON}", f"--output_dir={tmp_path}",
         "--steps=4", "--depth=10", "--width=1", "--batch_size=8", "--buffer_size=20", "--sgld_steps=3",
