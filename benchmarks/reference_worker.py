@@ -7,6 +7,7 @@ run time and its functions are called.
 
     PYTHON_WITH_TORCH benchmarks/reference_worker.py time  --reference_dir=DIR --depth=16 --width=2 ...
     PYTHON_WITH_TORCH benchmarks/reference_worker.py train --reference_dir=DIR --data=IMAGES.npz ...
+    PYTHON_WITH_TORCH benchmarks/reference_worker.py lockstep --reference_dir=DIR --script=S.npz --load_path=P.pt ...
 
 `train_wrn_ebm.py` imports torchvision and tqdm at the top. Only its model, sampler and training loop
 are used, so where those packages are missing (torchvision has no wheel matching every torch)
@@ -21,6 +22,9 @@ arrays, and a `datasets.CIFAR10` that serves the images of an .npz file written 
 (`get_sample_q`), then answers JSON lines on stdin ({"samples": k} times k iterations; {"exit": true}
 ends), each with wall and CPU seconds, the in-loop `sample_q` seconds and the machine's other load.
 `train`: runs the reference's own `main()` and parses the losses it prints into curves (JSON).
+`lockstep_init` / `lockstep` (for `benchmarks.lockstep_reference`): the reference's initial weights and
+buffer saved by its own `checkpoint()`; then its own `main()` from that file on scripted batches and
+random draws, recording every step's loss, logits, samples and weights (`run_lockstep`).
 """
 
 import argparse
@@ -43,10 +47,13 @@ class StopTraining(Exception):
 
 
 class _StepBudget:
-    """Shared by every stand-in tqdm: how many loop iterations have been handed out, and the cap."""
+    """Shared by every stand-in tqdm: how many loop iterations have been handed out, and the cap;
+    `before_step(k)`, when set, is called before iteration k is handed out (and before the cap is
+    checked), i.e. once iteration k - 1 has finished (lockstep: it records that iteration's state)."""
 
     max_steps = None
     handed_out = 0
+    before_step = None
 
 
 def _module(name: str) -> types.ModuleType:
@@ -61,6 +68,8 @@ def _stand_in_tqdm(iterable=None, *args, **kwargs):
 
     def iterate():
         for item in iterable:
+            if _StepBudget.before_step is not None:
+                _StepBudget.before_step(_StepBudget.handed_out)
             if _StepBudget.max_steps is not None and _StepBudget.handed_out >= _StepBudget.max_steps:
                 raise StopTraining()
             _StepBudget.handed_out += 1
@@ -381,10 +390,177 @@ def run_training(args) -> dict:
         result.update(test_accuracy=float(accuracy), test_xent=float(xent))
     return result
 
+# ------------------------------------------------------------------------------------------------
+# lockstep (benchmarks.lockstep_reference)
+
+
+def make_initial_checkpoint(args) -> None:
+    """The reference's own initial state for a lockstep: its `get_model_and_buffer` (PyTorch's default
+    initialisation, a U(-1, 1) buffer) after `torch.manual_seed(--seed)`, saved by its `checkpoint()`
+    ({"model_state_dict", "replay_buffer"}) as --output; jem_tf imports that file."""
+    import torch
+
+    reference = import_reference(args.reference_dir)
+    torch.manual_seed(args.seed)
+    save_dir = tempfile.mkdtemp(prefix="reference_lockstep_")
+    main_args = reference_args(depth=args.depth, width=args.width, buffer_size=args.buffer_size, save_dir=save_dir)
+    device = torch.device("cpu")
+    f, replay_buffer = reference.get_model_and_buffer(main_args, device, reference.get_sample_q(main_args, device))
+    reference.checkpoint(f, replay_buffer, "lockstep_initial.pt", main_args, device)
+    os.replace(os.path.join(save_dir, "lockstep_initial.pt"), args.output)
+
+
+class _ScriptedTorch(types.ModuleType):
+    """The reference module's `t` (torch) with its random draws replaced by a script: `randint` gives
+    the step's buffer slots, `rand` numbers below `reinit_freq` exactly where a chain is re-initialised,
+    `randn_like` the step's SGLD noise in order (zeros when the script has none), and `optim.Adam`
+    records the optimizer it makes. Everything else is torch's own."""
+
+    def __init__(self, torch, script, captured):
+        super().__init__("torch")
+        self._torch, self._script, self._captured = torch, script, captured
+        self.step, self.noise_index = 0, 0
+
+        class Adam(torch.optim.Adam):
+            def __init__(inner, *a, **k):
+                super().__init__(*a, **k)
+                captured["optim"] = inner
+
+        self.optim = types.SimpleNamespace(Adam=Adam, SGD=torch.optim.SGD)
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    def randint(self, low, high, size, *args, **kwargs):
+        slots = self._torch.from_numpy(self._script["slots"][self.step]).long()
+        if tuple(size) != tuple(slots.shape) or int(slots.max()) >= high:
+            raise ValueError(f"scripted buffer slots {tuple(slots.shape)} do not fit randint({low}, {high}, {size})")
+        return slots
+
+    def rand(self, *size, **kwargs):
+        reinit = self._script["reinit"][self.step]
+        return self._torch.from_numpy(reinit.astype("float32")) * -1.0 + 1.0  # 0 (< reinit_freq) where re-initialised
+
+    def randn_like(self, x, *args, **kwargs):
+        noise = self._script.get("noise")
+        if noise is None:
+            return self._torch.zeros_like(x)
+        value = self._torch.from_numpy(noise[self.step, self.noise_index])
+        self.noise_index += 1
+        if value.shape != x.shape:
+            raise ValueError(f"scripted SGLD noise {tuple(value.shape)} for a chain batch {tuple(x.shape)}")
+        return value
+
+
+def run_lockstep(args) -> dict:
+    """The reference's own `main()` for the steps of --script (an .npz written by
+    benchmarks.lockstep_reference), from --load_path, with every random choice taken from the script:
+    the batches (its `get_data` is replaced by iterators over the script's x_p_d and (x_lab, y_lab)),
+    the buffer slots, re-initialisations and fresh chains, and the SGLD noise (`_ScriptedTorch`). Its
+    loop runs unchanged: warm-up, SGLD from the buffer, the loss, Adam, the buffer write-back.
+
+    Recorded per step k, as numpy: `loss` (the value `L.backward()` is called on), `lr` (its Adam's rate
+    for the step), the logits of x_p_d, x_q and x_lab (the last three `f.classify` calls of the step,
+    in main()'s order), the samples x_q, the weights after the step (flattened in state-dict order,
+    the heads JEM does not use left out), and the buffer after the last step. With --float64 the same
+    steps run in float64 from the same float32 start: how far float32 rounding alone moves the run."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    reference = import_reference(args.reference_dir)
+    with np.load(args.script) as arrays:
+        script = {key: arrays[key] for key in arrays.files}
+    settings = json.loads(str(script.pop("settings")))
+    if args.float64:  # the rounding control: the same steps in float64 (weights, buffer, batches, draws)
+        torch.set_default_dtype(torch.float64)
+        script = {key: value.astype(np.float64) if value.dtype == np.float32 else value
+                  for key, value in script.items()}
+    steps = int(script["slots"].shape[0])
+    captured, calls, records = {}, [], {key: [] for key in ("loss", "lr", "logits_p_d", "logits_q", "logits_lab",
+                                                            "samples", "weights")}
+    scripted = _ScriptedTorch(torch, script, captured)
+    reference.t = scripted
+    reference.init_random = lambda main_args, bs: torch.from_numpy(script["fresh"][scripted.step])
+    original_get_model = reference.get_model_and_buffer
+
+    def get_model_and_buffer(*a, **k):
+        f, buffer = original_get_model(*a, **k)
+        buffer = buffer.to(torch.get_default_dtype())  # float32 as saved; float64 for the control
+        captured["f"], captured["buffer"] = f, buffer
+        classify = f.classify
+
+        def recording_classify(x):
+            logits = classify(x)
+            calls.append((x.detach().numpy().copy(), logits.detach().numpy().copy()))
+            del calls[:-3]
+            return logits
+
+        f.classify = recording_classify  # CCF.forward calls self.classify too
+        return f, buffer
+
+    def get_data(main_args):
+        del main_args
+        batches = [(torch.from_numpy(x), torch.zeros(len(x), dtype=torch.long)) for x in script["x_p_d"]]
+        labelled = iter([(torch.from_numpy(x), torch.from_numpy(y).long())
+                         for x, y in zip(script["x_lab"], script["y_lab"])])
+        return batches + batches[-1:], labelled, [], []  # one more: the loop stops on asking for it
+
+    skipped = ("energy_output.", "f.linear.")
+
+    def before_step(k):
+        if k > 0:  # iteration k - 1 has finished
+            (_, logits_p_d), (samples, logits_q), (_, logits_lab) = calls
+            records["logits_p_d"].append(logits_p_d)
+            records["logits_q"].append(logits_q)
+            records["logits_lab"].append(logits_lab)
+            records["samples"].append(samples)
+            records["lr"].append(float(captured["optim"].param_groups[0]["lr"]))
+            state = captured["f"].state_dict()
+            records["weights"].append(np.concatenate(
+                [value.detach().numpy().ravel() for key, value in state.items() if not key.startswith(skipped)]))
+            captured.setdefault("weight_keys", [key for key in state if not key.startswith(skipped)])
+        calls.clear()
+        scripted.step, scripted.noise_index = min(k, steps - 1), 0
+
+    original_backward = torch.Tensor.backward
+
+    def recording_backward(tensor, *a, **k):  # main()'s L.backward(): SGLD uses autograd.grad
+        records["loss"].append(float(tensor.detach()))
+        return original_backward(tensor, *a, **k)
+
+    reference.get_model_and_buffer, reference.get_data = get_model_and_buffer, get_data
+    _StepBudget.max_steps, _StepBudget.handed_out, _StepBudget.before_step = steps, 0, before_step
+    torch.Tensor.backward = recording_backward
+    main_args = reference_args(
+        lr=settings["learning_rate"], batch_size=settings["batch_size"], n_epochs=1,
+        warmup_iters=settings["warmup_steps"] if settings["warmup_steps"] > 0 else -1, sigma=0.0,
+        n_steps=settings["sgld_steps"], width=settings["width"], depth=settings["depth"],
+        buffer_size=settings["buffer_size"], reinit_freq=settings["reinit_freq"], sgld_lr=settings["sgld_step_size"],
+        sgld_std=settings["sgld_noise"], save_dir=tempfile.mkdtemp(prefix="reference_lockstep_"), ckpt_every=10**6,
+        print_every=10**9, load_path=args.load_path)
+    try:
+        reference.main(main_args)
+    except StopTraining:
+        pass
+    else:
+        raise RuntimeError("the reference's main() ended before the scripted steps were run")
+    finally:
+        torch.Tensor.backward = original_backward
+        _StepBudget.before_step = None
+    if len(records["loss"]) != steps:
+        raise RuntimeError(f"recorded {len(records['loss'])} losses for {steps} steps")
+    result = {key: np.asarray(values) for key, values in records.items()}
+    result["buffer"] = captured["buffer"].numpy()
+    result["weight_keys"] = np.asarray(captured["weight_keys"])
+    np.savez(args.output, **result, torch_version=np.asarray(torch.__version__))
+    return dict(steps=steps, torch=torch.__version__)
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["time", "train"])
+    parser.add_argument("mode", choices=["time", "train", "lockstep_init", "lockstep"])
     parser.add_argument("--reference_dir", required=True)
     parser.add_argument("--depth", type=int, default=16)
     parser.add_argument("--width", type=int, default=2)
@@ -403,6 +579,10 @@ def main(argv=None):
     parser.add_argument("--n_valid", type=int, default=5000)
     parser.add_argument("--data_noise", type=float, default=3e-2)
     parser.add_argument("--output", help="train: write the result JSON here")
+    parser.add_argument("--script", help="lockstep: the .npz of batches and random choices to replay")
+    parser.add_argument("--load_path", help="lockstep: the initial checkpoint (lockstep_init's --output)")
+    parser.add_argument("--float64", action="store_true",
+                        help="lockstep: compute in float64 (the float32 rounding control)")
     parser.add_argument("--fp32_convolutions", action="store_true",
                         help="train on a GPU: turn off TF32 (cuDNN and matmul), which PyTorch uses by default")
     args = parser.parse_args(argv)
@@ -412,6 +592,12 @@ def main(argv=None):
     args.stand_ins = install_stand_ins(force_torchvision=args.mode == "train")
     if args.mode == "time":
         serve_timing(args, args.threads, args.warmup, protocol)
+        return 0
+    if args.mode == "lockstep_init":
+        make_initial_checkpoint(args)
+        return 0
+    if args.mode == "lockstep":
+        _send(protocol, run_lockstep(args))
         return 0
     result = run_training(args)
     with open(args.output, "w") as f:
