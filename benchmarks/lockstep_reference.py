@@ -135,12 +135,12 @@ def build_jem(workdir: str, settings: dict):
     TorchAdam, the training checkpoint restored. Returns (model, config)."""
     import keras  # noqa: PLC0415 (heavy; the flags and --help need none of it)
 
-    from jem_tf import workdir as workdir_lib  # noqa: PLC0415
-    from trainers import loop, objectives  # noqa: PLC0415
+    from jem_tf.workdir import checkpoints, run_files  # noqa: PLC0415
+    from trainers import checkpointing, objectives  # noqa: PLC0415
     from trainers.optimization import ScaledSchedule, learning_rate_schedule, make_optimizer  # noqa: PLC0415
 
-    config = workdir_lib.load_config(workdir)
-    run_info = workdir_lib.load_run_info(workdir)
+    config = run_files.load_config(workdir)
+    run_info = run_files.load_run_info(workdir)
     config.objective, config.precision, config.seed = "jem", "float32", settings["seed"]
     config.batch_size, config.buffer_size = settings["batch_size"], settings["buffer_size"]
     config.sgld_steps, config.sgld_step_size = settings["sgld_steps"], settings["sgld_step_size"]
@@ -156,8 +156,8 @@ def build_jem(workdir: str, settings: dict):
     optimizer = make_optimizer(schedule, config.precision)
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
-    checkpoint = loop._make_checkpoint(model, optimizer)
-    if not workdir_lib.restore_newest(checkpoint, workdir_lib.checkpoint_dir(workdir), writer=False):
+    checkpoint = checkpointing.make_checkpoint(model, optimizer)
+    if not checkpoints.restore_newest(checkpoint, checkpoints.checkpoint_dir(workdir), writer=False):
         raise SideFailed(f"no checkpoint of {workdir} restores")
     return model, config
 

@@ -107,6 +107,60 @@ def _distinct_collective_keys():
     tf.distribute.MirroredStrategy._collective_key_base += 100000
 
 
+# -- the suite's one tiny run -------------------------------------------------------------------
+
+TINY_FINAL_STEP = 10
+
+
+def tiny_config(workdir, **overrides):
+    """WRN-10-1 JEM on digits, TINY_FINAL_STEP steps with a checkpoint every 5 (0, 5, 10): the real
+    training path at a size that runs in seconds. Tests pass what they change as overrides."""
+    import dataclasses  # noqa: PLC0415
+
+    from jem_tf.configs import get_preset  # noqa: PLC0415
+
+    config = dataclasses.replace(
+        get_preset("quick"), workdir=str(workdir), depth=10, width=1, buffer_size=100, sgld_steps=2, batch_size=16,
+        export=False, summary_every_steps=5, sample_every_steps=100, max_steps=TINY_FINAL_STEP,
+        checkpoint_every_steps=5, validation_fraction=0.0,
+    )
+    return dataclasses.replace(config, **overrides)
+
+
+# tiny_config as `jem_tf.train` flags.
+TINY_FLAGS = ["--preset=quick", "--depth=10", "--width=1", "--buffer_size=100", "--sgld_steps=2", "--batch_size=16",
+              "--export=false", "--summary_every_steps=5", "--sample_every_steps=100",
+              f"--max_steps={TINY_FINAL_STEP}", "--checkpoint_every_steps=5", "--validation_fraction=0"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """tiny_config trained once for the whole session, uninterrupted: checkpoints 0, 5, 10.
+
+    Shared: read it, never change it. A test that damages, resumes or writes into a run takes
+    `tiny_run_copy` instead."""
+    import os  # noqa: PLC0415
+
+    from jem_tf.workdir import checkpoints  # noqa: PLC0415
+    from trainers import loop  # noqa: PLC0415
+
+    workdir = str(tmp_path_factory.mktemp("tiny_run"))
+    metrics = loop.train(tiny_config(workdir))
+    assert metrics["global_step"] == TINY_FINAL_STEP
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 5, TINY_FINAL_STEP]
+    return workdir
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path):
+    """A copy of the session's tiny run that the test may damage, resume or write into."""
+    import shutil  # noqa: PLC0415
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    return workdir
+
+
 # -- command lines in process -----------------------------------------------------------------
 
 # Commands whose `__main__` parses through `cli.run` (a bad flag exits 2); the others use absl's

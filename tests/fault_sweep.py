@@ -11,7 +11,6 @@ counted as skipped where it cannot be mounted. A couple of minutes on 2 cores.
 """
 
 import contextlib
-import dataclasses
 import datetime
 import json
 import os
@@ -32,8 +31,9 @@ for _path in (REPO, TESTS):
         sys.path.insert(0, _path)
 
 import hostile_pt  # noqa: E402
+from conftest import TINY_FINAL_STEP as FINAL_STEP  # noqa: E402 (the suite's one tiny run)
+from conftest import TINY_FLAGS, tiny_config  # noqa: E402
 
-FINAL_STEP = 10
 FAULTS = {}  # name -> (group, function(sweep) -> detail); raises Unsurvived or Skipped
 
 
@@ -57,27 +57,13 @@ def expect(condition, message):
         raise Unsurvived(message)
 
 
-def tiny_config(workdir, **overrides):
-    from jem_tf.configs import get_preset  # noqa: PLC0415
-
-    config = dataclasses.replace(
-        get_preset("quick"), workdir=str(workdir), depth=10, width=1, buffer_size=100, sgld_steps=2, batch_size=16,
-        export=False, summary_every_steps=5, sample_every_steps=100, max_steps=FINAL_STEP, checkpoint_every_steps=5,
-        validation_fraction=0.0)
-    return dataclasses.replace(config, **overrides)
-
-
-TINY_FLAGS = ["--preset=quick", "--depth=10", "--width=1", "--buffer_size=100", "--sgld_steps=2", "--batch_size=16",
-              "--export=false", "--summary_every_steps=5", "--sample_every_steps=100", f"--max_steps={FINAL_STEP}",
-              "--checkpoint_every_steps=5", "--validation_fraction=0"]
-
-
 class Sweep:
-    """A scratch folder and one trained tiny run (checkpoints 0, 5, 10) that faults copy."""
+    """A scratch folder and one trained tiny run (checkpoints 0, 5, 10) that faults copy: `reference`,
+    a trained tiny_config run to use instead of training one (the tests pass a copy of the session's)."""
 
-    def __init__(self, root):
+    def __init__(self, root, reference=None):
         self.root = root
-        self._reference = None
+        self._reference = reference
         self._count = 0
         self._lock = threading.Lock()
 

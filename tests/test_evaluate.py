@@ -1,17 +1,16 @@
-"""Evaluation suite at tiny size: every evaluation's library function, then the real command line.
+"""Evaluation suite at tiny size: every evaluation's library function, then the command line (its main).
 
 Models are WRN-10-1 on 8x8x1 images with a few dozen examples and 1-2 attack iterations.
 """
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_command
 
 from jem_tf import energy
 from jem_tf.evaluation import (
@@ -33,7 +32,6 @@ from trainers.classifier import Classifier
 from trainers.jem import JEM
 
 SHAPE = (8, 8, 1)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -303,9 +301,8 @@ def test_suite_records_unavailable_evaluations_and_writes_outputs(tmp_path, jem_
 
 
 def _run(module, *args, check=True):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO_ROOT)
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+    """The command line's main in this process (a new interpreter would only add TensorFlow's import)."""
+    result = run_command(module, *args)
     if check and result.returncode != 0:
         raise AssertionError(f"{module} {args} exited {result.returncode}:\n{result.stderr[-4000:]}")
     return result

@@ -3,13 +3,20 @@ directory, the reference importer and the commands' exit codes survive each one 
 documented exit code, no traceback). `python tests/fault_sweep.py` runs the same faults and writes
 the counts to docs/results/hostile_faults.json."""
 
+import os
+import shutil
+
 import fault_sweep
 import pytest
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    return fault_sweep.Sweep(str(tmp_path_factory.mktemp("fault_sweep")))
+def sweep(tmp_path_factory, tiny_run):
+    """The sweep's reference is a copy of the session's tiny run (a fault may write beside it)."""
+    root = str(tmp_path_factory.mktemp("fault_sweep"))
+    reference = os.path.join(root, "reference")
+    shutil.copytree(tiny_run, reference)
+    return fault_sweep.Sweep(root, reference=reference)
 
 
 @pytest.mark.parametrize("name", [

@@ -1,8 +1,8 @@
 """The jem variants as whole runs (issue #8 variants 1, 3, 7): each trains through `loop.train`,
-survives SIGKILL to the same final state as an uninterrupted run, exports, and evaluates with the
-real `python -m jem_tf.evaluate`. Tiny runs: WRN-10-1 on digits, 8 steps, a checkpoint every 2."""
+survives SIGKILL to the same final state as an uninterrupted run, exports, and evaluates through
+the `jem_tf.evaluate` command line (its main, in process). Tiny runs: WRN-10-1 on digits, 8 steps,
+a checkpoint every 2."""
 
-import dataclasses
 import json
 import os
 import signal
@@ -11,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_command
 
-from jem_tf.configs import get_preset
 from jem_tf.configs.base import TrainConfig
 from trainers import loop
 
@@ -33,11 +34,9 @@ VARIANTS = {
 
 
 def tiny_config(workdir, variant, **overrides):
-    config = dataclasses.replace(
-        get_preset("quick"), workdir=str(workdir), depth=10, width=1, buffer_size=100, sgld_steps=2, batch_size=16,
-        export=False, summary_every_steps=2, sample_every_steps=4, max_steps=FINAL_STEP, checkpoint_every_steps=2,
-        validation_fraction=0.0)
-    return dataclasses.replace(config, **{**VARIANTS[variant], **overrides}).validate()
+    """The suite's tiny run (conftest) as `variant`, 8 steps with a checkpoint every 2 and samples every 4."""
+    return conftest.tiny_config(workdir, summary_every_steps=2, sample_every_steps=4, max_steps=FINAL_STEP,
+                                checkpoint_every_steps=2, **{**VARIANTS[variant], **overrides}).validate()
 
 
 def checkpoint_tensors(workdir, step=FINAL_STEP):
@@ -111,12 +110,10 @@ def test_the_run_exports_and_the_export_classifies(uninterrupted, tmp_path):
 def test_the_run_evaluates_with_the_command_line(uninterrupted, tmp_path):
     variant, workdir = uninterrupted
     output = tmp_path / "eval"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    result = subprocess.run(
-        [sys.executable, "-m", "jem_tf.evaluate", f"--workdir={workdir}", "--eval=accuracy,calibration,ood,samples",
-         f"--output={output}", "--num_examples=24", "--batch_size=12", "--ood_sets=uniform,constant,interp",
-         "--sample_steps=2", "--num_samples=4", "--samples_per_class=1", "--max_grid_classes=2", "--noprogress"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = run_command(
+        "jem_tf.evaluate", f"--workdir={workdir}", "--eval=accuracy,calibration,ood,samples",
+        f"--output={output}", "--num_examples=24", "--batch_size=12", "--ood_sets=uniform,constant,interp",
+        "--sample_steps=2", "--num_samples=4", "--samples_per_class=1", "--max_grid_classes=2", "--noprogress")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((output / "results.json").read_text())
     assert not [key for key in results if key.startswith("errors/")], results

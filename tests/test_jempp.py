@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from conftest import run_command
 
 from jem_tf import data as jem_data
 from jem_tf import train as train_cli
@@ -129,11 +131,9 @@ def test_the_models_chains_move_by_the_bounded_proximal_update():
 
 
 def tiny_config(workdir, **overrides):
-    config = dataclasses.replace(
-        get_preset("quick"), workdir=str(workdir), objective="jempp", depth=10, width=1, buffer_size=100,
-        batch_size=16, export=False, summary_every_steps=5, sample_every_steps=100, max_steps=4,
-        checkpoint_every_steps=2, validation_fraction=0.0, **JEMPP_SAMPLER)
-    return dataclasses.replace(config, **overrides)
+    """The suite's tiny run (conftest) with JEM++ and its sampler, 4 steps with a checkpoint every 2."""
+    return conftest.tiny_config(workdir, **{**dict(objective="jempp", max_steps=4, checkpoint_every_steps=2,
+                                                   **JEMPP_SAMPLER), **overrides})
 
 
 def checkpoint_tensors(workdir, step):
@@ -205,13 +205,12 @@ def test_a_recovery_restarts_wild_chains_from_the_gaussians(trained):
         assert np.argmin(distances) == label
 
 
-# -- the real command: SIGKILL and resume, export, evaluation ----------------------------------
+# -- the command line: SIGKILL and resume, export, evaluation ------------------------------------
 
 
-def run_cli(module, *args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+def run_cli(module, *args):
+    """The command line's main in this process; only the run that is killed needs a process of its own."""
+    result = run_command(module, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

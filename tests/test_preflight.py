@@ -7,6 +7,7 @@ import io
 import re
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 from absl import flags
@@ -19,12 +20,11 @@ from trainers import loop, objectives, run_plan
 
 
 def tiny_config(workdir, **overrides) -> TrainConfig:
-    """WRN-10-1 JEM on digits for one step: the real training path at its smallest."""
-    config = dataclasses.replace(
-        get_preset("quick"), workdir=str(workdir), depth=10, width=1, buffer_size=16, sgld_steps=1, batch_size=8,
-        max_steps=1, export=False, checkpoint_every_steps=1, summary_every_steps=1, sample_every_steps=100,
-    )
-    return dataclasses.replace(config, **overrides)
+    """The suite's tiny run (conftest) for one step at its smallest, with the quick preset's
+    validation split: the real training path at its smallest."""
+    return conftest.tiny_config(workdir, **{**dict(
+        buffer_size=16, sgld_steps=1, batch_size=8, max_steps=1, checkpoint_every_steps=1, summary_every_steps=1,
+        validation_fraction=get_preset("quick").validation_fraction), **overrides})
 
 
 def snapshot(path: Path):

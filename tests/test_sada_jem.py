@@ -3,24 +3,21 @@ signal and resumed ends bit-identical to the uninterrupted one (SAM's perturbed 
 un-augmented stream and the batch-norm moving averages all resume), and the command line trains,
 exports and evaluates them."""
 
-import dataclasses
 import glob
 import json
 import os
 import signal
-import subprocess
-import sys
 
+import conftest
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_command
 from train_hooks import wrap_train_step
 
-from jem_tf.configs import get_preset
 from jem_tf.workdir import checkpoints
 from trainers import loop, preemption
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINAL_STEP = 6
 # The documented flag sets (docs/jem_family.md, benchmarks/variants.py), as config fields.
 VARIANTS = {
@@ -31,12 +28,9 @@ VARIANTS = {
 
 
 def tiny_config(workdir, variant):
-    config = dataclasses.replace(
-        get_preset("quick"), workdir=str(workdir), depth=10, width=1, buffer_size=100, sgld_steps=2, batch_size=16,
-        export=False, summary_every_steps=3, sample_every_steps=100, max_steps=FINAL_STEP, checkpoint_every_steps=3,
-        validation_fraction=0.0,
-    )
-    return dataclasses.replace(config, **VARIANTS[variant])
+    """The suite's tiny run (conftest) as `variant`, 6 steps with a checkpoint every 3."""
+    return conftest.tiny_config(workdir, summary_every_steps=3, max_steps=FINAL_STEP, checkpoint_every_steps=3,
+                                **VARIANTS[variant])
 
 
 def final_state(workdir):
@@ -77,9 +71,8 @@ def test_a_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(vari
 
 
 def _run(module, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=600)
+    """The command line's main in this process (a new interpreter would only add TensorFlow's import)."""
+    result = run_command(module, *args)
     assert result.returncode == 0, f"{module} {args} exited {result.returncode}:\n{result.stderr[-4000:]}"
     return result
 

@@ -2,7 +2,6 @@
 divergence. Tiny in-process runs of `loop.train` (WRN-10-1 on digits, 10 steps, a checkpoint every
 5), each compared with one uninterrupted run: surviving means the same final weights."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -11,24 +10,15 @@ import signal
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TINY_FINAL_STEP, tiny_config
 from train_hooks import wrap_train_step
 
 from jem_tf import cli
-from jem_tf.configs import get_preset
 from jem_tf.evaluation import suite
 from jem_tf.workdir import checkpoints, lock, restore
 from trainers import loop, preemption, recovery
 
-FINAL_STEP = 10
-
-
-def tiny_config(workdir, **overrides):
-    config = dataclasses.replace(
-        get_preset("quick"), workdir=str(workdir), depth=10, width=1, buffer_size=100, sgld_steps=2, batch_size=16,
-        export=False, summary_every_steps=5, sample_every_steps=100, max_steps=FINAL_STEP, checkpoint_every_steps=5,
-        validation_fraction=0.0,
-    )
-    return dataclasses.replace(config, **overrides)
+FINAL_STEP = TINY_FINAL_STEP
 
 
 def final_state(workdir, step=FINAL_STEP):
@@ -46,21 +36,15 @@ def assert_same_state(workdir, reference_workdir):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted run to FINAL_STEP: checkpoints 0, 5, 10."""
-    workdir = tmp_path_factory.mktemp("reference")
-    metrics = loop.train(tiny_config(workdir))
-    assert metrics["global_step"] == FINAL_STEP
-    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [0, 5, FINAL_STEP]
-    return str(workdir)
+@pytest.fixture
+def reference(tiny_run):
+    """An uninterrupted run to FINAL_STEP (checkpoints 0, 5, 10): the session's tiny run, shared."""
+    return tiny_run
 
 
 @pytest.fixture
-def copy_of(reference, tmp_path):
-    workdir = str(tmp_path / "run")
-    shutil.copytree(reference, workdir)
-    return workdir
+def copy_of(tiny_run_copy):
+    return tiny_run_copy
 
 
 def _data_file(workdir, step):
