@@ -4,22 +4,32 @@
     python -m tools.measure_test_suite --log=FILE --seconds=S --commit=SHA --shared="what else ran"
                                                            # record a run made before from its log
 
-The table holds the counts pytest printed on its closing line and the wall time, with the commit,
-machine, date and the machine's load (a suite timed while other jobs shared the CPU says so: it is
-slower, not a different suite). Exit codes: 0 written; 1 the suite failed (nothing written);
-2 bad arguments or a log without pytest's closing line.
+Each measurement is one row: the commit, the pytest command with the options pyproject.toml adds
+to it (`addopts`), when it finished, the counts pytest printed on its closing line, the wall time
+and what else shared the CPU (a suite timed while other jobs ran says so: it is slower, not a
+different suite). Rows of earlier measurements are kept (the newest MAX_ROWS), so that a figure
+measured twice shows both times and a change's before and after sit side by side.
+Exit codes: 0 written; 1 the suite failed (nothing written); 2 bad arguments or a log without
+pytest's closing line.
 """
 
 import argparse
+import datetime
 import os
 import re
 import subprocess
 import sys
 import time
+import tomllib
 
 from benchmarks import results_json
+from tools import results_tables
 
-COLUMNS = ["passed", "failed", "skipped", "wall time (min)", "CPU shared with"]
+COLUMNS = ["commit", "command", "finished (UTC)", "passed", "failed", "skipped", "wall time (min)",
+           "CPU shared with"]
+KEY_COLUMNS = 3  # commit, command and finishing time: every measurement is its own row
+MAX_ROWS = 6
+PYPROJECT = results_json.REPO / "pyproject.toml"
 SUMMARY = re.compile(r"^=* ?(?P<counts>(\d+ \w+(, )?)+) in (?P<seconds>[\d.]+)s")
 
 
@@ -32,12 +42,26 @@ def counts_of(log_text: str) -> dict:
     raise ValueError("no pytest closing line ('N passed ... in S s') in the log")
 
 
-def suite_table(counts: dict, seconds: float, shared: str, provenance: dict) -> dict:
-    row = [counts.get("passed", 0), counts.get("failed", 0) + counts.get("errors", 0) + counts.get("error", 0),
-           counts.get("skipped", 0), round(seconds / 60, 1), shared or "nothing (quiet)"]
-    return dict(**provenance, columns=COLUMNS, align=["r", "r", "r", "r", "l"], rows=[row],
-                notes=["`python -m pytest` on the 2-core machine; a suite timed while other jobs shared the CPU "
-                       "is slower, not shorter."])
+def pytest_command(extra_args=(), pyproject=PYPROJECT) -> str:
+    """`python -m pytest` with the options pyproject.toml's `addopts` adds to every run (e.g. `-n 2`)."""
+    with open(pyproject, "rb") as f:
+        addopts = tomllib.load(f).get("tool", {}).get("pytest", {}).get("ini_options", {}).get("addopts", "")
+    return " ".join(["python -m pytest", *extra_args]) + (f" (addopts: {addopts})" if addopts else "")
+
+
+def suite_table(counts: dict, seconds: float, shared: str, provenance: dict, command: str, finished: str) -> dict:
+    row = [provenance["commit"], command, finished, counts.get("passed", 0),
+           counts.get("failed", 0) + counts.get("errors", 0) + counts.get("error", 0), counts.get("skipped", 0),
+           round(seconds / 60, 1), shared or "nothing (quiet)"]
+    return dict(**provenance, columns=COLUMNS, align=["l", "l", "l", "r", "r", "r", "r", "l"], rows=[row],
+                notes=["The whole suite on the 2-core machine, newest first; a suite timed while other jobs shared "
+                       "the CPU is slower, not shorter."])
+
+
+def keep_newest(table: dict, max_rows: int = MAX_ROWS) -> dict:
+    """The merged table with its newest `max_rows` measurements (rows sorted by finishing time)."""
+    rows = sorted(table["rows"], key=lambda row: row[2], reverse=True)[:max_rows]
+    return dict(table, rows=rows)
 
 
 def main(argv=None) -> int:
@@ -46,18 +70,28 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, help="with --log: the run's wall seconds")
     parser.add_argument("--commit", help="with --log: the commit it ran on")
     parser.add_argument("--shared", default="", help="what else ran on the CPU meanwhile (empty: nothing)")
+    parser.add_argument("--finished", help="with --log: when the run finished (UTC, YYYY-MM-DD HH:MM); default: "
+                        "the log file's modification time")
+    parser.add_argument("--pytest_args", default="", help="with --log: the options the run added to `python -m "
+                        "pytest` (e.g. '-p no:cacheprovider'); without --log: options to add")
     args = parser.parse_args(argv)
     if args.log and (args.seconds is None or not args.commit):
         parser.error("--log needs --seconds and --commit")
+    extra_args = args.pytest_args.split()
     if args.log:
         with open(args.log) as f:
             text, seconds = f.read(), args.seconds
-        command = "python -m pytest (recorded from its log by python -m tools.measure_test_suite --log)"
+        finished = args.finished or datetime.datetime.fromtimestamp(
+            os.path.getmtime(args.log), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        how = "recorded from its log by python -m tools.measure_test_suite --log"
     else:
+        extra_args = extra_args or ["-q", "-p", "no:cacheprovider"]
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "pytest", *extra_args], capture_output=True,
                               text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        text, seconds, command = done.stdout, time.perf_counter() - started, "python -m tools.measure_test_suite"
+        text, seconds = done.stdout, time.perf_counter() - started
+        finished = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        how = "timed by python -m tools.measure_test_suite"
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-3000:] + "\nThe suite failed: nothing written.\n")
             return 1
@@ -66,10 +100,13 @@ def main(argv=None) -> int:
     except ValueError as error:
         sys.stderr.write(f"measure_test_suite: {error}\n")
         return 2
-    provenance = results_json.provenance(command, results_json.machine(detail=args.shared or None))
+    provenance = results_json.provenance(f"python -m pytest, {how}", results_json.machine(detail=args.shared or None))
     if args.commit:
         provenance["commit"] = args.commit
-    path = results_json.write("test_suite", suite_table(counts, seconds, args.shared, provenance))
+    table = suite_table(counts, seconds, args.shared, provenance, pytest_command(extra_args), finished)
+    existing = results_tables.RESULTS / "test_suite.json"
+    old = results_tables.load("test_suite", results_tables.RESULTS) if existing.is_file() else None
+    path = results_json.write("test_suite", keep_newest(results_json.merge(old, table, KEY_COLUMNS)))
     print(f"Wrote {path}")
     return 0
 
