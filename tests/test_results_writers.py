@@ -178,8 +178,8 @@ def test_the_suites_counts_and_time_come_from_pytests_closing_line(tmp_path):
     assert measure_test_suite.counts_of("12 passed in 3.10s\n") == {"passed": 12}
     table = measure_test_suite.suite_table(counts, 842.5, "a training run",
                                            dict(commit="abc1234", machine="m", date="d", command="c"),
-                                           "python -m pytest", "2026-12-05 09:29")
-    assert table["rows"] == [["abc1234", "python -m pytest", "2026-12-05 09:29", 780, 1, 3, 14.0, "a training run"]]
+                                           "python -m pytest")
+    assert table["rows"] == [["abc1234", "python -m pytest", 1, 780, 1, 3, 14.0, "a training run"]]
     assert len(table["columns"]) == len(table["align"]) == len(table["rows"][0])
     with pytest.raises(ValueError, match="closing line"):
         measure_test_suite.counts_of("collected 0 items\n")
@@ -190,16 +190,14 @@ def test_the_suites_counts_and_time_come_from_pytests_closing_line(tmp_path):
 def test_the_suites_table_keeps_every_measurement_newest_first(tmp_path):
     # Measured twice (and before and after a change): each measurement is a row; the oldest drop out.
     provenance = dict(commit="c1", machine="m", date="d", command="c")
-    rows = [measure_test_suite.suite_table({"passed": 5}, 60.0 * minutes, "", dict(provenance, commit=commit),
-                                           "python -m pytest", finished)
-            for commit, finished, minutes in (("c1", "2026-12-05 09:00", 18), ("c2", "2026-12-05 10:00", 9),
-                                              ("c2", "2026-12-05 11:00", 8))]
-    merged = rows[0]
-    for table in rows[1:]:
+    merged = None
+    for commit, minutes in (("c1", 18), ("c2", 9), ("c2", 8)):
+        number = measure_test_suite.next_number(merged, commit, "python -m pytest")
+        table = measure_test_suite.suite_table({"passed": 5}, 60.0 * minutes, "", dict(provenance, commit=commit),
+                                               "python -m pytest", number)
         merged = results_json.merge(merged, table, measure_test_suite.KEY_COLUMNS)
     newest = measure_test_suite.keep_newest(merged, max_rows=2)
-    assert [(row[0], row[2], row[6]) for row in newest["rows"]] == [("c2", "2026-12-05 11:00", 8.0),
-                                                                    ("c2", "2026-12-05 10:00", 9.0)]
+    assert [(row[0], row[2], row[6]) for row in newest["rows"]] == [("c2", 2, 8.0), ("c2", 1, 9.0)]
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[tool.pytest.ini_options]\naddopts = "-ra -n 2"\n')
     assert measure_test_suite.pytest_command(["-q"], pyproject) == "python -m pytest -q (addopts: -ra -n 2)"

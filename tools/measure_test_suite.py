@@ -5,16 +5,16 @@
                                                            # record a run made before from its log
 
 Each measurement is one row: the commit, the pytest command with the options pyproject.toml adds
-to it (`addopts`), when it finished, the counts pytest printed on its closing line, the wall time
-and what else shared the CPU (a suite timed while other jobs ran says so: it is slower, not a
-different suite). Rows of earlier measurements are kept (the newest MAX_ROWS), so that a figure
-measured twice shows both times and a change's before and after sit side by side.
+to it (`addopts`), which measurement of that commit and command it is, the counts pytest printed
+on its closing line, the wall time and what else shared the CPU (a suite timed while other jobs
+ran says so: it is slower, not a different suite). Rows of earlier measurements are kept (the
+newest MAX_ROWS), so that a figure measured twice shows both times and a change's before and after
+sit side by side; the dates stay in the JSON's provenance, not in the page.
 Exit codes: 0 written; 1 the suite failed (nothing written); 2 bad arguments or a log without
 pytest's closing line.
 """
 
 import argparse
-import datetime
 import os
 import re
 import subprocess
@@ -25,9 +25,9 @@ import tomllib
 from benchmarks import results_json
 from tools import results_tables
 
-COLUMNS = ["commit", "command", "finished (UTC)", "passed", "failed", "skipped", "wall time (min)",
+COLUMNS = ["commit", "command", "measurement", "passed", "failed", "skipped", "wall time (min)",
            "CPU shared with"]
-KEY_COLUMNS = 3  # commit, command and finishing time: every measurement is its own row
+KEY_COLUMNS = 3  # commit, command and the measurement's number: every measurement is its own row
 MAX_ROWS = 6
 PYPROJECT = results_json.REPO / "pyproject.toml"
 SUMMARY = re.compile(r"^=* ?(?P<counts>(\d+ \w+(, )?)+) in (?P<seconds>[\d.]+)s")
@@ -49,8 +49,8 @@ def pytest_command(extra_args=(), pyproject=PYPROJECT) -> str:
     return " ".join(["python -m pytest", *extra_args]) + (f" (addopts: {addopts})" if addopts else "")
 
 
-def suite_table(counts: dict, seconds: float, shared: str, provenance: dict, command: str, finished: str) -> dict:
-    row = [provenance["commit"], command, finished, counts.get("passed", 0),
+def suite_table(counts: dict, seconds: float, shared: str, provenance: dict, command: str, number: int = 1) -> dict:
+    row = [provenance["commit"], command, number, counts.get("passed", 0),
            counts.get("failed", 0) + counts.get("errors", 0) + counts.get("error", 0), counts.get("skipped", 0),
            round(seconds / 60, 1), shared or "nothing (quiet)"]
     return dict(**provenance, columns=COLUMNS, align=["l", "l", "l", "r", "r", "r", "r", "l"], rows=[row],
@@ -58,10 +58,15 @@ def suite_table(counts: dict, seconds: float, shared: str, provenance: dict, com
                        "the CPU is slower, not shorter."])
 
 
+def next_number(old: dict | None, commit: str, command: str) -> int:
+    """1 + how often this commit and command were measured before (the dates stay in the JSON's provenance)."""
+    rows = (old or {}).get("rows", []) if (old or {}).get("columns") == COLUMNS else []
+    return 1 + sum(row[:2] == [commit, command] for row in rows)
+
+
 def keep_newest(table: dict, max_rows: int = MAX_ROWS) -> dict:
-    """The merged table with its newest `max_rows` measurements (rows sorted by finishing time)."""
-    rows = sorted(table["rows"], key=lambda row: row[2], reverse=True)[:max_rows]
-    return dict(table, rows=rows)
+    """The merged table (newest rows first, as `results_json.merge` keeps them) cut to `max_rows`."""
+    return dict(table, rows=table["rows"][:max_rows])
 
 
 def main(argv=None) -> int:
@@ -70,8 +75,6 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, help="with --log: the run's wall seconds")
     parser.add_argument("--commit", help="with --log: the commit it ran on")
     parser.add_argument("--shared", default="", help="what else ran on the CPU meanwhile (empty: nothing)")
-    parser.add_argument("--finished", help="with --log: when the run finished (UTC, YYYY-MM-DD HH:MM); default: "
-                        "the log file's modification time")
     parser.add_argument("--pytest_args", default="", help="with --log: the options the run added to `python -m "
                         "pytest` (e.g. '-p no:cacheprovider'); without --log: options to add")
     args = parser.parse_args(argv)
@@ -81,8 +84,6 @@ def main(argv=None) -> int:
     if args.log:
         with open(args.log) as f:
             text, seconds = f.read(), args.seconds
-        finished = args.finished or datetime.datetime.fromtimestamp(
-            os.path.getmtime(args.log), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
         how = "recorded from its log by python -m tools.measure_test_suite --log"
     else:
         extra_args = extra_args or ["-q", "-p", "no:cacheprovider"]
@@ -90,7 +91,6 @@ def main(argv=None) -> int:
         done = subprocess.run([sys.executable, "-m", "pytest", *extra_args], capture_output=True,
                               text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
         text, seconds = done.stdout, time.perf_counter() - started
-        finished = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
         how = "timed by python -m tools.measure_test_suite"
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-3000:] + "\nThe suite failed: nothing written.\n")
@@ -103,9 +103,11 @@ def main(argv=None) -> int:
     provenance = results_json.provenance(f"python -m pytest, {how}", results_json.machine(detail=args.shared or None))
     if args.commit:
         provenance["commit"] = args.commit
-    table = suite_table(counts, seconds, args.shared, provenance, pytest_command(extra_args), finished)
     existing = results_tables.RESULTS / "test_suite.json"
     old = results_tables.load("test_suite", results_tables.RESULTS) if existing.is_file() else None
+    command = pytest_command(extra_args)
+    table = suite_table(counts, seconds, args.shared, provenance, command,
+                        next_number(old, provenance["commit"], command))
     path = results_json.write("test_suite", keep_newest(results_json.merge(old, table, KEY_COLUMNS)))
     print(f"Wrote {path}")
     return 0
