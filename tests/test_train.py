@@ -1,5 +1,9 @@
-"""End to end: the real `python -m jem_tf.train` command, resume after SIGKILL, refusal of bad
-input, the divergence guard, and the paper's tfds code path under mock data."""
+"""End to end: the `python -m jem_tf.train` command, resume after SIGKILL, refusal of bad input, the
+divergence guard, and the paper's tfds code path under mock data.
+
+A real process is started where it is the point (a signal, a kill, a second process holding the
+lock); every other command runs in process through `conftest.run_command`, which gives the exit code
+and stderr the process would."""
 
 import json
 import os
@@ -13,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from conftest import TINY_FLAGS, run_command
 
 from jem_tf import data as jem_data
 from jem_tf.configs import get_preset
@@ -20,15 +25,15 @@ from jem_tf.workdir import restore
 from trainers import loop
 
 REPO = Path(__file__).resolve().parents[1]
-# WRN-10-1 on digits: the real code path at a size that runs in seconds.
-TINY = ["--preset=quick", "--depth=10", "--width=1", "--buffer_size=100", "--sgld_steps=2", "--batch_size=16",
-        "--export=false", "--summary_every_steps=2", "--sample_every_steps=4"]
+# The suite's tiny run with 12 steps and a checkpoint every 3, so that a signal after the first
+# checkpoint past step 0 lands with most of the run still ahead (absl keeps a repeated flag's last value).
+TINY = [*TINY_FLAGS, "--max_steps=12", "--checkpoint_every_steps=3", "--summary_every_steps=2",
+        "--sample_every_steps=4"]
 
 
-def run_cli(*flags, check=True, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-m", "jem_tf.train", *flags], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=timeout)
+def run_cli(*flags, check=True):
+    """`python -m jem_tf.train FLAGS` in this process."""
+    result = run_command("jem_tf.train", *flags)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -44,7 +49,7 @@ def read_buffer(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    result = run_cli(*TINY, f"--workdir={workdir}", "--max_steps=12", "--checkpoint_every_steps=3")
+    result = run_cli(*TINY, f"--workdir={workdir}")
     return workdir, result
 
 
@@ -71,7 +76,7 @@ def test_cli_trains_and_writes_metrics_checkpoints_summaries_samples(uninterrupt
 @pytest.mark.slow
 def test_rerunning_a_finished_run_resumes_instead_of_restarting(uninterrupted):
     workdir, _ = uninterrupted
-    result = run_cli(*TINY, f"--workdir={workdir}", "--max_steps=12", "--checkpoint_every_steps=3")
+    result = run_cli(*TINY, f"--workdir={workdir}")
     assert "Resumed from" in result.stderr
     assert json.loads(Path(workdir, "metrics.json").read_text())["steps_this_session"] == 0
 
@@ -80,7 +85,7 @@ def test_rerunning_a_finished_run_resumes_instead_of_restarting(uninterrupted):
 def test_sigkill_mid_epoch_then_rerun_reaches_the_same_final_state(uninterrupted, tmp_path):
     reference_workdir, _ = uninterrupted
     workdir = str(tmp_path / "killed")
-    flags = [*TINY, f"--workdir={workdir}", "--max_steps=12", "--checkpoint_every_steps=3"]
+    flags = [*TINY, f"--workdir={workdir}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     process = subprocess.Popen([sys.executable, "-m", "jem_tf.train", *flags], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -137,7 +142,7 @@ def test_sigterm_or_ctrl_c_saves_exits_with_its_code_and_a_rerun_finishes_the_sa
         uninterrupted, tmp_path, signal_number):
     reference_workdir, _ = uninterrupted
     workdir = str(tmp_path / "preempted")
-    flags = [*TINY, f"--workdir={workdir}", "--max_steps=12", "--checkpoint_every_steps=3"]
+    flags = [*TINY, f"--workdir={workdir}"]
     process = start_cli(*flags)
     wait_for_checkpoint_after_step_0(workdir, process)
     process.send_signal(signal_number)
@@ -167,7 +172,7 @@ def test_a_full_disk_stops_cleanly_and_the_rerun_with_space_finishes_the_same_ru
         pytest.skip(f"cannot mount a small tmpfs (needs root / CAP_SYS_ADMIN): {mounted.stderr.strip()}")
     try:
         workdir = str(mount_point / "run")
-        flags = [*TINY, f"--workdir={workdir}", "--max_steps=12", "--checkpoint_every_steps=3"]
+        flags = [*TINY, f"--workdir={workdir}"]
         full = run_cli(*flags, check=False)
         assert full.returncode == 4, full.stderr[-3000:]
         assert "No space left on device" in full.stderr and "re-run" in full.stderr
@@ -268,20 +273,9 @@ def test_restore_run_errors_name_the_problem(tmp_path):
 def test_paper_setup_runs_unchanged_through_the_cli_on_mock_svhn(tmp_path):
     """`python -m jem_tf.train --dataset=svhn` with the paper's WRN-28-10 and every Table 4 default,
     capped at one step with a small batch so one iteration fits in a test."""
-    script = (
-        "import sys, tensorflow_datasets as tfds\n"
-        "from absl import app\n"
-        "from jem_tf import train\n"
-        "train.define_flags()\n"
-        "with tfds.testing.mock_data(num_examples=8):\n"
-        "    app.run(train.main, argv=['jem_tf.train'] + sys.argv[1:])\n"
-    )
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    result = subprocess.run(
-        [sys.executable, "-c", script, "--dataset=svhn", f"--workdir={tmp_path}", "--max_steps=1",
-         "--batch_size=2", "--export=false", "--validation_fraction=0.25"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
+    with tfds.testing.mock_data(num_examples=8):
+        result = run_cli("--dataset=svhn", f"--workdir={tmp_path}", "--max_steps=1", "--batch_size=2",
+                         "--export=false", "--validation_fraction=0.25", check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads(Path(tmp_path, "config.json").read_text())
     assert (config["depth"], config["width"], config["sgld_steps"], config["buffer_size"]) == (28, 10, 20, 10000)
