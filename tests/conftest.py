@@ -161,6 +161,30 @@ def tiny_run_copy(tiny_run, tmp_path):
     return workdir
 
 
+# -- checkpoints compared tensor by tensor --------------------------------------------------------
+
+
+def checkpoint_tensors(workdir, step):
+    """Every tensor of checkpoint `step` (weights, optimizer, replay buffer) by name; not the object
+    graph or the count of saves, which differ when a run was interrupted."""
+    import os  # noqa: PLC0415
+
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
+
+
+def assert_same_checkpoint(workdir, reference_workdir, step):
+    """Checkpoint `step` of `workdir` equals the reference run's bit for bit: the same run."""
+    import numpy as np  # noqa: PLC0415
+
+    got, want = checkpoint_tensors(workdir, step), checkpoint_tensors(reference_workdir, step)
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    return want
+
+
 # -- command lines in process -----------------------------------------------------------------
 
 # Commands whose `__main__` parses through `cli.run` (a bad flag exits 2); the others use absl's

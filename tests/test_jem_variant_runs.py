@@ -15,7 +15,7 @@ import conftest
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_command
+from conftest import assert_same_checkpoint, checkpoint_tensors, run_command
 
 from jem_tf.configs.base import TrainConfig
 from trainers import loop
@@ -39,11 +39,6 @@ def tiny_config(workdir, variant, **overrides):
                                 checkpoint_every_steps=2, **{**VARIANTS[variant], **overrides}).validate()
 
 
-def checkpoint_tensors(workdir, step=FINAL_STEP):
-    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
-
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def uninterrupted(request, tmp_path_factory):
@@ -55,7 +50,7 @@ def uninterrupted(request, tmp_path_factory):
 
 def test_a_run_trains_and_keeps_a_buffer_only_when_it_has_one(uninterrupted):
     variant, workdir = uninterrupted
-    keys = checkpoint_tensors(workdir)
+    keys = checkpoint_tensors(workdir, FINAL_STEP)
     has_buffer = any(key.startswith("replay_buffer/") for key in keys)
     assert has_buffer == (tiny_config(workdir, variant).buffer_size > 0), sorted(keys)
     assert all(np.all(np.isfinite(value)) for value in keys.values() if value.dtype.kind == "f")
@@ -88,10 +83,7 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_final_state(uninterrupted
     assert not os.path.exists(os.path.join(workdir, "metrics.json")), "killed too late: the run had finished"
     metrics = loop.train(config)
     assert metrics["global_step"] == FINAL_STEP and metrics["steps_this_session"] < FINAL_STEP
-    got, want = checkpoint_tensors(workdir), checkpoint_tensors(reference)
-    assert sorted(got) == sorted(want)
-    for key, value in want.items():
-        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    assert_same_checkpoint(workdir, reference, FINAL_STEP)
 
 
 def test_the_run_exports_and_the_export_classifies(uninterrupted, tmp_path):

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import checkpoint_tensors
 
 from jem_tf import cluster as cluster_lib
 from jem_tf.configs import get_preset
@@ -96,15 +97,8 @@ def _tail(log_path, lines=30):
         return "".join(f.readlines()[-lines:])
 
 
-def _checkpoint_state(workdir, step):
-    """Every tensor of checkpoint `step` (weights, optimizer, replay buffer) by name."""
-    reader = tf.train.load_checkpoint(checkpoints.checkpoint_path(checkpoints.checkpoint_dir(workdir), step))
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
-
-
 def _assert_same_state(workdir, reference_workdir, step):
-    got, want = _checkpoint_state(workdir, step), _checkpoint_state(reference_workdir, step)
+    got, want = checkpoint_tensors(workdir, step), checkpoint_tensors(reference_workdir, step)
     assert sorted(got) == sorted(want)
     assert any("replay_buffer" in key for key in want)  # the buffer is compared too
     for key in want:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_command
+from conftest import assert_same_checkpoint, checkpoint_tensors, run_command
 
 from jem_tf import data, energy
 from jem_tf.configs import get_preset
@@ -36,12 +36,6 @@ def semi_supervised_config(workdir, objective, **overrides):
     )
     return dataclasses.replace(config, **overrides)
 
-
-def checkpoint_tensors(workdir, step=FINAL_STEP):
-    """Every tensor of checkpoint `step` but the object graph and the count of saves."""
-    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
 
 
 @pytest.fixture(scope="module", params=["jem", "classifier"])
@@ -75,10 +69,7 @@ def test_a_run_that_died_mid_epoch_resumes_bit_identically(uninterrupted, tmp_pa
     os.remove(os.path.join(workdir, "metrics.json"))
     metrics = loop.train(semi_supervised_config(workdir, objective))
     assert metrics["steps_this_session"] == FINAL_STEP - 5
-    got, want = checkpoint_tensors(workdir), checkpoint_tensors(reference)
-    assert sorted(got) == sorted(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_checkpoint(workdir, reference, FINAL_STEP)
 
 
 def test_training_on_the_labelled_subset_is_not_training_on_every_label(uninterrupted, tmp_path):
@@ -181,10 +172,7 @@ def test_the_cli_trains_with_the_flag_and_a_sigkilled_run_resumes_bit_identicall
     result = run_command("jem_tf.train", *CLI_FLAGS, f"--workdir={workdir}")
     assert result.returncode == 0 and "Resumed from" in result.stderr, result.stderr[-3000:]
     assert json.loads(Path(workdir, "metrics.json").read_text())["steps_this_session"] < FINAL_STEP
-    got, want = checkpoint_tensors(workdir), checkpoint_tensors(reference)
-    assert sorted(got) == sorted(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_checkpoint(workdir, reference, FINAL_STEP)
 
 
 @pytest.mark.parametrize("value,message", [

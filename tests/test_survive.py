@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY_FINAL_STEP, tiny_config
+from conftest import TINY_FINAL_STEP, assert_same_checkpoint, checkpoint_tensors, tiny_config
 from train_hooks import wrap_train_step
 
 from jem_tf import cli
@@ -21,19 +21,8 @@ from trainers import loop, preemption, recovery
 FINAL_STEP = TINY_FINAL_STEP
 
 
-def final_state(workdir, step=FINAL_STEP):
-    """Every tensor of checkpoint `step` (weights, optimizer, replay buffer), by name; not the
-    object graph or the count of saves, which differ when a run was interrupted."""
-    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
-
-
 def assert_same_state(workdir, reference_workdir):
-    got, want = final_state(workdir), final_state(reference_workdir)
-    assert sorted(got) == sorted(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_checkpoint(workdir, reference_workdir, FINAL_STEP)
 
 
 @pytest.fixture
@@ -249,7 +238,7 @@ def test_divergence_is_recovered_from_the_last_good_checkpoint(recovered):
     assert record["chains_reinitialised"] == 1
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert (config["learning_rate_scale"], config["extra_sgld_steps"], config["recoveries"]) == (0.5, 5, 1)
-    assert all(np.all(np.isfinite(v)) for v in final_state(workdir).values())
+    assert all(np.all(np.isfinite(v)) for v in checkpoint_tensors(workdir, FINAL_STEP).values())
     events = [value.tag for name in os.listdir(os.path.join(workdir, "tensorboard"))
               for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, "tensorboard", name))
               for value in event.summary.value]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import TINY_FLAGS, run_command
+from conftest import TINY_FLAGS, assert_same_checkpoint, run_command
 
 from jem_tf import data as jem_data
 from jem_tf.configs import get_preset
@@ -108,18 +108,8 @@ def test_sigkill_mid_epoch_then_rerun_reaches_the_same_final_state(uninterrupted
     np.testing.assert_allclose(resumed_buffer, reference_buffer, atol=1e-5)
 
 
-def checkpoint_tensors(workdir, step=12):
-    """Every tensor of a run's checkpoint but the object graph and the count of saves."""
-    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter/")}
-
-
 def assert_same_final_state(workdir, reference_workdir):
-    got, want = checkpoint_tensors(workdir), checkpoint_tensors(reference_workdir)
-    assert sorted(got) == sorted(want)
-    for key, value in want.items():
-        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    assert_same_checkpoint(workdir, reference_workdir, 12)
 
 
 def start_cli(*flags):
