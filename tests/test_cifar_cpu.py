@@ -328,6 +328,25 @@ def test_the_command_runs_everything_in_order_once_and_gives_the_classifier_the_
     assert cifar_cpu.run_all(settings) == 0 and calls == []  # every run finished: nothing runs again
 
 
+def test_the_whole_set_classifier_keeps_the_subset_classifiers_recorded_budget(tmp_path, monkeypatch):
+    # Another output directory, without the calibration runs: the budget comes from classifier.json.
+    calls = []
+    monkeypatch.setattr(run_harness, "run_logged", _fake_runner(calls))
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "classifier.json").write_text(json.dumps({"budget": {"steps": 123, "method": "measured"}}))
+    settings = types.SimpleNamespace(
+        output_dir=str(tmp_path / "runs"), data="subset", full_data="full", only=["classifier_full"], rerun=False,
+        classifier_steps=None, results_dir=str(results), figures_dir=None,
+        family_results_dir=str(tmp_path / "family"), compare_training_json=None, page=str(tmp_path / "page.md"),
+        headline_dir=None)
+    assert cifar_cpu.run_all(settings) == 0
+    assert [name for module, name in calls if module == "jem_tf.train"] == ["classifier_full"]
+    full = json.loads((results / "classifier_full.json").read_text())
+    assert full["budget"]["steps"] == 123 and full["steps_reached"] == 123
+    assert full["budget"]["method"].startswith("the subset classifier's budget")
+
+
 def test_bad_flags_exit_2(tmp_path):
     settings = types.SimpleNamespace(page_only=False, output_dir=None, only=None, data=str(tmp_path),
                                      full_data=str(tmp_path), classifier_steps=None)
