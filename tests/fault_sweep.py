@@ -30,6 +30,7 @@ for _path in (REPO, TESTS):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import conftest  # noqa: E402
 import hostile_pt  # noqa: E402
 from conftest import TINY_FINAL_STEP as FINAL_STEP  # noqa: E402 (the suite's one tiny run)
 from conftest import TINY_FLAGS, tiny_config  # noqa: E402
@@ -61,9 +62,10 @@ class Sweep:
     """A scratch folder and one trained tiny run (checkpoints 0, 5, 10) that faults copy: `reference`,
     a trained tiny_config run to use instead of training one (the tests pass a copy of the session's)."""
 
-    def __init__(self, root, reference=None):
+    def __init__(self, root, reference=None, in_process=False):
         self.root = root
         self._reference = reference
+        self.in_process = in_process
         self._count = 0
         self._lock = threading.Lock()
 
@@ -87,6 +89,15 @@ class Sweep:
         workdir = os.path.join(self.scratch("run"), "run")
         shutil.copytree(self.reference, workdir)
         return workdir
+
+    def command(self, module, *args):
+        """(exit code, stderr) of `python -m module args`: a new interpreter, or with `in_process`
+        (the tests, which run one fault at a time) the module's main in this one through
+        conftest.run_command, which ends with the same exit code and logs the same lines."""
+        if not self.in_process:
+            return run_command(module, *args)
+        result = conftest.run_command(module, *args)
+        return result.returncode, result.stderr
 
     @contextlib.contextmanager
     def tmpfs(self, size):
@@ -363,29 +374,30 @@ def fault_truncated_legacy_checkpoint(sweep):
 def fault_importer_command_on_a_stride_zero_file(sweep):
     directory = sweep.scratch("pt")
     path = hostile_pt.stride_zero(os.path.join(directory, "stride0.pt"))
-    code, stderr = run_command("trainers.from_reference", f"--checkpoint={path}", "--dataset=cifar10",
+    code, stderr = sweep.command("trainers.from_reference", f"--checkpoint={path}", "--dataset=cifar10",
                                f"--workdir={os.path.join(directory, 'imported')}")
     detail = expect_clean_exit(code, stderr, 2, "Import refused")
     expect(not os.path.exists(os.path.join(directory, "imported")), "a workdir was written")
     return detail
 
 
-# -- the commands' exit codes (subprocesses: the exit code and the traceback are the point) ------
+# -- the commands' exit codes and messages (`Sweep.command`; the serving check always in a process of
+# its own, as it is run: it builds and runs a C++ binary and reads its cache from the environment) --
 
 
 @fault("commands")
 def fault_train_with_an_empty_workdir(sweep):
-    return expect_clean_exit(*run_command("jem_tf.train", *TINY_FLAGS, "--workdir="), 2, "--workdir='' is empty")
+    return expect_clean_exit(*sweep.command("jem_tf.train", *TINY_FLAGS, "--workdir="), 2, "--workdir='' is empty")
 
 
 @fault("commands")
 def fault_evaluate_with_an_empty_workdir(sweep):
-    return expect_clean_exit(*run_command("jem_tf.evaluate", "--workdir="), 2, "--workdir='' is empty")
+    return expect_clean_exit(*sweep.command("jem_tf.evaluate", "--workdir="), 2, "--workdir='' is empty")
 
 
 @fault("commands")
 def fault_export_with_an_empty_workdir(sweep):
-    return expect_clean_exit(*run_command("export.savedmodel", "--workdir="), 2, "--workdir='' is empty")
+    return expect_clean_exit(*sweep.command("export.savedmodel", "--workdir="), 2, "--workdir='' is empty")
 
 
 @fault("commands")
@@ -393,7 +405,7 @@ def fault_train_command_on_a_workdir_whose_checkpoints_are_all_corrupt(sweep):
     workdir = sweep.copy()
     for step in (0, 5, FINAL_STEP):
         truncate(data_file(workdir, step))
-    detail = expect_clean_exit(*run_command("jem_tf.train", *TINY_FLAGS, f"--workdir={workdir}"), 5,
+    detail = expect_clean_exit(*sweep.command("jem_tf.train", *TINY_FLAGS, f"--workdir={workdir}"), 5,
                                "checkpoints/broken", "--restart_from_scratch")
     expect(broken_steps(workdir) == [0, 5, FINAL_STEP], "a damaged checkpoint was not kept")
     return detail
@@ -416,7 +428,7 @@ def fault_export_on_a_full_disk(sweep):
     workdir = sweep.reference
     with sweep.tmpfs("300k") as mount_point:
         output = os.path.join(mount_point, "export")
-        code, stderr = run_command("export.savedmodel", f"--workdir={workdir}", f"--output={output}",
+        code, stderr = sweep.command("export.savedmodel", f"--workdir={workdir}", f"--output={output}",
                                    "--ood_max_images=20")
         detail = expect_clean_exit(code, stderr, 4, "No space left")
         expect(_files_under(mount_point) == [], f"left behind: {_files_under(mount_point)}")
@@ -429,7 +441,7 @@ def fault_evaluate_output_on_a_full_disk(sweep):
     with sweep.tmpfs("200k") as mount_point:
         _fill(mount_point)
         output = os.path.join(mount_point, "eval")
-        code, stderr = run_command("jem_tf.evaluate", f"--workdir={workdir}", f"--output={output}", "--eval=accuracy",
+        code, stderr = sweep.command("jem_tf.evaluate", f"--workdir={workdir}", f"--output={output}", "--eval=accuracy",
                                    "--num_examples=20")
         detail = expect_clean_exit(code, stderr, 4, "No space left", "--output")
         left = [name for name in _files_under(mount_point) if name != "filler"]
@@ -443,7 +455,7 @@ def fault_evaluate_on_a_read_only_workdir_without_output(sweep):
         workdir = os.path.join(mount_point, "run")
         shutil.copytree(sweep.reference, workdir)
         subprocess.run(["mount", "-o", "remount,ro", mount_point], check=True)
-        code, stderr = run_command("jem_tf.evaluate", f"--workdir={workdir}", "--eval=accuracy", "--num_examples=20")
+        code, stderr = sweep.command("jem_tf.evaluate", f"--workdir={workdir}", "--eval=accuracy", "--num_examples=20")
         return expect_clean_exit(code, stderr, 4, "--output")
 
 
