@@ -29,6 +29,24 @@ PRECISIONS = (FLOAT32, MIXED_BFLOAT16, MIXED_FLOAT16)
 FLOAT16_INPUT_GRADIENT_SCALE = 2.0**10
 
 
+# CPU flags (/proc/cpuinfo) of instructions that compute in bfloat16 (x86: AVX512-BF16, AMX; Arm:
+# BF16). Without them oneDNN emulates bfloat16 through float32 conversions: slower than float32.
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> set | None:
+    """The first CPU's flags (x86 'flags', Arm 'Features'), or None when the file cannot be read."""
+    try:
+        with open(cpuinfo_path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        return None
+    return None
+
+
 def validate(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"--precision={precision!r} is invalid: expected one of {PRECISIONS}.")
@@ -73,6 +91,7 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
 
 __all__ = [
-    "PRECISIONS", "FLOAT32", "MIXED_BFLOAT16", "MIXED_FLOAT16", "FLOAT16_INPUT_GRADIENT_SCALE", "validate",
+    "PRECISIONS", "FLOAT32", "MIXED_BFLOAT16", "MIXED_FLOAT16", "FLOAT16_INPUT_GRADIENT_SCALE", "BFLOAT16_CPU_FLAGS",
+    "cpu_flags", "validate",
     "dtype_policy", "precision_of", "input_gradient_scale", "make_optimizer", "StepCountingLossScaleOptimizer",
 ]

@@ -1,4 +1,5 @@
-"""Checks a training run passes before it writes anything: workdir, steps, replay-buffer memory.
+"""Checks a training run passes before it writes anything: workdir, steps, replay-buffer memory,
+and a warning when the precision asked for is slow on this hardware.
 
 Each check raises ValueError with one message that names the bad value and the fix, so a refused
 command leaves the workdir exactly as it was and the corrected command just runs. None of them
@@ -9,6 +10,7 @@ import os
 
 from absl import logging
 
+from jem_tf import precision as precision_lib
 from jem_tf.configs.base import TrainConfig
 from jem_tf.workdir import checkpoints
 
@@ -142,3 +144,26 @@ __all__ = [
     "available_memory_bytes", "check_not_past_end", "check_replay_buffer_memory", "check_workdir_path",
     "latest_checkpoint_step", "replay_buffer_bytes",
 ]
+
+
+def warn_if_bfloat16_is_emulated(config: TrainConfig, on_gpu: bool, flags=None) -> bool:
+    """Warns (and returns True) when a mixed_bfloat16 run will compute on a CPU without bfloat16
+    instructions: oneDNN then emulates bfloat16 and a step is several times slower than in float32
+    (docs/performance.md measures it). Not a refusal: the run is correct, only slow.
+
+    Args:
+      config: the run's settings (only `precision` matters).
+      on_gpu: the run computes on GPUs (their bfloat16 support is not the CPU's).
+      flags: the CPU's flags; default `precision.cpu_flags()` (None: unknown, no warning).
+    """
+    if config.precision != precision_lib.MIXED_BFLOAT16 or on_gpu:
+        return False
+    flags = precision_lib.cpu_flags() if flags is None else flags
+    if flags is None or flags & set(precision_lib.BFLOAT16_CPU_FLAGS):
+        return False
+    logging.warning(
+        "--precision=mixed_bfloat16 on a CPU without bfloat16 instructions (none of %s in /proc/cpuinfo): "
+        "TensorFlow emulates bfloat16 there and a training step is several times slower than in float32 "
+        "(docs/performance.md#bfloat16-needs-bfloat16-instructions). Add --precision=float32 unless this run "
+        "must match a bfloat16 run's numerics.", ", ".join(precision_lib.BFLOAT16_CPU_FLAGS))
+    return True

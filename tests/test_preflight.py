@@ -13,7 +13,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from jem_tf import cli, preflight, train
+from jem_tf import cli, precision, preflight, train
 from jem_tf.configs import TrainConfig, get_preset
 from jem_tf.configs import objectives as objective_configs
 from trainers import loop, objectives, run_plan
@@ -182,6 +182,23 @@ def test_memory_refusal_names_both_numbers_and_a_buffer_size_that_fits():
 def test_available_memory_is_read_from_this_machine():
     available, source = preflight.available_memory_bytes()
     assert available is not None and available > 0, source
+
+
+def test_bfloat16_without_bfloat16_instructions_warns_with_the_fix(tmp_path, caplog):
+    bf16 = dataclasses.replace(get_preset("cifar_cpu"), workdir=str(tmp_path))
+    emulated = {"sse4_2", "avx2", "fma"}  # an AVX2-only CPU
+    with caplog.at_level("WARNING"):
+        assert preflight.warn_if_bfloat16_is_emulated(bf16, on_gpu=False, flags=emulated)
+    assert "--precision=float32" in caplog.text and "avx512_bf16" in caplog.text
+    assert not preflight.warn_if_bfloat16_is_emulated(bf16, on_gpu=False, flags=emulated | {"avx512_bf16"})
+    assert not preflight.warn_if_bfloat16_is_emulated(bf16, on_gpu=False, flags=emulated | {"amx_bf16"})
+    assert not preflight.warn_if_bfloat16_is_emulated(bf16, on_gpu=True, flags=emulated)
+    assert not preflight.warn_if_bfloat16_is_emulated(dataclasses.replace(bf16, precision="float32"), on_gpu=False,
+                                                      flags=emulated)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512_bf16\n\nprocessor\t: 1\n")
+    assert precision.cpu_flags(str(cpuinfo)) == {"fpu", "sse", "avx2", "avx512_bf16"}
+    assert precision.cpu_flags(str(tmp_path / "missing")) is None
 
 
 def test_workdir_under_a_file_is_refused(tmp_path):

@@ -81,6 +81,7 @@ def check_run(config: TrainConfig) -> RunPlan:
     preflight.check_not_past_end(config, total_steps, steps_per_epoch)
     if objective.uses_replay_buffer(config):
         preflight.check_replay_buffer_memory(config, data.image_shape)
+    preflight.warn_if_bfloat16_is_emulated(config, on_gpu=bool(tf.config.list_logical_devices("GPU")))
     return RunPlan(config=config, resuming=resuming, strategy=strategy, data=data, training_data=training_data,
                    steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
