@@ -210,7 +210,10 @@ It trains the search rows, the recipe on 3 seeds, the plain classifier for the s
 and both on the whole training set, evaluates each with `python -m jem_tf.evaluate`, writes one JSON per
 run and rewrites this page. Rows of the variant table on CIFAR come from
 `python -m benchmarks.variants --mode=cifar`. Runs that shared the CPU with other work are slower, not
-shorter: each row's seconds per step and the machine's load are in its JSON.
+shorter: each row's seconds per step and the machine's load are in its JSON. The budget assumes a CPU
+with bfloat16 instructions (AVX512-BF16 or AMX; each JSON names its machine's): on one without them a
+JEM step of this network is many times slower even in float32
+([performance.md](performance.md#bfloat16-needs-bfloat16-instructions)).
 """
 
 
