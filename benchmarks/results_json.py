@@ -69,11 +69,11 @@ def provenance(command: str, machine_text: str | None = None, repo=REPO, today=N
     return dict(commit=commit(repo), machine=machine_text or machine(), date=today.isoformat(), command=command)
 
 
-def _label(row, key_columns: int) -> str:
+def row_label(row, key_columns: int) -> str:
     return " ".join(str(cell) for cell in row[:key_columns])
 
 
-def _by_rows(value: str, labels: list) -> dict:
+def rows_of_field(value: str, labels: list) -> dict:
     """{value: [row labels]} of a provenance field: 'a [x, y] | b [z]' as written by `merge`, else
     the whole text for every row in `labels`."""
     known, entries = set(labels), {}
@@ -91,15 +91,15 @@ def merge(old: dict | None, new: dict, key_columns: int) -> dict:
     after its own; each provenance field names the rows of each value when they differ."""
     if not old or old.get("columns") != new["columns"]:
         return new
-    new_labels = [_label(row, key_columns) for row in new["rows"]]
-    kept = [row for row in old["rows"] if _label(row, key_columns) not in new_labels]
+    new_labels = [row_label(row, key_columns) for row in new["rows"]]
+    kept = [row for row in old["rows"] if row_label(row, key_columns) not in new_labels]
     if not kept:
         return new
-    kept_labels = [_label(row, key_columns) for row in kept]
+    kept_labels = [row_label(row, key_columns) for row in kept]
     merged = dict(new, rows=new["rows"] + kept)
     for field in PROVENANCE:
         entries = {new[field]: list(new_labels)}
-        for value, labels in _by_rows(old[field], [_label(row, key_columns) for row in old["rows"]]).items():
+        for value, labels in rows_of_field(old[field], [row_label(row, key_columns) for row in old["rows"]]).items():
             still = [label for label in labels if label in kept_labels]
             if still:
                 entries.setdefault(value, []).extend(still)

@@ -177,9 +177,11 @@ def test_the_suites_counts_and_time_come_from_pytests_closing_line(tmp_path):
     assert counts == {"passed": 780, "failed": 1, "skipped": 3, "warnings": 2}
     assert measure_test_suite.counts_of("12 passed in 3.10s\n") == {"passed": 12}
     table = measure_test_suite.suite_table(counts, 842.5, "a training run",
-                                           dict(commit="abc1234", machine="m", date="d", command="c"),
+                                           dict(commit="abc1234", machine="AMD EPYC, 2 CPUs, no AVX-512/AMX",
+                                                date="d", command="c"),
                                            "python -m pytest")
-    assert table["rows"] == [["abc1234", "python -m pytest", 1, 780, 1, 3, 14.0, "a training run"]]
+    assert table["rows"] == [["abc1234", "python -m pytest", 1, 780, 1, 3, 14.0, "a training run",
+                              "AVX2, no AVX-512/AMX"]]
     assert len(table["columns"]) == len(table["align"]) == len(table["rows"][0])
     with pytest.raises(ValueError, match="closing line"):
         measure_test_suite.counts_of("collected 0 items\n")
@@ -201,3 +203,15 @@ def test_the_suites_table_keeps_every_measurement_newest_first(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[tool.pytest.ini_options]\naddopts = "-ra -n 2"\n')
     assert measure_test_suite.pytest_command(["-q"], pyproject) == "python -m pytest -q (addopts: -ra -n 2)"
+
+
+def test_rows_measured_before_the_cpu_column_get_their_cpu_from_their_recorded_machine():
+    old = dict(commit="c1 [c1 pytest 1] | c0 [c0 pytest 1]", date="d", command="c",
+               machine="Xeon, 2 CPUs, avx512f amx_tile amx_bf16 [c1 pytest 1] | "
+                       "EPYC, 2 CPUs, no AVX-512/AMX [c0 pytest 1]",
+               columns=measure_test_suite.COLUMNS_WITHOUT_CPU, align=["l"] * 8,
+               rows=[["c1", "pytest", 1, 5, 0, 0, 9.0, "nothing"], ["c0", "pytest", 1, 5, 0, 0, 20.0, "nothing"]])
+    upgraded = measure_test_suite.with_cpu_column(old)
+    assert upgraded["columns"] == measure_test_suite.COLUMNS and len(upgraded["align"]) == 9
+    assert [row[-1] for row in upgraded["rows"]] == ["AVX-512 and AMX", "AVX2, no AVX-512/AMX"]
+    assert measure_test_suite.with_cpu_column(upgraded) is upgraded

@@ -26,7 +26,9 @@ from benchmarks import results_json
 from tools import results_tables
 
 COLUMNS = ["commit", "command", "measurement", "passed", "failed", "skipped", "wall time (min)",
-           "CPU shared with"]
+           "CPU shared with", "CPU's wide vector units"]
+# The table before it named the CPU: its rows are carried over with the CPU read from their provenance.
+COLUMNS_WITHOUT_CPU = COLUMNS[:-1]
 KEY_COLUMNS = 3  # commit, command and the measurement's number: every measurement is its own row
 MAX_ROWS = 6
 PYPROJECT = results_json.REPO / "pyproject.toml"
@@ -49,13 +51,35 @@ def pytest_command(extra_args=(), pyproject=PYPROJECT) -> str:
     return " ".join(["python -m pytest", *extra_args]) + (f" (addopts: {addopts})" if addopts else "")
 
 
+def vector_units(machine_text: str) -> str:
+    """What of a machine description (`results_json.machine`) decides the suite's speed most between
+    the project's machines: AMX and AVX-512 (bfloat16 in hardware), or neither."""
+    if "amx_bf16" in machine_text:
+        return "AVX-512 and AMX"
+    if "avx512" in machine_text:
+        return "AVX-512"
+    return "AVX2, no AVX-512/AMX" if "no AVX-512/AMX" in machine_text else "unknown"
+
+
 def suite_table(counts: dict, seconds: float, shared: str, provenance: dict, command: str, number: int = 1) -> dict:
     row = [provenance["commit"], command, number, counts.get("passed", 0),
            counts.get("failed", 0) + counts.get("errors", 0) + counts.get("error", 0), counts.get("skipped", 0),
-           round(seconds / 60, 1), shared or "nothing (quiet)"]
-    return dict(**provenance, columns=COLUMNS, align=["l", "l", "l", "r", "r", "r", "r", "l"], rows=[row],
+           round(seconds / 60, 1), shared or "nothing (quiet)", vector_units(provenance["machine"])]
+    return dict(**provenance, columns=COLUMNS, align=["l", "l", "l", "r", "r", "r", "r", "l", "l"], rows=[row],
                 notes=["The whole suite on the 2-core machine, newest first; a suite timed while other jobs shared "
-                       "the CPU is slower, not shorter."])
+                       "the CPU is slower, not shorter, and the machine itself differs from session to session "
+                       "(the last column; the JSON has each row's machine): compare rows of one kind of CPU."])
+
+
+def with_cpu_column(old: dict | None) -> dict | None:
+    """A table written before the CPU column, with each row's CPU read from its recorded machine."""
+    if not old or old.get("columns") != COLUMNS_WITHOUT_CPU:
+        return old
+    labels = [results_json.row_label(row, KEY_COLUMNS) for row in old["rows"]]
+    machine_of = {label: text for text, named in results_json.rows_of_field(old["machine"], labels).items()
+                  for label in named}
+    rows = [[*row, vector_units(machine_of[label])] for row, label in zip(old["rows"], labels)]
+    return dict(old, columns=COLUMNS, align=[*old["align"], "l"], rows=rows)
 
 
 def next_number(old: dict | None, commit: str, command: str) -> int:
@@ -104,7 +128,7 @@ def main(argv=None) -> int:
     if args.commit:
         provenance["commit"] = args.commit
     existing = results_tables.RESULTS / "test_suite.json"
-    old = results_tables.load("test_suite", results_tables.RESULTS) if existing.is_file() else None
+    old = with_cpu_column(results_tables.load("test_suite", results_tables.RESULTS) if existing.is_file() else None)
     command = pytest_command(extra_args)
     table = suite_table(counts, seconds, args.shared, provenance, command,
                         next_number(old, provenance["commit"], command))
