@@ -140,12 +140,6 @@ def check_replay_buffer_memory(config: TrainConfig, image_shape, available=None)
         )
 
 
-__all__ = [
-    "available_memory_bytes", "check_not_past_end", "check_replay_buffer_memory", "check_workdir_path",
-    "latest_checkpoint_step", "replay_buffer_bytes",
-]
-
-
 def warn_if_bfloat16_is_emulated(config: TrainConfig, on_gpu: bool, flags=None) -> bool:
     """Warns (and returns True) when a mixed_bfloat16 run will compute on a CPU without bfloat16
     instructions: oneDNN then emulates bfloat16 and a step is several times slower than in float32
@@ -167,3 +161,10 @@ def warn_if_bfloat16_is_emulated(config: TrainConfig, on_gpu: bool, flags=None) 
         "(docs/performance.md#bfloat16-needs-bfloat16-instructions). Add --precision=float32 unless this run "
         "must match a bfloat16 run's numerics.", ", ".join(precision_lib.BFLOAT16_CPU_FLAGS))
     return True
+
+
+__all__ = [
+    "available_memory_bytes", "check_not_past_end", "check_replay_buffer_memory", "check_workdir_path",
+    "latest_checkpoint_step", "replay_buffer_bytes", "warn_if_bfloat16_is_emulated",
+]
+
