@@ -375,7 +375,7 @@ def fault_importer_command_on_a_stride_zero_file(sweep):
     directory = sweep.scratch("pt")
     path = hostile_pt.stride_zero(os.path.join(directory, "stride0.pt"))
     code, stderr = sweep.command("trainers.from_reference", f"--checkpoint={path}", "--dataset=cifar10",
-                               f"--workdir={os.path.join(directory, 'imported')}")
+                                 f"--workdir={os.path.join(directory, 'imported')}")
     detail = expect_clean_exit(code, stderr, 2, "Import refused")
     expect(not os.path.exists(os.path.join(directory, "imported")), "a workdir was written")
     return detail
@@ -429,7 +429,7 @@ def fault_export_on_a_full_disk(sweep):
     with sweep.tmpfs("300k") as mount_point:
         output = os.path.join(mount_point, "export")
         code, stderr = sweep.command("export.savedmodel", f"--workdir={workdir}", f"--output={output}",
-                                   "--ood_max_images=20")
+                                     "--ood_max_images=20")
         detail = expect_clean_exit(code, stderr, 4, "No space left")
         expect(_files_under(mount_point) == [], f"left behind: {_files_under(mount_point)}")
     return detail + ", nothing left in --output"
@@ -441,8 +441,8 @@ def fault_evaluate_output_on_a_full_disk(sweep):
     with sweep.tmpfs("200k") as mount_point:
         _fill(mount_point)
         output = os.path.join(mount_point, "eval")
-        code, stderr = sweep.command("jem_tf.evaluate", f"--workdir={workdir}", f"--output={output}", "--eval=accuracy",
-                                   "--num_examples=20")
+        code, stderr = sweep.command("jem_tf.evaluate", f"--workdir={workdir}", f"--output={output}",
+                                     "--eval=accuracy", "--num_examples=20")
         detail = expect_clean_exit(code, stderr, 4, "No space left", "--output")
         left = [name for name in _files_under(mount_point) if name != "filler"]
         expect(left == [], f"left behind: {left}")

@@ -312,14 +312,19 @@ def _fake_runner(calls):
     return run
 
 
-def test_the_command_runs_everything_in_order_once_and_gives_the_classifier_the_recipes_time(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(run_harness, "run_logged", _fake_runner(calls))
-    settings = types.SimpleNamespace(
+def _run_settings(tmp_path, **overrides):
+    """run_all's settings: runs under tmp_path/runs, result JSON under tmp_path/results."""
+    return types.SimpleNamespace(**{**dict(
         output_dir=str(tmp_path / "runs"), data="subset", full_data="full", only=None, rerun=False,
         classifier_steps=None, results_dir=str(tmp_path / "results"), figures_dir=None,
         family_results_dir=str(tmp_path / "family"), compare_training_json=None, page=str(tmp_path / "page.md"),
-        headline_dir=None)
+        headline_dir=None), **overrides})
+
+
+def test_the_command_runs_everything_in_order_once_and_gives_the_classifier_the_recipes_time(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(run_harness, "run_logged", _fake_runner(calls))
+    settings = _run_settings(tmp_path)
     assert cifar_cpu.run_all(settings) == 0
     trained = [name for module, name in calls if module == "jem_tf.train"]
     assert trained == cifar_cpu.all_names()
@@ -341,11 +346,7 @@ def test_the_whole_set_classifier_keeps_the_subset_classifiers_recorded_budget(t
     results = tmp_path / "results"
     results.mkdir()
     (results / "classifier.json").write_text(json.dumps({"budget": {"steps": 123, "method": "measured"}}))
-    settings = types.SimpleNamespace(
-        output_dir=str(tmp_path / "runs"), data="subset", full_data="full", only=["classifier_full"], rerun=False,
-        classifier_steps=None, results_dir=str(results), figures_dir=None,
-        family_results_dir=str(tmp_path / "family"), compare_training_json=None, page=str(tmp_path / "page.md"),
-        headline_dir=None)
+    settings = _run_settings(tmp_path, only=["classifier_full"])
     assert cifar_cpu.run_all(settings) == 0
     assert [name for module, name in calls if module == "jem_tf.train"] == ["classifier_full"]
     full = json.loads((results / "classifier_full.json").read_text())
