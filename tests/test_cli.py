@@ -3,12 +3,11 @@ nothing. A representative few per command (each subprocess pays TensorFlow's imp
 tested in-process in tests/test_preflight.py, tests/test_configs.py and tests/test_data.py."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import warm_python
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,8 +17,7 @@ pytestmark = pytest.mark.slow
 
 def run_module(module, *flags, timeout=300):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return warm_python.run(["-m", module, *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_one_clear_error(result, *named):

@@ -5,12 +5,11 @@ with no other edit; values parse to the field's type; bad values exit 2 naming t
 import dataclasses
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
 import pytest
+import warm_python
 from absl import flags, logging
 
 from jem_tf import cli, evaluate, train
@@ -292,8 +291,8 @@ def test_evaluate_main_returns_2_naming_a_bad_list_entry(monkeypatch, tmp_path):
                                                  ("jem_tf.evaluate", evaluate.eval_options_class)])
 def test_helpfull_lists_every_field_flag_with_its_help(module, config_class):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-m", module, "--helpfull"], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = warm_python.run(["-m", module, "--helpfull"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]  # absl's help exit code (docs/reliability.md: exit codes)
     shown = without_whitespace(result.stdout)
     fields = cli.flag_fields(config_class())

@@ -6,14 +6,13 @@ through the command line, as a user would.
 """
 
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import serving_oracle
 import tensorflow as tf
+import warm_python
 from conftest import run_command
 
 from export import archive, client, savedmodel
@@ -99,8 +98,7 @@ def test_next_version(tmp_path):
 def _run(args, timeout=600):
     python_path = os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=python_path)
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env,
-                          timeout=timeout)
+    return warm_python.run(["-m", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=timeout)
 
 
 @pytest.mark.slow

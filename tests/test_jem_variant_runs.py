@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import conftest
 import numpy as np
 import pytest
 import tensorflow as tf
+import warm_python
 from conftest import assert_same_checkpoint, checkpoint_tensors, run_command
 
 from jem_tf.configs.base import TrainConfig
@@ -62,8 +62,8 @@ def _start_training(config: TrainConfig):
     code = ("import json, sys; from jem_tf.configs.base import TrainConfig; from trainers import loop; "
             "loop.train(TrainConfig.from_dict(json.loads(sys.argv[1])))")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-c", code, config.to_json()], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return warm_python.start(["-c", code, config.to_json()], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import warm_python
 from absl import flags
 from conftest import assert_same_checkpoint, checkpoint_tensors, run_command
 
@@ -222,8 +222,8 @@ def test_cli_run_killed_with_sigkill_and_resumed_is_bit_identical(uninterrupted,
     workdir = str(tmp_path / "killed")
     flags_ = [*TINY, f"--workdir={workdir}", "--export=false"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    process = subprocess.Popen([sys.executable, "-m", "jem_tf.train", *flags_], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = warm_python.start(["-m", "jem_tf.train", *flags_], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
     checkpoints = os.path.join(workdir, "checkpoints")
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None and (

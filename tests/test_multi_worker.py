@@ -14,12 +14,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import warm_python
 from conftest import checkpoint_tensors
 
 from jem_tf import cluster as cluster_lib
@@ -45,7 +45,8 @@ RTOL, ATOL = 1e-4, 1e-5
 
 def _command_line(workdir, **overrides):
     settings = dict(SETTINGS, **overrides)
-    args = [sys.executable, "-m", "jem_tf.train", "--preset=quick", "--strategy=multi_worker", f"--workdir={workdir}"]
+    """What follows `python` on a worker's command line."""
+    args = ["-m", "jem_tf.train", "--preset=quick", "--strategy=multi_worker", f"--workdir={workdir}"]
     for name, value in settings.items():
         args.append(f"--{name}" if value is True else f"--no{name}" if value is False else f"--{name}={value}")
     return args
@@ -70,8 +71,8 @@ def _start_workers(workdir, log_dir, tag, **overrides):
             {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}))
         log_path = os.path.join(log_dir, f"{tag}-worker{index}.log")
         with open(log_path, "w") as log:
-            process = subprocess.Popen(_command_line(workdir, **overrides), cwd=REPO, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT)
+            process = warm_python.start(_command_line(workdir, **overrides), cwd=REPO, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT)
         workers.append((process, log_path))
     return workers
 
@@ -210,8 +211,8 @@ def test_missing_or_invalid_tf_config_is_refused_before_anything_is_written(tmp_
     workdir = str(tmp_path / "run")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     env.pop(cluster_lib.ENV_VAR, None)
-    result = subprocess.run(_command_line(workdir), cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=WORKER_TIMEOUT_S)
+    result = warm_python.run(_command_line(workdir), cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=WORKER_TIMEOUT_S)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "TF_CONFIG is not set" in result.stderr
     assert not os.path.exists(workdir)

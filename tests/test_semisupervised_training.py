@@ -7,13 +7,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import warm_python
 from conftest import assert_same_checkpoint, checkpoint_tensors, run_command
 
 from jem_tf import data, energy
@@ -158,8 +158,8 @@ def test_the_cli_trains_with_the_flag_and_a_sigkilled_run_resumes_bit_identicall
     # Only the run that is killed needs a process of its own; the others run the command in this one.
     workdir = str(tmp_path / "killed")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    process = subprocess.Popen([sys.executable, "-m", "jem_tf.train", *CLI_FLAGS, f"--workdir={workdir}"], cwd=REPO,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = warm_python.start(["-m", "jem_tf.train", *CLI_FLAGS, f"--workdir={workdir}"], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = os.path.join(workdir, "checkpoints")
     deadline = time.time() + 240
     # Killed once a checkpoint after step 0 is registered: step 3 or 6 of a 9-step epoch.

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+import warm_python
 from conftest import TINY_FLAGS, assert_same_checkpoint, run_command
 
 from jem_tf import data as jem_data
@@ -87,8 +88,8 @@ def test_sigkill_mid_epoch_then_rerun_reaches_the_same_final_state(uninterrupted
     workdir = str(tmp_path / "killed")
     flags = [*TINY, f"--workdir={workdir}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    process = subprocess.Popen([sys.executable, "-m", "jem_tf.train", *flags], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = warm_python.start(["-m", "jem_tf.train", *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
     checkpoints = Path(workdir, "checkpoints")
     deadline = time.time() + 240
     # Kill as soon as a mid-run checkpoint (after the step-0 one) is registered in the manager's
@@ -114,8 +115,8 @@ def assert_same_final_state(workdir, reference_workdir):
 
 def start_cli(*flags):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "jem_tf.train", *flags], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return warm_python.start(["-m", "jem_tf.train", *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_checkpoint_after_step_0(workdir, process, timeout=240):

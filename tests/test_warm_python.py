@@ -1,0 +1,68 @@
+"""The warm Python server (tests/warm_python.py) behaves as `python` does where the tests look: exit
+status, streams, signals, environment, working directory and sys.path. Each case runs both ways."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import warm_python
+
+CASES = {
+    "exit code": ["-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
+    "exit message": ["-c", "import sys; sys.exit('bad input')"],
+    "uncaught exception": ["-c", "raise ValueError('boom')"],
+    "arguments": ["-c", "import sys; print(sys.argv)", "a", "--b=1"],
+    "environment and folder": ["-c", "import os; print(os.environ['WARM_TEST'], os.getcwd())"],
+    "module": ["-m", "json.tool", "--help"],
+    "python path": ["-c", "import sys, warm_probe; print(sys.path[:2], warm_probe.VALUE)"],
+    "atexit": ["-c", "import atexit; atexit.register(lambda: print('at exit'))"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_command_ends_as_it_does_in_a_new_interpreter(name, tmp_path):
+    (tmp_path / "warm_probe.py").write_text("VALUE = 7\n")
+    env = dict(os.environ, WARM_TEST="yes", PYTHONPATH=str(tmp_path))
+    fresh = subprocess.run([sys.executable, *CASES[name]], cwd=tmp_path, env=env, capture_output=True, text=True)
+    warm = warm_python.run(CASES[name], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert (warm.returncode, warm.stdout) == (fresh.returncode, fresh.stdout)
+    # Tracebacks differ in their first frames; the last line names the error.
+    assert warm.stderr.strip().splitlines()[-1:] == fresh.stderr.strip().splitlines()[-1:]
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_signal_ends_it_as_it_ends_a_new_interpreter(signal_number, tmp_path):
+    code = ["-c", "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"]
+    results = []
+    for start in (lambda argv: subprocess.Popen([sys.executable, *argv]), warm_python.start):
+        started = tmp_path / f"started_{len(results)}"
+        process = start([*code, str(started)])
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal_number)
+        results.append(process.wait(timeout=60))
+    assert results[1] == results[0] == -signal_number
+
+
+def test_a_child_is_a_process_of_its_own_and_a_timeout_kills_it():
+    process = warm_python.start(["-c", "import time; time.sleep(60)"])
+    assert process.pid not in (os.getpid(), None) and process.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(timeout=0.2)
+    with pytest.raises(subprocess.TimeoutExpired):
+        warm_python.run(["-c", "import time; time.sleep(60)"], timeout=0.5)
+    process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL
+
+
+def test_output_goes_to_an_open_file_even_after_the_caller_closes_it(tmp_path):
+    log_path = tmp_path / "log"
+    with open(log_path, "w") as log:
+        process = warm_python.start(["-c", "import sys; print('one'); print('two', file=sys.stderr)"], stdout=log,
+                                    stderr=subprocess.STDOUT)
+    assert process.wait(timeout=60) == 0
+    assert sorted(log_path.read_text().split()) == ["one", "two"]
