@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import warm_python
 from absl import flags
 from PIL import Image
 
@@ -56,9 +57,11 @@ def test_the_preset_is_the_issues_starting_recipe_with_a_step_budget():
 
 
 @pytest.mark.slow
-def test_the_preset_trains_exports_and_evaluates_through_the_harness(tmp_path):
+def test_the_preset_trains_exports_and_evaluates_through_the_harness(tmp_path, monkeypatch):
     """A few steps of the preset on a CIFAR-shaped folder, its export, every evaluation the page
-    uses, the run's JSON, a figure and the page, as the benchmark makes them."""
+    uses, the run's JSON, a figure and the page, as the benchmark makes them (its training and
+    evaluation processes started by tests/warm_python.py)."""
+    monkeypatch.setattr(run_harness, "subprocess", warm_python.PythonCommandsWarm())
     data = _cifar_folder(tmp_path / "data")
     spec = run_harness.RunSpec("recipe_seed0", "test", ("--preset=cifar_cpu", *TINY_FLAGS), group="seeds",
                                evaluation="full", figures=("reliability_diagram", "samples_fresh_unconditional"))

@@ -174,12 +174,23 @@ def serve(socket_path):
 
 _server = None
 _server_lock = threading.Lock()
+# subprocess's own functions, for PythonCommandsWarm to fall back on when it is patched in.
+_POPEN, _RUN = subprocess.Popen, subprocess.run
 
 
-def _server_socket():
+def use_server(socket_path):
+    """Makes this process a client of a server that is already running (a warm child passes its
+    server's socket on to the commands it starts itself)."""
+    global _server
+    _server = (None, socket_path)
+
+
+def server_socket():
     """This process's server, started on first use and stopped when this process exits."""
     global _server
     with _server_lock:
+        if _server is not None and _server[0] is None:
+            return _server[1]
         if _server is None or _server[0].poll() is not None:
             directory = tempfile.mkdtemp(prefix="warm_python_")
             path = os.path.join(directory, "socket")
@@ -241,7 +252,7 @@ class WarmProcess:
                        env=dict(os.environ if env is None else env))
         self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._connection.connect(_server_socket())
+            self._connection.connect(server_socket())
             socket.send_fds(self._connection, [b"-"], fds)
             self._connection.sendall(json.dumps(request).encode() + b"\n")
         finally:
@@ -304,11 +315,13 @@ def start(argv, **kwargs) -> WarmProcess:
     return WarmProcess(argv, **kwargs)
 
 
-def run(argv, cwd=None, env=None, capture_output=False, text=False, timeout=None) -> subprocess.CompletedProcess:
+def run(argv, cwd=None, env=None, capture_output=False, text=False, timeout=None, stdout=None,
+        stderr=None) -> subprocess.CompletedProcess:
     """`subprocess.run([sys.executable, *argv], ...)` without the import time; kills the child past
     `timeout` and raises TimeoutExpired, as subprocess.run does."""
-    pipe = subprocess.PIPE if capture_output else None
-    process = WarmProcess(argv, cwd=cwd, env=env, stdout=pipe, stderr=pipe, text=text)
+    if capture_output:
+        stdout = stderr = subprocess.PIPE
+    process = WarmProcess(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text)
     try:
         stdout, stderr = process.communicate(timeout)
     except subprocess.TimeoutExpired:
@@ -317,6 +330,26 @@ def run(argv, cwd=None, env=None, capture_output=False, text=False, timeout=None
         process.communicate()
         raise
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+class PythonCommandsWarm:
+    """Stands in for the `subprocess` module of code under test: its `Popen` and `run` start
+    `sys.executable` commands in the warm server and anything else as usual."""
+
+    def __getattr__(self, name):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(command, **kwargs):  # noqa: N802 (subprocess's name)
+        if command[0] != sys.executable:
+            return _POPEN(command, **kwargs)
+        return start(command[1:], **kwargs)
+
+    @staticmethod
+    def run(command, **kwargs):
+        if command[0] != sys.executable:
+            return _RUN(command, **kwargs)
+        return run(command[1:], **kwargs)
 
 
 if __name__ == "__main__":
