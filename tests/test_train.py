@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -180,13 +179,17 @@ def test_a_full_disk_stops_cleanly_and_the_rerun_with_space_finishes_the_same_ru
 @pytest.mark.slow
 def test_a_second_run_on_a_locked_workdir_exits_2_naming_the_holder(tmp_path):
     workdir = str(tmp_path / "locked")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from jem_tf.workdir.lock import WorkdirLock; "
-         "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)", workdir],
-        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2"), stdout=subprocess.PIPE,
-        text=True)
+    locked = tmp_path / "locked_by_holder"
+    holder = warm_python.start(
+        ["-c", "import pathlib, sys, time; from jem_tf.workdir.lock import WorkdirLock; "
+         "WorkdirLock(sys.argv[1]).acquire(); pathlib.Path(sys.argv[2]).touch(); time.sleep(600)", workdir,
+         str(locked)],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2"))
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        deadline = time.monotonic() + 120
+        while not locked.exists() and holder.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert locked.exists(), f"the lock holder did not start (exit {holder.poll()})"
         result = run_cli(*TINY, f"--workdir={workdir}", "--max_steps=2", "--learning_rate=0.02", check=False)
         assert result.returncode == 2, result.stderr[-3000:]
         assert f"PID {holder.pid} on host" in result.stderr and "Traceback" not in result.stderr
