@@ -32,6 +32,7 @@ for _path in (REPO, TESTS):
 
 import conftest  # noqa: E402
 import hostile_pt  # noqa: E402
+import warm_python  # noqa: E402
 from conftest import TINY_FINAL_STEP as FINAL_STEP  # noqa: E402 (the suite's one tiny run)
 from conftest import TINY_FLAGS, tiny_config  # noqa: E402
 
@@ -60,7 +61,9 @@ def expect(condition, message):
 
 class Sweep:
     """A scratch folder and one trained tiny run (checkpoints 0, 5, 10) that faults copy: `reference`,
-    a trained tiny_config run to use instead of training one (the tests pass a copy of the session's)."""
+    a trained tiny_config run to use instead of training one (the tests pass a copy of the session's).
+    `in_process` (the tests): commands run in this process, and those that need a process of their own
+    start warm (tests/warm_python.py); the standalone sweep starts a new interpreter for each."""
 
     def __init__(self, root, reference=None, in_process=False):
         self.root = root
@@ -98,6 +101,12 @@ class Sweep:
             return run_command(module, *args)
         result = conftest.run_command(module, *args)
         return result.returncode, result.stderr
+
+    def process(self, module, *args, env=None):
+        """(exit code, stderr) of `python -m module args` in a process of its own, for the faults where
+        the process is the point (the serving check's refusals): a new interpreter, or in the tests a
+        warm one from tests/warm_python.py."""
+        return run_command(module, *args, env=env, warm=self.in_process)
 
     @contextlib.contextmanager
     def tmpfs(self, size):
@@ -138,9 +147,13 @@ def truncate(path):
         f.truncate(os.path.getsize(path) // 2)
 
 
-def run_command(module, *args, env=None, timeout=300):
-    """`python -m module args`: (exit code, stderr)."""
+def run_command(module, *args, env=None, timeout=300, warm=False):
+    """`python -m module args`: (exit code, stderr); `warm`: started by tests/warm_python.py."""
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO, **(env or {}))
+    if warm:
+        result = warm_python.run(["-m", module, *args], cwd=REPO, env=environment, capture_output=True, text=True,
+                                 timeout=timeout)
+        return result.returncode, result.stderr
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=environment, capture_output=True,
                             text=True, timeout=timeout)
     return result.returncode, result.stderr
@@ -469,8 +482,7 @@ def _serving_check(sweep, spoil):
     cache = os.path.join(directory, "cache")
     os.makedirs(cache, mode=0o700)
     spoil(cache, builder.binary_path(cache))
-    code, stderr = run_command("export.serving_check", f"--export_dir={export_dir}",
-                               env={builder.CACHE_ENV: cache})
+    code, stderr = sweep.process("export.serving_check", f"--export_dir={export_dir}", env={builder.CACHE_ENV: cache})
     return expect_clean_exit(code, stderr, 2, "Refusing to run the serving check")
 
 
@@ -500,7 +512,7 @@ def fault_serving_check_with_a_foreign_owned_binary(sweep):
 
 @fault("commands")
 def fault_serving_check_without_an_export(sweep):
-    return expect_clean_exit(*run_command("export.serving_check", f"--export_dir={sweep.scratch('none')}"), 2,
+    return expect_clean_exit(*sweep.process("export.serving_check", f"--export_dir={sweep.scratch('none')}"), 2,
                              "saved_model.pb")
 
 
