@@ -45,6 +45,9 @@ def _run_child(request, standard_fds, inherited_fds):
             os.close(fd)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # A new interpreter keeps Ctrl-C ignored when its parent ignores it (a background job of a
+        # shell) and raises KeyboardInterrupt otherwise: the caller's disposition, not the server's.
+        signal.signal(signal.SIGINT, signal.SIG_IGN if request["sigint_ignored"] else signal.default_int_handler)
         for fd, given in enumerate(standard_fds):
             os.dup2(given, fd)
         for given in set(standard_fds):
@@ -249,7 +252,8 @@ class WarmProcess:
                 target.flush()
                 fds.append(target.fileno())
         request = dict(argv=list(argv), cwd=os.path.abspath(cwd or os.getcwd()),
-                       env=dict(os.environ if env is None else env))
+                       env=dict(os.environ if env is None else env),
+                       sigint_ignored=signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
         self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._connection.connect(server_socket())
