@@ -16,7 +16,7 @@ DEFAULT_OOD_MAX_IMAGES = 2000
 
 def log_px_of_images(network, batches) -> np.ndarray:
     """log p~(x) of every image in `batches` (an iterable of float images, or (images, labels))."""
-    compute = tf.function(lambda images: energy.log_marginal(network(images, training=False)))
+    compute = tf.function(lambda images: energy.log_marginal(network(images, training=False)), autograph=False)
     values = []
     for batch in batches:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch

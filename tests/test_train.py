@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 import warm_python
-from conftest import TINY_FLAGS, assert_same_checkpoint, run_command
+from conftest import TINY_FLAGS, assert_same_checkpoint, run_command, tiny_config
 
 from jem_tf import data as jem_data
 from jem_tf.configs import get_preset
@@ -274,3 +274,14 @@ def test_paper_setup_runs_unchanged_through_the_cli_on_mock_svhn(tmp_path):
     config = json.loads(Path(tmp_path, "config.json").read_text())
     assert (config["depth"], config["width"], config["sgld_steps"], config["buffer_size"]) == (28, 10, 20, 10000)
     assert json.loads(Path(tmp_path, "metrics.json").read_text())["global_step"] == 1
+
+
+def test_a_run_and_its_export_trace_our_code_as_written(tmp_path, autograph_conversions):
+    """No autograph conversion of our functions: the training step, the evaluator, the data pipeline
+    and the export's OOD threshold are traced as written."""
+    from export import savedmodel  # noqa: PLC0415
+
+    workdir = str(tmp_path / "run")
+    loop.train(tiny_config(workdir, max_steps=1))
+    savedmodel.export_run(workdir, str(tmp_path / "export"), ood_max_images=20)
+    assert autograph_conversions == []

@@ -50,7 +50,7 @@ def gather_from_replicas(strategy, value):
 def distributed_train_step(model, strategy):
     """One compiled training step on a distributed batch; returns the replica-averaged logs."""
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_step(batch):
         per_replica = strategy.run(model.train_step, args=(batch,))
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
@@ -62,7 +62,7 @@ def classifier_evaluator(model, strategy):
     """Returns `evaluate(dataset) -> {accuracy, xent}` over a finite dataset of (images, labels)
     batches; its compiled step is traced once and reused for every validation and test pass."""
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(batch):
         strategy.run(model.test_step, args=(batch,))
 

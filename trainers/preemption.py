@@ -88,7 +88,7 @@ class AgreedStopRequests:
         self.signal_number = None
 
         # Compiled once: an eager collective is slow and retraces on every call.
-        self._gather = tf.function(lambda flags: gather_from_replicas(strategy, flags))
+        self._gather = tf.function(lambda flags: gather_from_replicas(strategy, flags), autograph=False)
 
     def agree(self, checkpoint_due: bool) -> bool:
         """Call on every worker after each step; returns whether any worker's checkpoint is due."""

@@ -115,6 +115,7 @@ def _decoded_sizes(paths: list, channels: int, description: str) -> list:
     if not paths:
         return sizes
 
+    @tf.autograph.experimental.do_not_convert  # traced as written, as every tf.function of ours
     def probe(index, path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
         return index, tf.shape(image)[:2]
@@ -239,6 +240,7 @@ def load_folder(name: str, validation_fraction: float, validation_size: int | No
                         "resized to it, aspect ratio not kept: %s.", path, len(resized), height, width,
                         _some(resized))
 
+    @tf.autograph.experimental.do_not_convert  # traced as written, as every tf.function of ours
     def decode_to_shape(file_path: tf.Tensor, label: tf.Tensor):
         image = tf.io.decode_image(tf.io.read_file(file_path), channels=channels, expand_animations=False)
         # Same-size folders (the normal case) pass through untouched.

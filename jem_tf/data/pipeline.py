@@ -142,6 +142,7 @@ def make_batches(
     use_randomness = training and (augmentation != "none" or data_noise > 0.0)
     key = tf.constant(epoch_key, dtype=tf.int64)
 
+    @tf.autograph.experimental.do_not_convert  # traced as written, as every tf.function of ours
     def prepare(position: tf.Tensor, example):
         image, label = example
         image = unaugmented = to_model_range(image)

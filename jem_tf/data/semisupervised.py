@@ -209,6 +209,7 @@ def labelled_batches(
     labels = tf.constant(subset.labels, tf.int32)
     stream_key = tf.constant(_stream_key(seed), tf.int64)
 
+    @tf.autograph.experimental.do_not_convert  # traced as written, as every tf.function of ours
     def examples_of_step(step):
         pass_number = step // batches_per_pass
         first = (step % batches_per_pass) * batch_size
@@ -221,6 +222,7 @@ def labelled_batches(
         return tf.data.Dataset.from_tensor_slices(
             (chosen, positions, tf.repeat(augment_key[tf.newaxis], batch_size, axis=0)))
 
+    @tf.autograph.experimental.do_not_convert  # traced as written, as every tf.function of ours
     def prepare(subset_index, position, augment_key):
         image = to_model_range(tf.gather(images, subset_index))
         if use_randomness:

@@ -24,7 +24,8 @@ def make_refined_predictor(model, image_shape, step_size: float, noise_std: floa
             common.image_spec(image_shape),
             tf.TensorSpec((), tf.int32),
             tf.TensorSpec((2,), tf.int64),
-        )
+        ),
+        autograph=False,
     )
     def predict(images, steps, seed):
         refined = sgld.refine(logits_fn, images, steps, step_size, noise_std, seed,

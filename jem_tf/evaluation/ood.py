@@ -28,7 +28,7 @@ def make_score_function(model, image_shape):
     """Compiled images -> {log_px, max_prob, grad_norm}, one forward and one backward pass."""
     score_scale = precision.input_gradient_scale(model)
 
-    @tf.function(input_signature=(common.image_spec(image_shape),))
+    @tf.function(input_signature=(common.image_spec(image_shape),), autograph=False)
     def scores(images):
         captured = {}
 

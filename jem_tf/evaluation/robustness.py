@@ -42,7 +42,7 @@ class RefineThenClassify:
         logits_fn = common.logits_function(model)
         refine_seed = tf.constant([int(seed), 0], tf.int64)
 
-        @tf.function(input_signature=(common.image_spec(image_shape),))
+        @tf.function(input_signature=(common.image_spec(image_shape),), autograph=False)
         def call(images):
             if self.refine_steps > 0:
                 images = sgld.refine(logits_fn, images, self.refine_steps, step_size, noise_std, refine_seed,
@@ -194,7 +194,7 @@ def distal_adversarials(model, image_shape, classes, per_class: int, *, steps: i
     images = tf.Variable(rng.uniform(-1.0, 1.0, (len(targets),) + tuple(image_shape)).astype(np.float32))
     target_tensor = tf.constant(targets)
 
-    @tf.function
+    @tf.function(autograph=False)
     def ascend():
         with tf.GradientTape() as tape:
             # log p(y=c|x) = -cross-entropy of the target class.

@@ -48,7 +48,7 @@ class InceptionModel:
         self._model = keras.Model(network.input, [network.get_layer("avg_pool").output, network.output])
         # reduce_retracing: one trace per input image shape, whatever the batch size.
         self._call = tf.function(lambda images: self._model(self._prepare(images), training=False),
-                                 reduce_retracing=True)
+                                 reduce_retracing=True, autograph=False)
 
     def _prepare(self, images):
         if images.shape[-1] == 1:

@@ -19,7 +19,8 @@ def fresh_chains(model, count: int, image_shape, *, steps: int, step_size: float
     logits_fn = common.logits_function(model)
     spec = common.image_spec(image_shape)
 
-    @tf.function(input_signature=(spec, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((2,), tf.int64)))
+    @tf.function(input_signature=(spec, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((2,), tf.int64)),
+                 autograph=False)
     def run(initial, batch_labels, batch_seed):
         if labels is None:
             log_density = energy.marginal_log_density(logits_fn)

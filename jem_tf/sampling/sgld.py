@@ -92,7 +92,7 @@ def sgld_sample(
 def compiled_sgld(jit_compile: bool = False):
     """`sgld_sample` wrapped in one `tf.function`, optionally XLA-compiled."""
     if jit_compile not in _COMPILED:
-        _COMPILED[jit_compile] = tf.function(sgld_sample, jit_compile=jit_compile)
+        _COMPILED[jit_compile] = tf.function(sgld_sample, jit_compile=jit_compile, autograph=False)
     return _COMPILED[jit_compile]
 
 
