@@ -388,16 +388,14 @@ def test_every_checkpoint_damaged_stops_instead_of_restarting_from_step_0(copy_o
     assert sorted(os.listdir(os.path.join(checkpoint_folder, "broken"))) == sorted(broken)
 
 
-def test_a_workdir_without_progress_still_starts_at_step_0(tmp_path):
+def test_a_workdir_without_progress_still_starts_at_step_0(copy_of):
     """config.json and run_info.json but no checkpoint (a run killed before its first save) is not
     a run that lost its checkpoints."""
-    workdir = str(tmp_path / "run")
-    loop.train(tiny_config(workdir, max_steps=1))
-    for name in os.listdir(os.path.join(workdir, "checkpoints")):
-        os.remove(os.path.join(workdir, "checkpoints", name))
+    for name in os.listdir(os.path.join(copy_of, "checkpoints")):
+        os.remove(os.path.join(copy_of, "checkpoints", name))
     for name in ("metrics.json", "run_status.json"):
-        os.remove(os.path.join(workdir, name))
-    assert loop.train(tiny_config(workdir, max_steps=1))["steps_this_session"] == 1
+        os.remove(os.path.join(copy_of, name))
+    assert loop.train(tiny_config(copy_of, max_steps=1))["steps_this_session"] == 1
 
 
 @pytest.mark.parametrize("link", ["symbolic", "hard"])
