@@ -19,15 +19,15 @@ if _cpus:
         _LOGICAL_CPU_PROBLEM = str(error)
 
 
-# ART configures logging when first imported (logging.config.dictConfig), which closes every handler
-# that exists at that moment, pytest's log capture among them: a test that imported it first (the
-# robustness evaluation does, lazily) then failed at teardown with "I/O operation on closed file".
-# Imported here, before pytest adds its handlers.
 import warnings  # noqa: E402
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
+# ART configures logging when first imported (logging.config.dictConfig), which closes every handler
+# that exists at that moment, pytest's log capture among them: a test that imported it first (the
+# robustness evaluation does, lazily) then failed at teardown with "I/O operation on closed file".
+# Imported here, before pytest adds its handlers.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="PyTorch not found", category=UserWarning)
     import art  # noqa: E402, F401
