@@ -33,42 +33,38 @@ def test_a_command_ends_as_it_does_in_a_new_interpreter(name, tmp_path):
     assert warm.stderr.strip().splitlines()[-1:] == fresh.stderr.strip().splitlines()[-1:]
 
 
-def _start_both_and_signal(code, signal_number, tmp_path):
-    """Starts `code` as a new interpreter, then warm, sends each `signal_number` once it runs and
-    returns each one's process."""
-    processes = []
-    for start in (lambda argv: subprocess.Popen([sys.executable, *argv]), warm_python.start):
-        started = tmp_path / f"started_{len(processes)}"
-        process = start([*code, str(started)])
-        deadline = time.monotonic() + 60
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        process.send_signal(signal_number)
-        processes.append(process)
-    return processes
-
-
 SLEEPER = ["-c", "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"]
+
+
+def _start_both_and_signal(signal_number, tmp_path, caller_sigint):
+    """Starts SLEEPER as a new interpreter, then warm, from a caller whose SIGINT handler is
+    `caller_sigint`, sends each `signal_number` once it runs and returns both processes."""
+    previous = signal.signal(signal.SIGINT, caller_sigint)
+    processes = []
+    try:
+        for start in (lambda argv: subprocess.Popen([sys.executable, *argv]), warm_python.start):
+            started = tmp_path / f"started_{len(processes)}"
+            process = start([*SLEEPER, str(started)])
+            deadline = time.monotonic() + 60
+            while not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            process.send_signal(signal_number)
+            processes.append(process)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return processes
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_a_signal_ends_it_as_it_ends_a_new_interpreter(signal_number, tmp_path):
     # Ctrl-C reaches a child whose parent does not ignore it, however this suite was started.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        processes = _start_both_and_signal(SLEEPER, signal_number, tmp_path)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    processes = _start_both_and_signal(signal_number, tmp_path, signal.default_int_handler)
     results = [process.wait(timeout=60) for process in processes]
     assert results[1] == results[0] == -signal_number
 
 
 def test_ctrl_c_is_ignored_as_a_new_interpreter_ignores_it_when_its_parent_does(tmp_path):
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        processes = _start_both_and_signal(SLEEPER, signal.SIGINT, tmp_path)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    processes = _start_both_and_signal(signal.SIGINT, tmp_path, signal.SIG_IGN)
     time.sleep(0.5)
     assert [process.poll() for process in processes] == [None, None]
     for process in processes:
