@@ -62,15 +62,22 @@ def classifier_evaluator(model, strategy):
     """Returns `evaluate(dataset) -> {accuracy, xent}` over a finite dataset of (images, labels)
     batches; its compiled step is traced once and reused for every validation and test pass."""
 
-    @tf.function(autograph=False)
     def step(batch):
         strategy.run(model.test_step, args=(batch,))
+
+    # Traced for the batches' spec, whose batch size is unknown: the last, smaller batch of a pass
+    # reuses the step instead of tracing it again.
+    compiled_steps = {}
 
     def evaluate(dataset) -> dict:
         for metric in model.metrics:
             metric.reset_state()
-        for batch in distribute_dataset(strategy, dataset):
-            step(batch)
+        batches = distribute_dataset(strategy, dataset)
+        spec = batches.element_spec
+        if spec not in compiled_steps:
+            compiled_steps[spec] = tf.function(step, autograph=False, input_signature=[spec])
+        for batch in batches:
+            compiled_steps[spec](batch)
         results = {"accuracy": float(model.accuracy_tracker.result()), "xent": float(model.xent_tracker.result())}
         for metric in model.metrics:
             metric.reset_state()
