@@ -16,10 +16,14 @@ DEFAULT_OOD_MAX_IMAGES = 2000
 
 def log_px_of_images(network, batches) -> np.ndarray:
     """log p~(x) of every image in `batches` (an iterable of float images, or (images, labels))."""
-    compute = tf.function(lambda images: energy.log_marginal(network(images, training=False)), autograph=False)
+    compute = None
     values = []
     for batch in batches:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if compute is None:  # traced for any batch size: the last, smaller batch is not traced again
+            spec = tf.TensorSpec([None, *images.shape[1:]], images.dtype)
+            compute = tf.function(lambda images: energy.log_marginal(network(images, training=False)),
+                                  input_signature=[spec], autograph=False)
         values.append(compute(images).numpy())
     return np.concatenate(values) if values else np.zeros([0], np.float32)
 

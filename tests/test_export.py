@@ -16,6 +16,7 @@ import tensorflow as tf
 from export import archive, client, graph_audit, ood_threshold
 from export import signatures as sig
 from export.serving_check import builder, request_cases, runner
+from jem_tf import energy
 from jem_tf.models import WideResNet
 
 IMAGE_SHAPE = (8, 8, 1)
@@ -397,6 +398,19 @@ def test_threshold_keeps_at_least_the_requested_fraction():
 def test_threshold_refuses_bad_statistics(values):
     with pytest.raises(ValueError):
         ood_threshold.ood_threshold_from_log_px(np.asarray(values, np.float64))
+
+
+def test_log_px_of_images_traces_once_for_every_batch_size(network):
+    traces = []
+
+    def counting_network(images, training):
+        traces.append(images.shape)
+        return network(images, training=training)
+
+    images = np.random.default_rng(0).uniform(-1, 1, [10, *network.input_image_shape]).astype(np.float32)
+    log_px = ood_threshold.log_px_of_images(counting_network, [images[:4], (images[4:8], None), images[8:]])
+    np.testing.assert_allclose(log_px, energy.log_marginal(network(images, training=False)).numpy(), rtol=1e-5)
+    assert len(traces) == 1  # the last batch of 2 reuses the trace of the batches of 4
 
 
 def test_validation_threshold_from_the_digits_data(network):
