@@ -187,6 +187,8 @@ def test_inception_plumbing_with_random_weights():
                                                      num_splits=2, progress=False)
     assert "meaningless" in results["sample_quality/weights"]
     assert np.isfinite(results["sample_quality/fresh/fid"]) and results["sample_quality/fresh/inception_score"] >= 1
+    # InceptionV3 traced once for these images, whatever the batch size (3, or the last batch of 1).
+    assert [call.experimental_get_tracing_count() for call in inception._calls.values()] == [1]
     with pytest.raises(common.Unavailable, match="does not exist"):
         sample_quality.InceptionModel(weights="/nonexistent/inception.h5")
 

@@ -13,6 +13,7 @@ Heusel et al. for FID and Du & Mordatch's code for IS; appendix B discusses how 
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -46,9 +47,7 @@ class InceptionModel:
             include_top=True, weights=weights, input_shape=(self.image_size, self.image_size, 3)
         )
         self._model = keras.Model(network.input, [network.get_layer("avg_pool").output, network.output])
-        # reduce_retracing: one trace per input image shape, whatever the batch size.
-        self._call = tf.function(lambda images: self._model(self._prepare(images), training=False),
-                                 reduce_retracing=True, autograph=False)
+        self._calls = {}  # image shape -> the model traced once for every batch size
 
     def _prepare(self, images):
         if images.shape[-1] == 1:
@@ -59,8 +58,13 @@ class InceptionModel:
         return tf.image.resize(images, (self.image_size, self.image_size), method="bilinear")
 
     def features_and_probabilities(self, images, batch_size: int, description: str, progress: bool = True):
+        image_shape = tuple(np.shape(images)[1:])
+        if image_shape not in self._calls:
+            self._calls[image_shape] = tf.function(lambda batch: self._model(self._prepare(batch), training=False),
+                                                   input_signature=(common.image_spec(image_shape),), autograph=False)
+        call = self._calls[image_shape]
         outputs = common.map_batches(
-            lambda batch, _: dict(zip(("features", "probabilities"), self._call(batch), strict=True)),
+            lambda batch, _: dict(zip(("features", "probabilities"), call(batch), strict=True)),
             images, batch_size, description, progress,
         )
         return outputs["features"], outputs["probabilities"]
