@@ -3,6 +3,8 @@ what is (not) exported, the op audit and the OOD threshold. In-process; the out-
 (keras-free reload, saved_model_cli, the C++ loader, the client) are in test_export_serving.py.
 """
 
+import collections
+import functools
 import json
 import os
 import re
@@ -16,6 +18,7 @@ import tensorflow as tf
 from export import archive, client, graph_audit, ood_threshold
 from export import signatures as sig
 from export.serving_check import builder, request_cases, runner
+from export.serving_functions import ServingFunctions
 from jem_tf import energy
 from jem_tf.models import WideResNet
 
@@ -299,6 +302,26 @@ def test_existing_version_is_refused_unless_overwrite(network, tmp_path):
 def test_bad_version_is_refused(network, tmp_path, version):
     with pytest.raises(ValueError, match="version"):
         archive.export_model(network, tmp_path, version)
+
+
+def test_export_traces_each_signature_once(network, tmp_path, monkeypatch):
+    # Tracing is most of an export's time; a SavedModel save used to trace every signature again.
+    traces = collections.Counter()
+    function = ServingFunctions.function
+
+    def counted(self, name):
+        serving_function = function(self, name)
+
+        @functools.wraps(serving_function)  # keeps the argument names, the signature's input keys
+        def traced(*args, **kwargs):
+            traces[name] += 1
+            return serving_function(*args, **kwargs)
+
+        return traced
+
+    monkeypatch.setattr(ServingFunctions, "function", counted)
+    archive.export_model(network, tmp_path, 1, max_refine_steps=20)
+    assert traces == {name: 1 for name in sig.SIGNATURE_ORDER}
 
 
 def test_export_is_deterministic(network, export_dir, tmp_path):
