@@ -102,3 +102,35 @@ def test_a_keras_adam_checkpoint_restores_into_torch_adam(tmp_path):
     assert int(new.iterations.numpy()) == 1
     np.testing.assert_array_equal(new._momentums[0].numpy(), old._momentums[0].numpy())
     np.testing.assert_array_equal(new._velocities[0].numpy(), old._velocities[0].numpy())
+
+
+def test_two_replicas_update_like_torch_adam_on_the_warm_up_schedule(two_logical_cpus):
+    # Under MirroredStrategy the scheduled learning rate, and so Adam's per-step scalars, are
+    # per-replica values: each replica's variable updates must take their own replica's.
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    strategy = tf.distribute.MirroredStrategy(two_logical_cpus)
+    schedule = optimization.learning_rate_schedule(TrainConfig(learning_rate=0.1, warmup_steps=2), steps_per_epoch=10)
+    with strategy.scope():
+        optimizer = optimization.make_optimizer(schedule)
+        variable = keras.Variable(np.zeros([1], np.float32))
+        optimizer.build([variable])
+
+    @tf.function(autograph=False)
+    def step(gradient):
+        # Each replica's gradient is half the total: the optimizer sums them over replicas.
+        strategy.run(lambda: optimizer.apply([tf.reshape(gradient / 2, [1])], [variable]))
+
+    gradients = [0.5, -0.2, 1e-3, 2.0]
+    weights = []
+    for g in gradients:
+        step(tf.constant(g, tf.float32))
+        weights.append(float(variable.numpy()[0]))
+    rates = [float(schedule(s)) for s in range(len(gradients))]  # 0, 0.05, 0.1, 0.1
+    expected, w, m, v = [], 0.0, 0.0, 0.0
+    for t, (g, rate) in enumerate(zip(gradients, rates), start=1):
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        w -= rate / (1 - 0.9**t) * m / (np.sqrt(v) / np.sqrt(1 - 0.999**t) + 1e-8)
+        expected.append(w)
+    np.testing.assert_allclose(weights, expected, rtol=1e-5)

@@ -50,11 +50,13 @@ class TorchAdam(keras.optimizers.Adam):
         if self.amsgrad:
             raise ValueError("TorchAdam does not implement amsgrad.")
 
-    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
-        # Keras' TensorFlow optimizer calls this once per step (in the cross-replica context), then
-        # `update_step` once per variable. The bias corrections depend on the step only, so they are
-        # computed here once instead of in every variable's update: the same ops and values, and
-        # about a third less of the optimizer's graph to trace (the tests trace thousands of steps).
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Keras' TensorFlow optimizer calls this once per step in each replica, then `update_step`
+        # once per variable with what it was given as the learning rate. The bias corrections
+        # depend on the step only, so they are computed here once instead of in every variable's
+        # update: the same ops and values, and about a third less of the optimizer's graph to trace
+        # (the tests trace hundreds of steps). Per replica, as the learning rate is: Keras hands each
+        # replica's value to that replica's variable updates.
         #
         # The step size lr / (1 - beta1^t) and sqrt(1 - beta2^t) in float64, rounded once, as PyTorch
         # computes them (in Python). In float32, 1 - 0.999^t cancels most of its digits (0.999 itself
@@ -66,11 +68,11 @@ class TorchAdam(keras.optimizers.Adam):
         bias_correction2 = 1 - keras.ops.power(keras.ops.convert_to_tensor(self.beta_2, "float64"), local_step)
         step = _StepScalars(step_size=keras.ops.cast(learning_rate, "float64") / bias_correction1,
                             bias_correction2_sqrt=keras.ops.sqrt(bias_correction2))
-        return super()._distributed_tf_update_step(distribution, grads_and_vars, step)
+        return super()._backend_update_step(grads, trainable_variables, step)
 
     def update_step(self, gradient, variable, step):
         """One variable's update; `step` is the step's `_StepScalars` (Keras passes the learning rate
-        here, which `_distributed_tf_update_step` replaces)."""
+        here, which `_backend_update_step` replaces)."""
         dtype = variable.dtype
         gradient = keras.ops.cast(gradient, dtype)
         step_size = keras.ops.cast(step.step_size, dtype)
