@@ -115,8 +115,12 @@ def test_precisions_get_their_own_rows_and_matmul_ceilings_and_profiles(tmp_path
     for profile in results["profiles"]:
         op_types = [op["op_type"] for op in profile["op_types"]]
         assert len(op_types) <= 6 and op_types[-1].startswith("other")
-        # A JEM iteration is convolutions, forward and backward; they lead the breakdown.
-        assert "Conv2D" in op_types[0], op_types
+        # A JEM iteration is convolutions, forward and backward: together they lead the breakdown.
+        # (Not any single one: at this size one iteration's ops take microseconds, and the optimizer's
+        # forty variable updates outran the forward convolution once when the other core was busy.)
+        shares = {op["op_type"]: op["fraction"] for op in profile["op_types"]}
+        convolutions = sum(share for op_type, share in shares.items() if "Conv2D" in op_type)
+        assert convolutions > max(share for op_type, share in shares.items() if "Conv2D" not in op_type), shares
         assert sum(op["fraction"] for op in profile["op_types"]) == pytest.approx(1.0)
         assert all(op["milliseconds"] > 0 and op["count"] > 0 for op in profile["op_types"])
         assert not set(op_types) & op_profile.CONTAINER_OP_TYPES
