@@ -54,9 +54,9 @@ class TorchAdam(keras.optimizers.Adam):
         # Keras' TensorFlow optimizer calls this once per step in each replica, then `update_step`
         # once per variable with what it was given as the learning rate. The bias corrections
         # depend on the step only, so they are computed here once instead of in every variable's
-        # update: the same ops and values, and about a third less of the optimizer's graph to trace
-        # (the tests trace hundreds of steps). Per replica, as the learning rate is: Keras hands each
-        # replica's value to that replica's variable updates.
+        # update: the same values, and a third less time tracing the optimizer (the tests trace
+        # hundreds of steps). Per replica, as the learning rate is: Keras hands each replica's value
+        # to that replica's variable updates.
         #
         # The step size lr / (1 - beta1^t) and sqrt(1 - beta2^t) in float64, rounded once, as PyTorch
         # computes them (in Python). In float32, 1 - 0.999^t cancels most of its digits (0.999 itself
