@@ -117,6 +117,10 @@ def export_model(
     return final_dir
 
 
+# The save's options: the variables are listed under the same ones, so the trace cache key matches.
+_SAVE_OPTIONS = tf.saved_model.SaveOptions()
+
+
 class _ExportArchive(TFExportArchive):
     """ExportArchive that traces each signature once instead of twice.
 
@@ -131,10 +135,6 @@ class _ExportArchive(TFExportArchive):
     def _filter_and_track_resources(self):
         with save_context.save_context(_SAVE_OPTIONS):
             super()._filter_and_track_resources()
-
-
-# The save's options: the variables are listed under the same ones, so the trace cache key matches.
-_SAVE_OPTIONS = tf.saved_model.SaveOptions()
 
 
 def _write_archive(functions: ServingFunctions, path: str) -> None:
