@@ -55,6 +55,7 @@ def test_smoke_run_passes_every_check_and_writes_json_and_markdown(tmp_path):
             estimate["jem_iteration_ms"] / 1e3 * gpu_check.CIFAR10_ITERATIONS_PER_EPOCH)
     # The paper setup ran under MirroredStrategy through the real command line, and its export served.
     assert report["training"]["global_step"] == 2 and report["training"]["replicas"] == 1
+    assert gpu_check.XLA_BACKEND_UNOPTIMISED in report["xla_flags"].split()
     assert Path(report["training"]["export"], "saved_model.pb").exists()
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "| mixed_float16 | on |" in markdown and "| serving | yes |" in markdown
@@ -71,6 +72,7 @@ def test_without_a_gpu_the_real_run_refuses_with_exit_2_and_writes_nothing(tmp_p
 
 
 def test_a_failed_check_fails_the_command_and_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "")  # restored afterwards: the smoke run sets it for its process
     monkeypatch.setattr(gpu_check, "list_devices", lambda: dict(devices=[], tensorflow="x", tensor_float_32=False))
     monkeypatch.setattr(gpu_check, "run_timings", lambda sizes: None)
 
@@ -84,3 +86,12 @@ def test_a_failed_check_fails_the_command_and_is_reported(tmp_path, monkeypatch)
     assert not report["passed"]
     assert {c["name"]: c["passed"] for c in report["checks"]} == {"devices": True, "timings": True, "train": False}
     assert "exited 3" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_the_smoke_run_compiles_xla_unoptimised_unless_xla_flags_set_the_level(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/dump")
+    gpu_check.unoptimised_xla_backend()
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/dump --xla_backend_optimization_level=0"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+    gpu_check.unoptimised_xla_backend()
+    assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=2"
