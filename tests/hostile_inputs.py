@@ -143,9 +143,9 @@ def run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, time
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
     try:
-        result = subprocess.run([sys.executable, script, export_dir, jobs_path, results_path], capture_output=True,
-                                text=True, env=env, timeout=timeout_s,
-                                preexec_fn=runner.memory_limit(memory_limit_bytes))
+        result = subprocess.run(
+            runner.memory_limited([sys.executable, script, export_dir, jobs_path, results_path], memory_limit_bytes),
+            capture_output=True, text=True, env=env, timeout=timeout_s)
         died = None if result.returncode == 0 else f"the process exited with {result.returncode}"
     except subprocess.TimeoutExpired:
         died = f"the process ran past {timeout_s} s"

@@ -520,6 +520,17 @@ KERAS_FREE_REQUESTS_SCRIPT = textwrap.dedent("""
 """)
 
 
+def test_a_memory_limited_command_runs_capped_with_its_arguments_and_exit_status():
+    script = ("import resource, sys; print(resource.getrlimit(resource.RLIMIT_AS)[0], sys.argv[1:], flush=True); "
+              "bytearray(1 << 30)")
+    limit = 512 << 20
+    result = subprocess.run(runner.memory_limited([sys.executable, "-c", script, "a b", "c"], limit),
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == f"{limit} ['a b', 'c']"
+    assert result.returncode == 1 and "MemoryError" in result.stderr  # the 1 GiB allocation hit the cap
+    assert runner.memory_limited(["program", "--flag"], None) == ["program", "--flag"]
+
+
 def run_keras_free(jobs, tmp_path, memory_limit_bytes=None, timeout_s=600):
     """Runs [(export_dir, Case)] in one TensorFlow-only process: ({id: outputs}, {id: (error type, message)}),
     its address space capped at `memory_limit_bytes` (None: no cap)."""
@@ -531,9 +542,9 @@ def run_keras_free(jobs, tmp_path, memory_limit_bytes=None, timeout_s=600):
     (tmp_path / "jobs.json").write_text(json.dumps(spec))
     script = tmp_path / "serve_requests.py"
     script.write_text(KERAS_FREE_REQUESTS_SCRIPT)
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "jobs.json"), str(tmp_path / "out.npz")],
-                            capture_output=True, text=True, env=subprocess_env(), timeout=timeout_s, cwd=str(tmp_path),
-                            preexec_fn=runner.memory_limit(memory_limit_bytes))
+    command = [sys.executable, str(script), str(tmp_path / "jobs.json"), str(tmp_path / "out.npz")]
+    result = subprocess.run(runner.memory_limited(command, memory_limit_bytes), capture_output=True, text=True,
+                            env=subprocess_env(), timeout=timeout_s, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["keras_modules"] == []

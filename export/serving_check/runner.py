@@ -22,27 +22,34 @@ def read_response(request_path: str):
         return client.response_to_numpy(predict_pb2.PredictResponse.FromString(f.read()))
 
 
-def memory_limit(limit_bytes: int | None):
-    """A `preexec_fn` capping a child's address space (RLIMIT_AS) at `limit_bytes` (None: no cap),
-    so that a decoding bomb fails the child instead of exhausting the machine."""
+# Sets RLIMIT_AS on itself, then becomes the command: rlimits survive exec.
+_LIMIT_THEN_EXEC = ("import os, resource, sys; limit = int(sys.argv[1]); "
+                    "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+def memory_limited(command, limit_bytes: int | None) -> list:
+    """`command` with its address space (RLIMIT_AS) capped at `limit_bytes` (None: no cap), so that
+    a decoding bomb fails the child instead of exhausting the machine.
+
+    The cap is set by a small Python (standard library only) that then execs the command, not by a
+    `preexec_fn`: with one, subprocess must fork() this process, which runs the fork handlers of
+    whatever is loaded. gRPC's, in a process whose TensorFlow had gRPC threads busy, restarted its
+    poller in the child, which then aborted on the descriptors closed before exec (seen once in the
+    suite: exit -6, "epoll_wait error: Bad file descriptor"). Without one it spawns the child
+    without running them."""
     if limit_bytes is None:
-        return None
-    import resource  # noqa: PLC0415 (POSIX only; imported where a limit is asked for)
-
-    def apply():
-        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-
-    return apply
+        return list(command)
+    return [sys.executable, "-I", "-S", "-c", _LIMIT_THEN_EXEC, str(int(limit_bytes)), *command]
 
 
 def run(binary: str, export_dir: str, request_paths, timeout_s: float = 600,
         memory_limit_bytes: int | None = None) -> subprocess.CompletedProcess:
     """Runs the checker (after `check_binary`); TensorFlow's C++ logging is quietened to warnings.
-    `memory_limit_bytes` caps its address space (see `memory_limit`)."""
+    `memory_limit_bytes` caps its address space (see `memory_limited`)."""
     check_binary(binary)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1"))
-    return subprocess.run([binary, export_dir, *request_paths], capture_output=True, text=True,
-                          timeout=timeout_s, env=env, preexec_fn=memory_limit(memory_limit_bytes))
+    return subprocess.run(memory_limited([binary, export_dir, *request_paths], memory_limit_bytes),
+                          capture_output=True, text=True, timeout=timeout_s, env=env)
 
 
 def check_export(export_dir: str, work_dir: str, bad_inputs: bool = True, batch_sizes=(1, 3), extra_cases=(),
