@@ -32,11 +32,10 @@ def memory_limited(command, limit_bytes: int | None) -> list:
     a decoding bomb fails the child instead of exhausting the machine.
 
     The cap is set by a small Python (standard library only) that then execs the command, not by a
-    `preexec_fn`: with one, subprocess must fork() this process, which runs the fork handlers of
-    whatever is loaded. gRPC's, in a process whose TensorFlow had gRPC threads busy, restarted its
-    poller in the child, which then aborted on the descriptors closed before exec (seen once in the
-    suite: exit -6, "epoll_wait error: Bad file descriptor"). Without one it spawns the child
-    without running them."""
+    `preexec_fn`: with one, subprocess must fork() this process and run the fork handlers of what
+    it has loaded. Forked so from a process whose TensorFlow had gRPC threads busy, a child once
+    aborted before running its command (exit -6, gRPC's "epoll_wait error: Bad file descriptor").
+    Without a preexec_fn, subprocess starts the child by vfork/posix_spawn, which runs no handlers."""
     if limit_bytes is None:
         return list(command)
     return [sys.executable, "-I", "-S", "-c", _LIMIT_THEN_EXEC, str(int(limit_bytes)), *command]
