@@ -34,10 +34,10 @@ with warnings.catch_warnings():
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (pyproject's addopts) starts one worker more than this process may use cores: the
-    workers wait part of the time on the processes their tests start, on gRPC and on the disk. On the
-    2-core machine, 3 workers took 587 and 579 s against 629 and 621 s for 2, each pair run back to
-    back. xdist's own PYTEST_XDIST_AUTO_NUM_WORKERS still decides when it is set."""
+    """`-n auto` (pyproject's addopts) starts one worker more than this process may use cores: with
+    one per core the CPU was 89% busy, the workers waiting part of the time on the processes their
+    tests start. On the 2-core machine, 3 workers took 587 and 579 s against 629 and 621 s for 2,
+    each pair run back to back. xdist's own PYTEST_XDIST_AUTO_NUM_WORKERS still decides when it is set."""
     del config
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
