@@ -90,3 +90,32 @@ def test_output_goes_to_an_open_file_even_after_the_caller_closes_it(tmp_path):
                                     stderr=subprocess.STDOUT)
     assert process.wait(timeout=60) == 0
     assert sorted(log_path.read_text().split()) == ["one", "two"]
+
+
+def _alive(pid):
+    """Whether `pid` runs (a zombie that no one reaped yet has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_the_server_stops_when_its_client_ends_without_running_atexit():
+    # A test worker can end without its atexit functions (which ask the server to stop): the
+    # server must not outlive it. The client preloads only json, to start quickly.
+    client = ("import os, warm_python; warm_python.PRELOAD = ('json',); warm_python.server_socket(); "
+              "print(warm_python._server[0].pid, flush=True); os._exit(0)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(warm_python.__file__),
+                                                       *filter(None, [os.environ.get("PYTHONPATH")])]))
+    result = subprocess.run([sys.executable, "-c", client], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    server = int(result.stdout)
+    deadline = time.monotonic() + 30
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    outlived = _alive(server)
+    if outlived:
+        os.kill(server, signal.SIGKILL)
+    assert not outlived, f"the warm server {server} outlived its client"

@@ -13,7 +13,10 @@ Use `start(...)` where the tests used `subprocess.Popen([sys.executable, ...])` 
 `subprocess.run`. Commands that must not have Keras loaded (the TensorFlow-only serving process)
 keep a plain subprocess.
 
-Run as a script, this file is the server: `python tests/warm_python.py SOCKET`.
+Run as a script, this file is the server: `python tests/warm_python.py SOCKET MODULE...` (the
+modules to preload). It stops when its client asks it to or exits: the client holds the other end
+of the server's stdin, so the server sees end of file when the client is gone, however it ended
+(a test worker ends without running its atexit functions).
 """
 
 import json
@@ -120,12 +123,12 @@ def _run_child(request, standard_fds, inherited_fds):
         os._exit(code & 0xFF)
 
 
-def serve(socket_path):
+def serve(socket_path, preload=PRELOAD):
     """Single-threaded, so that forking is safe: one request per connection, answered with the child's
-    pid and, when it ends, its wait status."""
+    pid and, when it ends, its wait status. Returns when asked to stop or when stdin ends."""
     own_python_path = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     _BASE_PATH[:] = [p for p in sys.path[1:] if p not in own_python_path]
-    for name in PRELOAD:
+    for name in preload:
         __import__(name)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
@@ -137,12 +140,16 @@ def serve(socket_path):
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "accept")
     selector.register(wake_read, selectors.EVENT_READ, "child")
+    selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "client")
     children = {}  # pid -> the connection that asked for it
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     while True:
         for key, _ in selector.select():
-            if key.data == "accept":
+            if key.data == "client":
+                if not os.read(key.fd, 4096):  # end of file: the client is gone
+                    return
+            elif key.data == "accept":
                 connection, _ = listener.accept()
                 # First the command's stdin, stdout and stderr (one byte carrying them), then the request.
                 _, standard_fds, _, _ = socket.recv_fds(connection, 1, 3)
@@ -198,8 +205,10 @@ def server_socket():
             directory = tempfile.mkdtemp(prefix="warm_python_")
             path = os.path.join(directory, "socket")
             env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-            process = subprocess.Popen([sys.executable, os.path.abspath(__file__), path], stdout=subprocess.PIPE,
-                                       stderr=subprocess.DEVNULL, env=env, text=True)
+            # stdin: the pipe whose end of file tells the server this process is gone.
+            process = subprocess.Popen([sys.executable, os.path.abspath(__file__), path, *PRELOAD],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       env=env, text=True)
             if process.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"the warm Python server did not start (exit {process.wait()})")
             _server = (process, path)
@@ -357,4 +366,4 @@ class PythonCommandsWarm:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], sys.argv[2:])
