@@ -282,6 +282,26 @@ def test_bad_input_cases_cover_the_issue_list():
         assert required in names
 
 
+@pytest.mark.parametrize("inflated_bytes", [(3 << 20) + 5, 1 << 20, 7])
+def test_a_lying_png_is_a_valid_png_whose_data_inflates_to_the_given_size(inflated_bytes):
+    import struct  # noqa: PLC0415
+    import zlib  # noqa: PLC0415
+
+    for _ in range(2):  # the second one from the cached stream: the same image
+        data = request_cases.lying_png(5, 9, inflated_bytes)
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        chunks, position = {}, 8
+        while position < len(data):
+            (length,), kind = struct.unpack(">I", data[position:position + 4]), data[position + 4:position + 8]
+            payload = data[position + 8:position + 8 + length]
+            assert struct.unpack(">I", data[position + 8 + length:position + 12 + length])[0] == zlib.crc32(
+                kind + payload)
+            chunks[kind], position = payload, position + 12 + length
+        assert list(chunks) == [b"IHDR", b"IDAT", b"IEND"]
+        assert struct.unpack(">IIBBBBB", chunks[b"IHDR"]) == (9, 5, 8, 0, 0, 0, 0)
+        assert zlib.decompress(chunks[b"IDAT"]) == bytes(inflated_bytes)
+
+
 # -- the export directory ---------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ advertised image format, and every bad input the signatures must refuse with INV
 (with the limits of the export's metadata), among them decoding bombs and lying headers."""
 
 import dataclasses
+import functools
 import io
 import os
 import struct
@@ -56,13 +57,20 @@ def lying_png(height: int, width: int, inflated_bytes: int) -> bytes:
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", _deflated_zeros(inflated_bytes))
+            + chunk(b"IEND", b""))
+
+
+@functools.lru_cache(maxsize=8)
+def _deflated_zeros(count: int) -> bytes:
+    """A zlib stream of `count` zero bytes. Cached: compressing the hundreds of MB a decoding bomb
+    inflates to takes seconds, and the bad-input cases are built again for every export checked."""
     compressor = zlib.compressobj(9)
     block = bytes(1 << 20)
-    parts = [compressor.compress(block) for _ in range(inflated_bytes >> 20)]
-    parts += [compressor.compress(bytes(inflated_bytes & ((1 << 20) - 1))), compressor.flush()]
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
-            + chunk(b"IEND", b""))
+    parts = [compressor.compress(block) for _ in range(count >> 20)]
+    parts += [compressor.compress(bytes(count & ((1 << 20) - 1))), compressor.flush()]
+    return b"".join(parts)
 
 
 def gif_with_frame_size(pixels, frame_height: int, frame_width: int) -> bytes:
