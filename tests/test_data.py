@@ -24,13 +24,13 @@ TFDS_CASES = [
 def _arrays(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """All elements of an unbatched or batched (images, labels) dataset, concatenated."""
     images, labels = [], []
+    if ds.element_spec[0].shape.rank == 3:  # unbatched: read in batches, not one element at a time
+        ds = ds.batch(4096)
     for image, label in ds:
         images.append(np.asarray(image))
         labels.append(np.asarray(label))
     if not images:
         return np.zeros((0,)), np.zeros((0,))
-    if images[0].ndim == 3:  # unbatched
-        return np.stack(images), np.stack(labels)
     return np.concatenate(images), np.concatenate(labels)
 
 

@@ -19,10 +19,10 @@ from jem_tf.evaluation import suite
 
 def _arrays(ds):
     images, labels = [], []
-    for image, label in ds:
+    for image, label in ds.batch(4096):  # unbatched splits, read in batches
         images.append(np.asarray(image))
         labels.append(np.asarray(label))
-    return (np.stack(images), np.stack(labels)) if images else (np.zeros((0,)), np.zeros((0,)))
+    return (np.concatenate(images), np.concatenate(labels)) if images else (np.zeros((0,)), np.zeros((0,)))
 
 
 def _hashes(images):
