@@ -75,15 +75,32 @@ def row_label(row, key_columns: int) -> str:
 
 def rows_of_field(value: str, labels: list) -> dict:
     """{value: [row labels]} of a provenance field: 'a [x, y] | b [z]' as written by `merge`, else
-    the whole text for every row in `labels`."""
+    the whole text for every row in `labels`. Labels of rows no longer in `labels` (dropped from the
+    table) are left out, and so is a value left with none."""
     known, entries = set(labels), {}
-    for part in value.split(_SEPARATOR):
-        match = re.fullmatch(r"(.*) \[([^\[\]]*)\]", part, re.S)
-        names = match and match[2].split(", ")
-        if not match or not set(names) <= known:
-            return {value: list(labels)}
-        entries.setdefault(match[1], []).extend(names)
+    parts = [re.fullmatch(r"([^\[\]]*) \[([^\[\]]*)\]", part, re.S) for part in value.split(_SEPARATOR)]
+    if not all(parts):
+        return {value: list(labels)}
+    for match in parts:
+        names = [name for name in match[2].split(", ") if name in known]
+        if names:
+            entries.setdefault(match[1], []).extend(names)
     return entries
+
+
+def keep_rows(table: dict, rows: list, key_columns: int) -> dict:
+    """`table` with only `rows` (some of its own), each provenance field naming only those rows."""
+    labels = [row_label(row, key_columns) for row in rows]
+    kept = dict(table, rows=list(rows))
+    for field in PROVENANCE:
+        entries = rows_of_field(table[field], [row_label(row, key_columns) for row in table["rows"]])
+        entries = {value: [label for label in named if label in labels] for value, named in entries.items()}
+        entries = {value: named for value, named in entries.items() if named}
+        if not entries:  # no rows left to name
+            continue
+        kept[field] = next(iter(entries)) if len(entries) == 1 else _SEPARATOR.join(
+            f"{value} [{', '.join(named)}]" for value, named in entries.items())
+    return kept
 
 
 def merge(old: dict | None, new: dict, key_columns: int) -> dict:

@@ -200,9 +200,26 @@ def test_the_suites_table_keeps_every_measurement_newest_first(tmp_path):
         merged = results_json.merge(merged, table, measure_test_suite.KEY_COLUMNS)
     newest = measure_test_suite.keep_newest(merged, max_rows=2)
     assert [(row[0], row[2], row[6]) for row in newest["rows"]] == [("c2", 2, 8.0), ("c2", 1, 9.0)]
+    assert newest["commit"] == "c2"  # c1's row dropped out, and so did its commit
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[tool.pytest.ini_options]\naddopts = "-ra -n 2"\n')
     assert measure_test_suite.pytest_command(["-q"], pyproject) == "python -m pytest -q (addopts: -ra -n 2)"
+
+
+def test_the_suites_provenance_names_only_the_rows_kept_however_often_it_is_measured():
+    # The tool merges each measurement into the committed table and keeps the newest rows: the
+    # fields must not keep (and nest) the provenance of rows that dropped out.
+    table = None
+    for index in range(6):
+        commit = f"c{index}"
+        provenance = dict(commit=commit, machine=f"m{index % 2}", date=f"d{index}", command="c")
+        new = measure_test_suite.suite_table({"passed": 5}, 60.0, "", provenance, "python -m pytest",
+                                             measure_test_suite.next_number(table, commit, "python -m pytest"))
+        table = measure_test_suite.keep_newest(results_json.merge(table, new, measure_test_suite.KEY_COLUMNS),
+                                               max_rows=2)
+    assert [row[0] for row in table["rows"]] == ["c5", "c4"]
+    assert table["commit"] == "c5 [c5 python -m pytest 1] | c4 [c4 python -m pytest 1]"
+    assert table["date"] == "d5 [c5 python -m pytest 1] | d4 [c4 python -m pytest 1]"
 
 
 def test_rows_measured_before_the_cpu_column_get_their_cpu_from_their_recorded_machine():

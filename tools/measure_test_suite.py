@@ -89,8 +89,9 @@ def next_number(old: dict | None, commit: str, command: str) -> int:
 
 
 def keep_newest(table: dict, max_rows: int = MAX_ROWS) -> dict:
-    """The merged table (newest rows first, as `results_json.merge` keeps them) cut to `max_rows`."""
-    return dict(table, rows=table["rows"][:max_rows])
+    """The merged table (newest rows first, as `results_json.merge` keeps them) cut to `max_rows`, its
+    provenance fields naming only the rows kept."""
+    return results_json.keep_rows(table, table["rows"][:max_rows], KEY_COLUMNS)
 
 
 def main(argv=None) -> int:
