@@ -44,6 +44,15 @@ def pytest_xdist_auto_num_workers(config):
     return len(os.sched_getaffinity(0)) + 1
 
 
+def pytest_configure(config):
+    """Under xdist, the session's controller starts the warm Python server (tests/warm_python.py)
+    that all its workers share: one more TensorFlow import in all, not one per worker."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        import warm_python  # noqa: PLC0415
+
+        warm_python.start_shared_server()
+
+
 @pytest.fixture(scope="session")
 def two_logical_cpus():
     """The names of the two logical CPU devices for the 1-vs-2-replica tests.

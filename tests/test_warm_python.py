@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -92,6 +93,14 @@ def test_output_goes_to_an_open_file_even_after_the_caller_closes_it(tmp_path):
     assert sorted(log_path.read_text().split()) == ["one", "two"]
 
 
+def _client_env():
+    """A new Python's environment that imports warm_python and has no shared server of its own."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(warm_python.__file__),
+                                                       *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env.pop(warm_python.SHARED_SERVER, None)
+    return env
+
+
 def _alive(pid):
     """Whether `pid` runs (a zombie that no one reaped yet has ended)."""
     try:
@@ -107,9 +116,8 @@ def test_the_server_stops_when_its_client_ends_without_running_atexit():
     # server must not outlive it. The client preloads only json, to start quickly.
     client = ("import os, warm_python; warm_python.PRELOAD = ('json',); warm_python.server_socket(); "
               "print(warm_python._server[0].pid, flush=True); os._exit(0)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(warm_python.__file__),
-                                                       *filter(None, [os.environ.get("PYTHONPATH")])]))
-    result = subprocess.run([sys.executable, "-c", client], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", client], env=_client_env(), capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     server = int(result.stdout)
     deadline = time.monotonic() + 30
@@ -119,3 +127,23 @@ def test_the_server_stops_when_its_client_ends_without_running_atexit():
     if outlived:
         os.kill(server, signal.SIGKILL)
     assert not outlived, f"the warm server {server} outlived its client"
+
+
+def test_processes_started_after_a_shared_server_fork_their_commands_from_it():
+    # What the suite's controller does (tests/conftest.py) and what its workers then do.
+    session = textwrap.dedent("""
+        import os, subprocess, sys, warm_python
+        warm_python.PRELOAD = ("json",)
+        warm_python.start_shared_server()
+        worker = ("import warm_python; "
+                  "print(warm_python.run(['-c', 'import os; print(os.getppid())'], capture_output=True, "
+                  "text=True).stdout.strip())")
+        parents = [subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True, check=True,
+                                  timeout=120).stdout.strip() for _ in range(2)]
+        print(os.environ[warm_python.SHARED_SERVER].split(":")[0], *parents)
+    """)
+    result = subprocess.run([sys.executable, "-c", session], env=_client_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    server, *parents = result.stdout.split()
+    assert parents == [server, server]

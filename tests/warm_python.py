@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 # Third-party libraries only: importing them costs the time; running them is the command's job.
 PRELOAD = ("numpy", "absl.app", "absl.flags", "absl.logging", "tensorflow", "keras", "PIL.Image", "scipy.stats",
@@ -131,8 +132,10 @@ def serve(socket_path, preload=PRELOAD):
     for name in preload:
         __import__(name)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(socket_path)
+    listener.bind(socket_path + ".binding")
     listener.listen(64)
+    # Only a listening socket appears under its path: a client that finds the path can connect.
+    os.rename(socket_path + ".binding", socket_path)
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
@@ -184,6 +187,10 @@ def serve(socket_path, preload=PRELOAD):
 
 _server = None
 _server_lock = threading.Lock()
+# One server for a whole test session: "PID:SOCKET" of the server the session's first process
+# started (tests/conftest.py), inherited by the test workers it starts.
+SHARED_SERVER = "WARM_PYTHON_SERVER"
+SHARED_SERVER_TIMEOUT_S = 600
 # subprocess's own functions, for PythonCommandsWarm to fall back on when it is patched in.
 _POPEN, _RUN = subprocess.Popen, subprocess.run
 
@@ -196,27 +203,72 @@ def use_server(socket_path):
 
 
 def server_socket():
-    """This process's server, started on first use and stopped when this process exits."""
+    """The session's shared server (`start_shared_server`) once it listens, else this process's
+    own, started on first use and stopped when this process exits."""
     global _server
     with _server_lock:
         if _server is not None and _server[0] is None:
             return _server[1]
+        if os.environ.get(SHARED_SERVER):
+            pid, path = os.environ[SHARED_SERVER].split(":", 1)
+            _wait_until_listening(int(pid), path)
+            _server = (None, path)
+            return path
         if _server is None or _server[0].poll() is not None:
-            directory = tempfile.mkdtemp(prefix="warm_python_")
-            path = os.path.join(directory, "socket")
-            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-            # stdin: the pipe whose end of file tells the server this process is gone.
-            process = subprocess.Popen([sys.executable, os.path.abspath(__file__), path, *PRELOAD],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                       env=env, text=True)
+            process, path = _start_server()
             if process.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"the warm Python server did not start (exit {process.wait()})")
             _server = (process, path)
-
-            import atexit  # noqa: PLC0415
-
-            atexit.register(_stop_server, process, path)
         return _server[1]
+
+
+def start_shared_server():
+    """Starts a server for this process and the processes it starts afterwards (they inherit
+    SHARED_SERVER), without waiting for it to import PRELOAD: a test session's workers then share
+    one server instead of each importing TensorFlow once more for its own."""
+    with _server_lock:
+        process, path = _start_server()
+        os.environ[SHARED_SERVER] = f"{process.pid}:{path}"
+
+
+def _start_server():
+    directory = tempfile.mkdtemp(prefix="warm_python_")
+    path = os.path.join(directory, "socket")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    env.pop(SHARED_SERVER, None)
+    # stdin: the pipe whose end of file tells the server this process is gone.
+    process = subprocess.Popen([sys.executable, os.path.abspath(__file__), path, *PRELOAD], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    import atexit  # noqa: PLC0415
+
+    atexit.register(_stop_server, process, path)
+    return process, path
+
+
+def _wait_until_listening(pid, path):
+    deadline = time.monotonic() + SHARED_SERVER_TIMEOUT_S
+    while not os.path.exists(path):
+        if not _running(pid):
+            raise RuntimeError(f"the shared warm Python server (pid {pid}, {SHARED_SERVER}) ended before it listened")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the shared warm Python server (pid {pid}) did not listen on {path} within "
+                               f"{SHARED_SERVER_TIMEOUT_S} s")
+        time.sleep(0.05)
+
+
+def _running(pid):
+    """Whether `pid` runs; a zombie (ended, not yet reaped by its parent) does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel, which counts a zombie as running
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 def _stop_server(process, path):
