@@ -70,6 +70,17 @@ class TorchAdam(keras.optimizers.Adam):
                             bias_correction2_sqrt=keras.ops.sqrt(bias_correction2))
         return super()._backend_update_step(grads, trainable_variables, step)
 
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        # The sum over one replica is the gradient itself. Keras all-reduces even then, and
+        # TensorFlow's ReplicaContext.all_reduce registers a custom gradient in its process-wide
+        # gradient registry on every trace, which keeps that trace's graph, and through its
+        # captures the model and optimizer, alive until the process exits: every training run in
+        # a process leaked its whole training step. Several replicas still all-reduce (and leak).
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return list(grads_and_vars)
+        return super()._all_reduce_sum_gradients(grads_and_vars)
+
     def update_step(self, gradient, variable, step):
         """One variable's update; `step` is the step's `_StepScalars` (Keras passes the learning rate
         here, which `_backend_update_step` replaces)."""

@@ -12,9 +12,6 @@ import tensorflow as tf
 from jem_tf import energy
 from jem_tf.sampling.proximal import ProximalBounds, proximal_update
 
-# Compiled wrappers, one per jit setting, so each is traced once per input signature.
-_COMPILED = {}
-
 
 def sgld_sample(
     log_density_fn: energy.LogDensityFn,
@@ -90,10 +87,11 @@ def sgld_sample(
 
 
 def compiled_sgld(jit_compile: bool = False):
-    """`sgld_sample` wrapped in one `tf.function`, optionally XLA-compiled."""
-    if jit_compile not in _COMPILED:
-        _COMPILED[jit_compile] = tf.function(sgld_sample, jit_compile=jit_compile, autograph=False)
-    return _COMPILED[jit_compile]
+    """`sgld_sample` wrapped in a new `tf.function`, optionally XLA-compiled; keep it to reuse its
+    traces. Not one shared function: a trace is kept for each log-density function it is called
+    with, and the training step passes a new one (of its own model) each time it is traced, so a
+    shared function would keep every model it ever sampled from alive until the process exits."""
+    return tf.function(sgld_sample, jit_compile=jit_compile, autograph=False)
 
 
 def refine(logits_fn, images, steps, step_size, noise_std, seed, score_scale=1.0, clamp=False):
