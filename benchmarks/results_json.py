@@ -96,11 +96,15 @@ def keep_rows(table: dict, rows: list, key_columns: int) -> dict:
         entries = rows_of_field(table[field], [row_label(row, key_columns) for row in table["rows"]])
         entries = {value: [label for label in named if label in labels] for value, named in entries.items()}
         entries = {value: named for value, named in entries.items() if named}
-        if not entries:  # no rows left to name
-            continue
-        kept[field] = next(iter(entries)) if len(entries) == 1 else _SEPARATOR.join(
-            f"{value} [{', '.join(named)}]" for value, named in entries.items())
+        if entries:  # else no rows left to name
+            kept[field] = _field_text(entries)
     return kept
+
+
+def _field_text(entries: dict) -> str:
+    """A provenance field from {value: [row labels]}: the value alone when every row has it."""
+    return next(iter(entries)) if len(entries) == 1 else _SEPARATOR.join(
+        f"{value} [{', '.join(labels)}]" for value, labels in entries.items())
 
 
 def merge(old: dict | None, new: dict, key_columns: int) -> dict:
@@ -120,8 +124,7 @@ def merge(old: dict | None, new: dict, key_columns: int) -> dict:
             still = [label for label in labels if label in kept_labels]
             if still:
                 entries.setdefault(value, []).extend(still)
-        merged[field] = next(iter(entries)) if len(entries) == 1 else _SEPARATOR.join(
-            f"{value} [{', '.join(labels)}]" for value, labels in entries.items())
+        merged[field] = _field_text(entries)
     if old.get("provenance") and "provenance" not in new:
         merged["provenance"] = f"Rows {', '.join(kept_labels)}: {old['provenance'].rstrip('.')}"
     return merged

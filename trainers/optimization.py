@@ -74,8 +74,9 @@ class TorchAdam(keras.optimizers.Adam):
         # The sum over one replica is the gradient itself. Keras all-reduces even then, and
         # TensorFlow's ReplicaContext.all_reduce registers a custom gradient in its process-wide
         # gradient registry on every trace, which keeps that trace's graph, and through its
-        # captures the model and optimizer, alive until the process exits: every training run in
-        # a process leaked its whole training step. Several replicas still all-reduce (and leak).
+        # captures the weights and optimizer state, alive until the process exits: every training
+        # run in a process leaked its whole training step. Several replicas still all-reduce (and
+        # leak so).
         context = tf.distribute.get_replica_context()
         if context is None or context.num_replicas_in_sync == 1:
             return list(grads_and_vars)
