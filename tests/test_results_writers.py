@@ -204,6 +204,15 @@ def test_the_suites_table_keeps_every_measurement_newest_first(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[tool.pytest.ini_options]\naddopts = "-ra -n 2"\n')
     assert measure_test_suite.pytest_command(["-q"], pyproject) == "python -m pytest -q (addopts: -ra -n 2)"
+    # A run recorded from its log gets the addopts of the commit it ran, not the working tree's.
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    for command in (["init", "-q"], ["add", "pyproject.toml"], ["commit", "-qm", "addopts"]):
+        subprocess.run(git + command, check=True, capture_output=True)
+    commit = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    pyproject.write_text('[tool.pytest.ini_options]\naddopts = "-ra -n 3"\n')
+    assert measure_test_suite.pytest_command([], pyproject, commit) == "python -m pytest (addopts: -ra -n 2)"
+    with pytest.raises(ValueError, match="--commit=0000000"):
+        measure_test_suite.pytest_command([], pyproject, "0000000")
 
 
 def test_the_suites_provenance_names_only_the_rows_kept_however_often_it_is_measured():

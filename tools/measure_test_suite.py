@@ -44,10 +44,20 @@ def counts_of(log_text: str) -> dict:
     raise ValueError("no pytest closing line ('N passed ... in S s') in the log")
 
 
-def pytest_command(extra_args=(), pyproject=PYPROJECT) -> str:
-    """`python -m pytest` with the options pyproject.toml's `addopts` adds to every run (e.g. `-n 2`)."""
-    with open(pyproject, "rb") as f:
-        addopts = tomllib.load(f).get("tool", {}).get("pytest", {}).get("ini_options", {}).get("addopts", "")
+def pytest_command(extra_args=(), pyproject=PYPROJECT, commit=None) -> str:
+    """`python -m pytest` with the options pyproject.toml's `addopts` adds to every run (e.g. `-n 2`):
+    the file's at `commit` (a run recorded from its log may have run another commit's), else the
+    working tree's. ValueError when git cannot show the commit's file."""
+    if commit:
+        shown = subprocess.run(["git", "show", f"{commit}:{os.path.basename(pyproject)}"],
+                               cwd=os.path.dirname(os.path.abspath(pyproject)), capture_output=True, text=True)
+        if shown.returncode != 0:
+            raise ValueError(f"--commit={commit}: git cannot show its pyproject.toml: {shown.stderr.strip()}")
+        text = shown.stdout
+    else:
+        with open(pyproject) as f:
+            text = f.read()
+    addopts = tomllib.loads(text).get("tool", {}).get("pytest", {}).get("ini_options", {}).get("addopts", "")
     return " ".join(["python -m pytest", *extra_args]) + (f" (addopts: {addopts})" if addopts else "")
 
 
@@ -122,6 +132,7 @@ def main(argv=None) -> int:
             return 1
     try:
         counts = counts_of(text)
+        command = pytest_command(extra_args, commit=args.commit)
     except ValueError as error:
         sys.stderr.write(f"measure_test_suite: {error}\n")
         return 2
@@ -130,7 +141,6 @@ def main(argv=None) -> int:
         provenance["commit"] = args.commit
     existing = results_tables.RESULTS / "test_suite.json"
     old = with_cpu_column(results_tables.load("test_suite", results_tables.RESULTS) if existing.is_file() else None)
-    command = pytest_command(extra_args)
     table = suite_table(counts, seconds, args.shared, provenance, command,
                         next_number(old, provenance["commit"], command))
     path = results_json.write("test_suite", keep_newest(results_json.merge(old, table, KEY_COLUMNS)))
