@@ -101,15 +101,6 @@ def _client_env():
     return env
 
 
-def _alive(pid):
-    """Whether `pid` runs (a zombie that no one reaped yet has ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
 def test_the_server_stops_when_its_client_ends_without_running_atexit():
     # A test worker can end without its atexit functions (which ask the server to stop): the
@@ -121,9 +112,9 @@ def test_the_server_stops_when_its_client_ends_without_running_atexit():
     assert result.returncode == 0, result.stderr[-3000:]
     server = int(result.stdout)
     deadline = time.monotonic() + 30
-    while _alive(server) and time.monotonic() < deadline:
+    while warm_python.is_running(server) and time.monotonic() < deadline:
         time.sleep(0.05)
-    outlived = _alive(server)
+    outlived = warm_python.is_running(server)
     if outlived:
         os.kill(server, signal.SIGKILL)
     assert not outlived, f"the warm server {server} outlived its client"

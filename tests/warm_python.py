@@ -248,7 +248,7 @@ def _start_server():
 def _wait_until_listening(pid, path):
     deadline = time.monotonic() + SHARED_SERVER_TIMEOUT_S
     while not os.path.exists(path):
-        if not _running(pid):
+        if not is_running(pid):
             raise RuntimeError(f"the shared warm Python server (pid {pid}, {SHARED_SERVER}) ended before it listened")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the shared warm Python server (pid {pid}) did not listen on {path} within "
@@ -256,7 +256,7 @@ def _wait_until_listening(pid, path):
         time.sleep(0.05)
 
 
-def _running(pid):
+def is_running(pid):
     """Whether `pid` runs; a zombie (ended, not yet reaped by its parent) does not."""
     try:
         with open(f"/proc/{pid}/stat") as f:
