@@ -93,9 +93,7 @@ def keep_rows(table: dict, rows: list, key_columns: int) -> dict:
     labels = [row_label(row, key_columns) for row in rows]
     kept = dict(table, rows=list(rows))
     for field in PROVENANCE:
-        entries = rows_of_field(table[field], [row_label(row, key_columns) for row in table["rows"]])
-        entries = {value: [label for label in named if label in labels] for value, named in entries.items()}
-        entries = {value: named for value, named in entries.items() if named}
+        entries = rows_of_field(table[field], labels)  # only the kept rows' labels
         if entries:  # else no rows left to name
             kept[field] = _field_text(entries)
     return kept
