@@ -118,10 +118,8 @@ def merge(old: dict | None, new: dict, key_columns: int) -> dict:
     merged = dict(new, rows=new["rows"] + kept)
     for field in PROVENANCE:
         entries = {new[field]: list(new_labels)}
-        for value, labels in rows_of_field(old[field], [row_label(row, key_columns) for row in old["rows"]]).items():
-            still = [label for label in labels if label in kept_labels]
-            if still:
-                entries.setdefault(value, []).extend(still)
+        for value, labels in rows_of_field(old[field], kept_labels).items():
+            entries.setdefault(value, []).extend(labels)
         merged[field] = _field_text(entries)
     if old.get("provenance") and "provenance" not in new:
         merged["provenance"] = f"Rows {', '.join(kept_labels)}: {old['provenance'].rstrip('.')}"
