@@ -84,17 +84,20 @@ class TorchAdam(keras.optimizers.Adam):
 
     def update_step(self, gradient, variable, step):
         """One variable's update; `step` is the step's `_StepScalars` (Keras passes the learning rate
-        here, which `_backend_update_step` replaces)."""
+        here, which `_backend_update_step` replaces).
+
+        TensorFlow ops on the variables behind the Keras ones: the same ops as keras.ops would build
+        (casts to the same dtype are no-ops), without keras.ops' dtype resolution in Python around
+        each, which made tracing this update two thirds of tracing the optimizer."""
         dtype = variable.dtype
-        gradient = keras.ops.cast(gradient, dtype)
-        step_size = keras.ops.cast(step.step_size, dtype)
-        bias_correction2_sqrt = keras.ops.cast(step.bias_correction2_sqrt, dtype)
-        m = self._momentums[self._get_variable_index(variable)]
-        v = self._velocities[self._get_variable_index(variable)]
-        self.assign_add(m, keras.ops.multiply(keras.ops.subtract(gradient, m), 1 - self.beta_1))
-        self.assign_add(v, keras.ops.multiply(keras.ops.subtract(keras.ops.square(gradient), v), 1 - self.beta_2))
-        denominator = keras.ops.sqrt(v) / bias_correction2_sqrt + self.epsilon
-        self.assign_sub(variable, keras.ops.divide(keras.ops.multiply(m, step_size), denominator))
+        gradient = tf.cast(tf.convert_to_tensor(gradient), dtype)
+        step_size = tf.cast(step.step_size, dtype)
+        bias_correction2_sqrt = tf.cast(step.bias_correction2_sqrt, dtype)
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index].value, self._velocities[index].value
+        m.assign_add((gradient - m) * (1 - self.beta_1))
+        v.assign_add((tf.square(gradient) - v) * (1 - self.beta_2))
+        variable.assign_sub(m * step_size / (tf.sqrt(v) / bias_correction2_sqrt + self.epsilon))
 
 
 # Adam's per-step scalars (float64), shared by every variable's update.
