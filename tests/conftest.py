@@ -64,6 +64,36 @@ def pytest_configure(config):
         _prepare_tensorflow()
 
 
+FILE_SECONDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "file_seconds.json")
+
+
+def longest_files_first(items, file_seconds):
+    """`items` ordered by their file's recorded seconds, longest first; a file without a record
+    first of all (it may be long); a file's own tests keep their order."""
+    rank = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        rank.setdefault(path, (-file_seconds.get(path, float("inf")), len(rank)))
+    return sorted(items, key=lambda item: rank[item.nodeid.split("::")[0]])
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest test files first (tests/file_seconds.json, written by `python -m
+    tools.suite_file_seconds` from a measured run): xdist (`--dist=loadfile --no-loadscope-reorder` in
+    pyproject.toml) hands out files in this order, so the session ends on short files with every
+    worker busy, instead of one worker alone on a long file that came last (the GPU check's or the
+    multi-worker runs, when files were handed out by their number of tests)."""
+    del config
+    import json  # noqa: PLC0415
+
+    try:
+        with open(FILE_SECONDS) as f:
+            file_seconds = json.load(f)["seconds"]
+    except FileNotFoundError:
+        file_seconds = {}
+    items[:] = longest_files_first(items, file_seconds)
+
+
 def pytest_collection_finish(session):
     """Once the test modules are imported, what they imported (TensorFlow, Keras, ... : about 450,000
     objects that live as long as the process) leaves the garbage collector's generations: every full
