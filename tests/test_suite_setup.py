@@ -1,4 +1,5 @@
-"""The suite's own setup: how many xdist workers `-n auto` starts; the warm Python server they share."""
+"""The suite's own setup: how many xdist workers `-n auto` starts, the warm Python server they share,
+the controller that imports no TensorFlow, the frozen imports, and the longest test files first."""
 
 import json
 import os
@@ -70,7 +71,7 @@ def test_test_files_are_handed_out_longest_first_each_keeping_its_order():
                        "tests/test_a.py::two"]
 
 
-def test_xdist_keeps_the_collection_order_and_the_record_lists_every_test_file():
+def test_xdist_keeps_the_collection_order_and_the_record_is_longest_first():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "pyproject.toml"), "rb") as f:
         addopts = tomllib.load(f)["tool"]["pytest"]["ini_options"]["addopts"].split()
