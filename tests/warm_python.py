@@ -133,11 +133,7 @@ def serve(socket_path, preload=PRELOAD):
     _BASE_PATH[:] = [p for p in sys.path[1:] if p not in own_python_path]
     for name in preload:
         __import__(name)
-    # The preloaded objects (about 400,000) leave the collector's generations: a child's full
-    # collection would otherwise scan them all (0.27 s of CPU in a tiny training run's child) and,
-    # by writing to their headers, copy the pages it shares with this process (20,000 page faults).
-    gc.collect()
-    gc.freeze()
+    gc.collect()  # the imports' garbage, so that only live objects are frozen before each fork
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path + ".binding")
     listener.listen(64)
@@ -168,7 +164,11 @@ def serve(socket_path, preload=PRELOAD):
                     return
                 inherited = [listener.fileno(), wake_read, wake_write, connection.fileno(),
                              *(c.fileno() for c in children.values())]
-                gc.freeze()  # what this process made since, for the same reason
+                # Everything this process holds (about 400,000 objects, nearly all the preloads')
+                # leaves the collector's generations: a child's full collection would otherwise scan
+                # them all (0.27 s of CPU in a tiny training run's child) and, by writing to their
+                # headers, copy the pages it shares with this process (20,000 page faults).
+                gc.freeze()
                 pid = os.fork()
                 if pid == 0:
                     _run_child(request, standard_fds, inherited)
