@@ -55,11 +55,14 @@ def pytest_configure(config):
     """Under xdist the session's controller runs no test: it never imports TensorFlow (about 8 s of
     CPU before the first worker started) and starts the warm Python server (tests/warm_python.py)
     that all its workers share: one more TensorFlow import in all, not one per worker. Every other
-    process (a worker, or this one under `-n 0`) prepares TensorFlow before it imports a test module."""
+    process (a worker, or this one under `-n 0`) prepares TensorFlow before it imports a test module.
+    A second shared server forks the TensorFlow-only (Keras-free) serving processes: four of them
+    otherwise imported TensorFlow each."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         import warm_python  # noqa: PLC0415
 
         warm_python.start_shared_server()
+        warm_python.start_shared_server(warm_python.TENSORFLOW_ONLY)
     else:
         _prepare_tensorflow()
 

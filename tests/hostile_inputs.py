@@ -128,8 +128,9 @@ def _judge(case, error_type, message, refined_range):
     return "answered"
 
 
-def run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, timeout_s) -> dict:
-    """{case name: outcome} through a TensorFlow-only process."""
+def run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, timeout_s, warm=False) -> dict:
+    """{case name: outcome} through a TensorFlow-only process: a new interpreter, or with `warm` (the
+    tests) one forked by tests/warm_python.py's TensorFlow-only server under the same limits."""
     from export.serving_check import runner  # noqa: PLC0415
 
     jobs = [{"id": case.name, "request": path} for case, path in zip(cases, paths, strict=True)
@@ -143,9 +144,16 @@ def run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, time
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
     try:
-        result = subprocess.run(
-            runner.memory_limited([sys.executable, script, export_dir, jobs_path, results_path], memory_limit_bytes),
-            capture_output=True, text=True, env=env, timeout=timeout_s)
+        if warm:
+            import warm_python  # noqa: PLC0415
+
+            result = warm_python.run([script, export_dir, jobs_path, results_path], capture_output=True, text=True,
+                                     env=env, timeout=timeout_s, kind=warm_python.TENSORFLOW_ONLY,
+                                     memory_limit_bytes=memory_limit_bytes)
+        else:
+            result = subprocess.run(
+                runner.memory_limited([sys.executable, script, export_dir, jobs_path, results_path],
+                                      memory_limit_bytes), capture_output=True, text=True, env=env, timeout=timeout_s)
         died = None if result.returncode == 0 else f"the process exited with {result.returncode}"
     except subprocess.TimeoutExpired:
         died = f"the process ran past {timeout_s} s"
@@ -211,9 +219,9 @@ def _counts(outcomes: dict) -> dict:
 
 
 def sweep(work_dir: str, memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
-          timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+          timeout_s: float = DEFAULT_TIMEOUT_S, warm: bool = False) -> dict:
     """Exports a small model to `work_dir`, sends every hostile case through both paths and returns
-    the report (see the module docstring)."""
+    the report (see the module docstring). `warm`: see `run_python_path`."""
     import keras  # noqa: PLC0415 (heavy)
 
     from export import archive  # noqa: PLC0415
@@ -227,7 +235,8 @@ def sweep(work_dir: str, memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
     cases = hostile_cases(export_dir)
     paths = request_cases.write_cases(cases, os.path.join(work_dir, "requests"))
     logging.info("Sending %d hostile requests to %s.", len(cases), export_dir)
-    per_path = {PYTHON_PATH: run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, timeout_s)}
+    per_path = {PYTHON_PATH: run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, timeout_s,
+                                                 warm)}
     cpp = run_cpp_path(export_dir, cases, paths, memory_limit_bytes, timeout_s)
     if cpp is not None:
         per_path[CPP_PATH] = cpp

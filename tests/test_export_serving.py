@@ -150,8 +150,9 @@ def test_tensorflow_only_process_serves_every_signature_like_the_in_memory_model
     script = tmp_path / "serve.py"
     script.write_text(KERAS_FREE_SCRIPT)
 
-    result = subprocess.run([sys.executable, str(script), export_dir, str(tmp_path)], capture_output=True, text=True,
-                            env=subprocess_env(), timeout=300, cwd=str(tmp_path))
+    # Forked by the suite's TensorFlow-only warm server, which blocked Keras before importing TensorFlow.
+    result = warm_python.run([str(script), export_dir, str(tmp_path)], capture_output=True, text=True,
+                             env=subprocess_env(), timeout=300, cwd=str(tmp_path), kind=warm_python.TENSORFLOW_ONLY)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"keras_modules": []}
     outputs = np.load(tmp_path / "outputs.npz")
@@ -542,9 +543,9 @@ def run_keras_free(jobs, tmp_path, memory_limit_bytes=None, timeout_s=600):
     (tmp_path / "jobs.json").write_text(json.dumps(spec))
     script = tmp_path / "serve_requests.py"
     script.write_text(KERAS_FREE_REQUESTS_SCRIPT)
-    command = [sys.executable, str(script), str(tmp_path / "jobs.json"), str(tmp_path / "out.npz")]
-    result = subprocess.run(runner.memory_limited(command, memory_limit_bytes), capture_output=True, text=True,
-                            env=subprocess_env(), timeout=timeout_s, cwd=str(tmp_path))
+    command = [str(script), str(tmp_path / "jobs.json"), str(tmp_path / "out.npz")]
+    result = warm_python.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=timeout_s,
+                             cwd=str(tmp_path), kind=warm_python.TENSORFLOW_ONLY, memory_limit_bytes=memory_limit_bytes)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["keras_modules"] == []

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.slow
 def test_every_hostile_serving_input_is_refused_cleanly_or_answered(tmp_path):
-    report = hostile_inputs.sweep(str(tmp_path))
+    report = hostile_inputs.sweep(str(tmp_path), warm=True)
     failures = {path: {case["name"]: case[path] for case in report["cases"] if case[path].startswith("failed")}
                 for path in report["counts"]}
     assert not any(failures.values()), failures

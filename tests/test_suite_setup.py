@@ -23,10 +23,12 @@ def test_auto_starts_one_worker_more_than_the_usable_cores(monkeypatch):
 def test_xdist_workers_fork_their_commands_from_the_sessions_shared_server(worker_id):
     if worker_id == "master":
         pytest.skip("not run by an xdist worker (-n 0): this process starts its own server when it needs one")
-    server = os.environ.get(warm_python.SHARED_SERVER)
-    assert server, "the session's controller started no shared warm Python server (conftest.pytest_configure)"
-    parent = warm_python.run(["-c", "import os; print(os.getppid())"], capture_output=True, text=True).stdout
-    assert int(parent) == int(server.split(":")[0])
+    for kind in (warm_python.DEFAULT, warm_python.TENSORFLOW_ONLY):
+        server = os.environ.get(warm_python.shared_variable(kind))
+        assert server, f"the session's controller started no shared {kind} warm server (conftest.pytest_configure)"
+        parent = warm_python.run(["-c", "import os; print(os.getppid())"], capture_output=True, text=True,
+                                 kind=kind).stdout
+        assert int(parent) == int(server.split(":")[0]), kind
 
 
 def test_the_xdist_controller_runs_no_test_and_imports_no_tensorflow(tmp_path):
@@ -36,7 +38,7 @@ def test_the_xdist_controller_runs_no_test_and_imports_no_tensorflow(tmp_path):
     script = """
 import sys, types
 import conftest, warm_python
-warm_python.start_shared_server = lambda: print("server started")
+warm_python.start_shared_server = lambda kind=warm_python.DEFAULT: print("server started:", kind)
 conftest.pytest_configure(types.SimpleNamespace(option=types.SimpleNamespace(numprocesses=3)))
 print("controller imported tensorflow:", "tensorflow" in sys.modules)
 """
@@ -45,7 +47,8 @@ print("controller imported tensorflow:", "tensorflow" in sys.modules)
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split("\n")[:2] == ["server started", "controller imported tensorflow: False"]
+    assert result.stdout.split("\n")[:3] == ["server started: default", "server started: tensorflow_only",
+                                             "controller imported tensorflow: False"]
 
 
 def test_what_the_test_modules_imported_is_frozen_out_of_garbage_collection():

@@ -106,7 +106,7 @@ def test_the_server_stops_when_its_client_ends_without_running_atexit():
     # A test worker can end without its atexit functions (which ask the server to stop): the
     # server must not outlive it. The client preloads only json, to start quickly.
     client = ("import os, warm_python; warm_python.PRELOAD = ('json',); warm_python.server_socket(); "
-              "print(warm_python._server[0].pid, flush=True); os._exit(0)")
+              "print(warm_python._servers[warm_python.DEFAULT][0].pid, flush=True); os._exit(0)")
     result = subprocess.run([sys.executable, "-c", client], env=_client_env(), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -148,3 +148,24 @@ def test_a_child_leaves_the_preloaded_objects_out_of_its_garbage_collections():
     assert result.returncode == 0, result.stderr[-3000:]
     frozen, scanned = map(int, result.stdout.split())
     assert frozen > 100_000 and scanned < frozen
+
+
+def test_the_tensorflow_only_server_forks_children_that_cannot_import_keras():
+    # The Keras-free serving processes: TensorFlow already imported, Keras blocked in the server
+    # before that import, as those commands block it themselves.
+    code = "import sys; print('tensorflow' in sys.modules, flush=True); import keras"
+    result = warm_python.run(["-c", code], capture_output=True, text=True, kind=warm_python.TENSORFLOW_ONLY)
+    assert result.stdout.split() == ["True"]
+    assert result.returncode == 1 and "import of keras halted" in result.stderr
+    # The default server's children have Keras: another server.
+    assert warm_python.run(["-c", "import keras"], capture_output=True).returncode == 0
+
+
+def test_a_memory_limited_child_is_capped_like_a_new_process_under_memory_limited():
+    # What export.serving_check.runner.memory_limited does for a new interpreter.
+    code = ("import resource, sys; print(resource.getrlimit(resource.RLIMIT_AS)[0], sys.argv[1:], flush=True); "
+            "bytearray(8 << 30)")
+    limit = 6 << 30
+    result = warm_python.run(["-c", code, "a b"], capture_output=True, text=True, memory_limit_bytes=limit)
+    assert result.stdout.strip() == f"{limit} ['a b']"
+    assert result.returncode == 1 and "MemoryError" in result.stderr  # the 8 GiB allocation hit the cap

@@ -11,13 +11,14 @@ already imported (never our own code, so module-level state and flag definitions
 and that their objects are frozen out of the garbage collector's generations (`gc.freeze`).
 
 Use `start(...)` where the tests used `subprocess.Popen([sys.executable, ...])` and `run(...)` for
-`subprocess.run`. Commands that must not have Keras loaded (the TensorFlow-only serving process)
-keep a plain subprocess.
+`subprocess.run`. Commands that must not have Keras loaded (the TensorFlow-only serving processes)
+pass `kind=TENSORFLOW_ONLY`: a second server, which blocks Keras before it imports TensorFlow as
+those commands do themselves, forks them.
 
 Run as a script, this file is the server: `python tests/warm_python.py SOCKET MODULE...` (the
-modules to preload). It stops when its client asks it to or exits: the client holds the other end
-of the server's stdin, so the server sees end of file when the client is gone, however it ended
-(a test worker ends without running its atexit functions).
+modules to preload; `!MODULE` blocks one). It stops when its client asks it to or exits: the client
+holds the other end of the server's stdin, so the server sees end of file when the client is gone,
+however it ended (a test worker ends without running its atexit functions).
 """
 
 import gc
@@ -35,6 +36,10 @@ import time
 # Third-party libraries only: importing them costs the time; running them is the command's job.
 PRELOAD = ("numpy", "absl.app", "absl.flags", "absl.logging", "tensorflow", "keras", "PIL.Image", "scipy.stats",
            "sklearn.datasets", "matplotlib")
+# The kinds of server. TENSORFLOW_ONLY's first names are blocked ("!name": importing it fails in the
+# server and its children), then TensorFlow and what the serving processes load are imported.
+DEFAULT, TENSORFLOW_ONLY = "default", "tensorflow_only"
+TENSORFLOW_ONLY_PRELOAD = ("!keras", "!tf_keras", "numpy", "tensorflow", "tensorflow_serving.apis.predict_pb2")
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -60,6 +65,11 @@ def _run_child(request, standard_fds, inherited_fds):
             if given > 2:
                 os.close(given)
         os.chdir(request["cwd"])
+        if request.get("memory_limit_bytes"):
+            # What export.serving_check.runner.memory_limited gives a new process: the address space capped.
+            import resource  # noqa: PLC0415
+
+            resource.setrlimit(resource.RLIMIT_AS, (request["memory_limit_bytes"],) * 2)
         os.environ.clear()
         os.environ.update(request["env"])
         # sys.path as a new interpreter with this PYTHONPATH would start it; [0] is set per command below.
@@ -132,7 +142,10 @@ def serve(socket_path, preload=PRELOAD):
     own_python_path = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     _BASE_PATH[:] = [p for p in sys.path[1:] if p not in own_python_path]
     for name in preload:
-        __import__(name)
+        if name.startswith("!"):
+            sys.modules[name[1:]] = None
+        else:
+            __import__(name)
     gc.collect()  # the imports' garbage, so that only live objects are frozen before each fork
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path + ".binding")
@@ -193,60 +206,70 @@ def serve(socket_path, preload=PRELOAD):
 
 # -- the client -------------------------------------------------------------------------------
 
-_server = None
+_servers = {}  # kind -> (this process's own server process, or None for a shared one; its socket)
 _server_lock = threading.Lock()
-# One server for a whole test session: "PID:SOCKET" of the server the session's first process
-# started (tests/conftest.py), inherited by the test workers it starts.
+# One server of each kind for a whole test session: "PID:SOCKET" of the server the session's first
+# process started (tests/conftest.py), inherited by the test workers it starts.
 SHARED_SERVER = "WARM_PYTHON_SERVER"
+
+
+def shared_variable(kind):
+    """The environment variable naming the session's shared server of `kind`."""
+    return SHARED_SERVER if kind == DEFAULT else f"{SHARED_SERVER}_{kind.upper()}"
+
+
+def _preload(kind):
+    return PRELOAD if kind == DEFAULT else TENSORFLOW_ONLY_PRELOAD
 SHARED_SERVER_TIMEOUT_S = 600
 # subprocess's own functions, for PythonCommandsWarm to fall back on when it is patched in.
 _POPEN, _RUN = subprocess.Popen, subprocess.run
 
 
-def use_server(socket_path):
+def use_server(socket_path, kind=DEFAULT):
     """Makes this process a client of a server that is already running (a warm child passes its
     server's socket on to the commands it starts itself)."""
-    global _server
-    _server = (None, socket_path)
+    _servers[kind] = (None, socket_path)
 
 
-def server_socket():
-    """The session's shared server (`start_shared_server`) once it listens, else this process's
-    own, started on first use and stopped when this process exits."""
-    global _server
+def server_socket(kind=DEFAULT):
+    """The session's shared server of `kind` (`start_shared_server`) once it listens, else this
+    process's own, started on first use and stopped when this process exits."""
     with _server_lock:
-        if _server is not None and _server[0] is None:
-            return _server[1]
-        if os.environ.get(SHARED_SERVER):
-            pid, path = os.environ[SHARED_SERVER].split(":", 1)
+        server = _servers.get(kind)
+        if server is not None and server[0] is None:
+            return server[1]
+        if os.environ.get(shared_variable(kind)):
+            pid, path = os.environ[shared_variable(kind)].split(":", 1)
             _wait_until_listening(int(pid), path)
-            _server = (None, path)
+            _servers[kind] = (None, path)
             return path
-        if _server is None or _server[0].poll() is not None:
-            process, path = _start_server()
+        if server is None or server[0].poll() is not None:
+            process, path = _start_server(kind)
             if process.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"the warm Python server did not start (exit {process.wait()})")
-            _server = (process, path)
-        return _server[1]
+            _servers[kind] = (process, path)
+        return _servers[kind][1]
 
 
-def start_shared_server():
-    """Starts a server for this process and the processes it starts afterwards (they inherit
-    SHARED_SERVER), without waiting for it to import PRELOAD: a test session's workers then share
-    one server instead of each importing TensorFlow once more for its own."""
+def start_shared_server(kind=DEFAULT):
+    """Starts a server of `kind` for this process and the processes it starts afterwards (they
+    inherit its variable), without waiting for its imports: a test session's workers then share one
+    server instead of each importing TensorFlow once more for its own."""
     with _server_lock:
-        process, path = _start_server()
-        os.environ[SHARED_SERVER] = f"{process.pid}:{path}"
+        process, path = _start_server(kind)
+        os.environ[shared_variable(kind)] = f"{process.pid}:{path}"
 
 
-def _start_server():
+def _start_server(kind):
     directory = tempfile.mkdtemp(prefix="warm_python_")
     path = os.path.join(directory, "socket")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    env.pop(SHARED_SERVER, None)
+    for other in (DEFAULT, TENSORFLOW_ONLY):
+        env.pop(shared_variable(other), None)
     # stdin: the pipe whose end of file tells the server this process is gone.
-    process = subprocess.Popen([sys.executable, os.path.abspath(__file__), path, *PRELOAD], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    process = subprocess.Popen([sys.executable, os.path.abspath(__file__), path, *_preload(kind)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                               text=True)
     import atexit  # noqa: PLC0415
 
     atexit.register(_stop_server, process, path)
@@ -294,10 +317,12 @@ def _stop_server(process, path):
 class WarmProcess:
     """The parts of `subprocess.Popen` the tests use, for a child of the warm server."""
 
-    def __init__(self, argv, cwd=None, env=None, stdout=None, stderr=None, text=False):
+    def __init__(self, argv, cwd=None, env=None, stdout=None, stderr=None, text=False, kind=DEFAULT,
+                 memory_limit_bytes=None):
         """`argv` is what follows `python` on a command line. stdout/stderr: None (inherit),
         subprocess.DEVNULL, subprocess.PIPE (read by `communicate`), subprocess.STDOUT (stderr only),
-        or an open file."""
+        or an open file. `kind`: the server that forks it; `memory_limit_bytes`: its address space
+        capped (RLIMIT_AS) as `export.serving_check.runner.memory_limited` caps a new process's."""
         self.args = [sys.executable, *argv]
         self.returncode = None
         self._text = text
@@ -322,10 +347,11 @@ class WarmProcess:
                 fds.append(target.fileno())
         request = dict(argv=list(argv), cwd=os.path.abspath(cwd or os.getcwd()),
                        env=dict(os.environ if env is None else env),
-                       sigint_ignored=signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+                       sigint_ignored=signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                       memory_limit_bytes=memory_limit_bytes)
         self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._connection.connect(server_socket())
+            self._connection.connect(server_socket(kind))
             socket.send_fds(self._connection, [b"-"], fds)
             self._connection.sendall(json.dumps(request).encode() + b"\n")
         finally:
@@ -389,12 +415,13 @@ def start(argv, **kwargs) -> WarmProcess:
 
 
 def run(argv, cwd=None, env=None, capture_output=False, text=False, timeout=None, stdout=None,
-        stderr=None) -> subprocess.CompletedProcess:
+        stderr=None, kind=DEFAULT, memory_limit_bytes=None) -> subprocess.CompletedProcess:
     """`subprocess.run([sys.executable, *argv], ...)` without the import time; kills the child past
     `timeout` and raises TimeoutExpired, as subprocess.run does."""
     if capture_output:
         stdout = stderr = subprocess.PIPE
-    process = WarmProcess(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text)
+    process = WarmProcess(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text, kind=kind,
+                          memory_limit_bytes=memory_limit_bytes)
     try:
         stdout, stderr = process.communicate(timeout)
     except subprocess.TimeoutExpired:
