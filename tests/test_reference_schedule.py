@@ -70,6 +70,37 @@ def test_training_optimizer_updates_like_torch_adam():
         np.testing.assert_allclose(ours, torch_adam(gradients, lr=0.1), rtol=1e-5, err_msg=f"gradients {gradients}")
 
 
+def test_each_variables_update_is_torch_adams_float32_arithmetic_in_its_order():
+    """Bit for bit, for variables of different shapes updated in one step: the moments first, then
+    the weight from the new moments, each operation rounded to float32 as PyTorch's kernels round
+    it (the step's scalars computed in float64 and rounded once)."""
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    schedule = optimization.learning_rate_schedule(TrainConfig(learning_rate=0.1, warmup_steps=0), steps_per_epoch=10)
+    optimizer = optimization.make_optimizer(schedule)
+    rng = np.random.default_rng(0)
+    shapes = [(3, 3, 2, 4), (7,), ()]
+    variables = [keras.Variable(rng.normal(size=shape).astype(np.float32)) for shape in shapes]
+    f32 = np.float32
+    expected = [(v.numpy(), np.zeros(s, f32), np.zeros(s, f32)) for v, s in zip(variables, shapes)]
+    apply = tf.function(lambda grads: optimizer.apply(grads, variables), autograph=False)
+    for t in range(1, 4):
+        gradients = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
+        apply(gradients)
+        step_size = f32(0.1 / (1 - 0.9**t))
+        bias_correction2_sqrt = f32(np.sqrt(1 - 0.999**t))
+        updated = []
+        for (w, m, v), g in zip(expected, gradients):
+            m = m + (g - m) * f32(1 - 0.9)
+            v = v + (np.square(g) - v) * f32(1 - 0.999)
+            w = w - m * step_size / (np.sqrt(v) / bias_correction2_sqrt + f32(1e-8))
+            updated.append((w, m, v))
+        expected = updated
+        for variable, (w, _, _) in zip(variables, expected):
+            np.testing.assert_array_equal(variable.numpy(), w, err_msg=f"step {t}, shape {variable.shape}")
+
+
 def test_adam_bias_corrections_are_not_rounded_to_float32():
     """A constant gradient moves a weight by lr * g / (|g| + eps) at every step, exactly: the bias
     corrections cancel the moments' start at 0. Computed in float32, 1 - 0.999^t loses ~1e-5 of

@@ -5,6 +5,7 @@ import collections
 
 import keras
 import tensorflow as tf
+from tensorflow.python.ops import gen_resource_variable_ops
 
 from jem_tf import precision as jem_precision
 from jem_tf.configs.base import TrainConfig
@@ -96,17 +97,28 @@ class TorchAdam(keras.optimizers.Adam):
         """One variable's update; `step` maps each variable dtype to the step's `_StepScalars` (Keras
         passes the learning rate here, which `_backend_update_step` replaces).
 
-        TensorFlow ops on the variables behind the Keras ones: the same ops as keras.ops would build
-        (casts to the same dtype are no-ops), without keras.ops' dtype resolution in Python around
-        each: tracing the optimizer of a WRN-16-2 took 0.29 s instead of 0.35 s."""
-        dtype = variable.dtype
-        scalars = step[tf.as_dtype(dtype).name]
-        gradient = tf.cast(tf.convert_to_tensor(gradient), dtype)
+        One call of `_update_variable`, traced once per process and dtype for variables of any shape,
+        instead of its ~20 ops written out for every variable: a WRN-10-1's optimizer traces in about
+        0.1 s instead of 0.2 s (141 ops instead of 461), and every training run traces one. TensorFlow
+        inlines the call before running it: the same kernels, the same time per step."""
+        dtype = tf.as_dtype(variable.dtype)
         index = self._get_variable_index(variable)
-        m, v = self._momentums[index].value, self._velocities[index].value
-        m.assign_add((gradient - m) * scalars.one_minus_beta_1)
-        v.assign_add((tf.square(gradient) - v) * scalars.one_minus_beta_2)
-        variable.assign_sub(m * scalars.step_size / (tf.sqrt(v) / scalars.bias_correction2_sqrt + scalars.epsilon))
+        _update_variable(tf.cast(tf.convert_to_tensor(gradient), dtype), variable.handle,
+                         self._momentums[index].value.handle, self._velocities[index].value.handle,
+                         *step[dtype.name])
+
+
+@tf.function(autograph=False, reduce_retracing=True)
+def _update_variable(gradient, variable, m, v, step_size, bias_correction2_sqrt, one_minus_beta_1, one_minus_beta_2,
+                     epsilon):
+    """TorchAdam's update of one variable from its resource handles and the step's scalars: the ops
+    `w.assign_sub(...)` and friends build on the variables themselves, in the same order."""
+    dtype = gradient.dtype
+    resource = gen_resource_variable_ops
+    resource.assign_add_variable_op(m, (gradient - resource.read_variable_op(m, dtype)) * one_minus_beta_1)
+    resource.assign_add_variable_op(v, (tf.square(gradient) - resource.read_variable_op(v, dtype)) * one_minus_beta_2)
+    resource.assign_sub_variable_op(variable, resource.read_variable_op(m, dtype) * step_size / (
+        tf.sqrt(resource.read_variable_op(v, dtype)) / bias_correction2_sqrt + epsilon))
 
 
 # Adam's per-step scalars in one variable dtype (the step size and bias correction computed in
