@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 
 
-def _run_script(*flags, timeout=900):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+def _run_script(*flags, python=None, timeout=900):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **({"PYTHON": python} if python else {}))
     return subprocess.run([str(SCRIPT), *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -64,7 +64,9 @@ def test_smoke_run_passes_every_check_and_writes_json_and_markdown(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is visible")
 def test_without_a_gpu_the_real_run_refuses_with_exit_2_and_writes_nothing(tmp_path):
-    result = _run_script(f"--output_dir={tmp_path / 'out'}", timeout=300)
+    # The script itself, its Python started warm (`$PYTHON`): a new interpreter would only add TensorFlow's import.
+    result = _run_script(f"--output_dir={tmp_path / 'out'}", python=warm_python.python_executable(str(tmp_path)),
+                         timeout=300)
     assert result.returncode == 2
     assert "No GPU visible" in result.stderr and "--smoke" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,6 +1,7 @@
 """The warm Python server (tests/warm_python.py) behaves as `python` does where the tests look: exit
 status, streams, signals, environment, working directory and sys.path. Each case runs both ways."""
 
+import json
 import os
 import signal
 import subprocess
@@ -169,3 +170,21 @@ def test_a_memory_limited_child_is_capped_like_a_new_process_under_memory_limite
     result = warm_python.run(["-c", code, "a b"], capture_output=True, text=True, memory_limit_bytes=limit)
     assert result.stdout.strip() == f"{limit} ['a b']"
     assert result.returncode == 1 and "MemoryError" in result.stderr  # the 8 GiB allocation hit the cap
+
+
+def test_the_python_executable_runs_a_script_warm_and_ends_as_its_child(tmp_path):
+    # What the GPU check's bash script is given as $PYTHON: streams, folder and environment are the
+    # caller's, and the exit status, a signal's included, is the child's.
+    python = warm_python.python_executable(str(tmp_path))
+    code = ("import json, os, sys; print(json.dumps([os.getcwd(), os.environ['WARM_TEST'], sys.argv[1:], "
+            "os.getppid()])); sys.exit(3)")
+    result = subprocess.run([python, "-c", code, "a b"], cwd=tmp_path, env=dict(os.environ, WARM_TEST="yes"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr[-3000:]
+    folder, value, args, parent = json.loads(result.stdout)
+    assert (folder, value, args) == (str(tmp_path), "yes", ["a b"])
+    server = warm_python.run(["-c", "import os; print(os.getppid())"], capture_output=True, text=True).stdout
+    assert parent == int(server)  # forked by the server, not a new interpreter
+    killed = subprocess.run([python, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"],
+                            capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGTERM

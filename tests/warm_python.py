@@ -452,5 +452,33 @@ class PythonCommandsWarm:
         return run(command[1:], **kwargs)
 
 
+def launch(socket_path, argv):
+    """`python tests/warm_python.py --run SOCKET ARGS...`: `python ARGS` forked by the server at
+    SOCKET, with this process's streams, environment and folder; SIGTERM and SIGINT are passed on,
+    and this process ends as the child did. What a script that starts `$PYTHON` (the GPU check's
+    bash script) is given as `PYTHON`, through `python_executable`."""
+    use_server(socket_path)
+    process = WarmProcess(argv)
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda number, frame: process.send_signal(number))
+    code = process.wait()
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
+
+
+def python_executable(directory):
+    """An executable in `directory` that runs `python ARGS` warm (`launch`), for a script that
+    starts Python as `$PYTHON`."""
+    path = os.path.join(directory, "warm_python")
+    with open(path, "w") as f:
+        f.write(f'#!/bin/sh\nexec "{sys.executable}" -S "{os.path.abspath(__file__)}" --run "{server_socket()}" "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--run":
+        launch(sys.argv[2], sys.argv[3:])
     serve(sys.argv[1], sys.argv[2:])
