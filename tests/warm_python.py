@@ -211,6 +211,9 @@ _server_lock = threading.Lock()
 # One server of each kind for a whole test session: "PID:SOCKET" of the server the session's first
 # process started (tests/conftest.py), inherited by the test workers it starts.
 SHARED_SERVER = "WARM_PYTHON_SERVER"
+SHARED_SERVER_TIMEOUT_S = 600
+# subprocess's own functions, for PythonCommandsWarm to fall back on when it is patched in.
+_POPEN, _RUN = subprocess.Popen, subprocess.run
 
 
 def shared_variable(kind):
@@ -220,9 +223,6 @@ def shared_variable(kind):
 
 def _preload(kind):
     return PRELOAD if kind == DEFAULT else TENSORFLOW_ONLY_PRELOAD
-SHARED_SERVER_TIMEOUT_S = 600
-# subprocess's own functions, for PythonCommandsWarm to fall back on when it is patched in.
-_POPEN, _RUN = subprocess.Popen, subprocess.run
 
 
 def use_server(socket_path, kind=DEFAULT):
