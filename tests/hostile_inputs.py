@@ -235,8 +235,7 @@ def sweep(work_dir: str, memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
     cases = hostile_cases(export_dir)
     paths = request_cases.write_cases(cases, os.path.join(work_dir, "requests"))
     logging.info("Sending %d hostile requests to %s.", len(cases), export_dir)
-    per_path = {PYTHON_PATH: run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, timeout_s,
-                                                 warm)}
+    per_path = {PYTHON_PATH: run_python_path(export_dir, cases, paths, work_dir, memory_limit_bytes, timeout_s, warm)}
     cpp = run_cpp_path(export_dir, cases, paths, memory_limit_bytes, timeout_s)
     if cpp is not None:
         per_path[CPP_PATH] = cpp
