@@ -454,9 +454,10 @@ class PythonCommandsWarm:
 
 def launch(socket_path, argv):
     """`python tests/warm_python.py --run SOCKET ARGS...`: `python ARGS` forked by the server at
-    SOCKET, with this process's streams, environment and folder; SIGTERM and SIGINT are passed on,
-    and this process ends as the child did. What a script that starts `$PYTHON` (the GPU check's
-    bash script) is given as `PYTHON`, through `python_executable`."""
+    SOCKET, with this process's stdout, stderr, environment and folder (stdin is /dev/null, as for
+    every warm child); SIGTERM and SIGINT are passed on, and this process ends as the child did.
+    What a script that starts `$PYTHON` (the GPU check's bash script) is given as `PYTHON`, through
+    `python_executable`."""
     use_server(socket_path)
     process = WarmProcess(argv)
     for signal_number in (signal.SIGTERM, signal.SIGINT):

@@ -69,8 +69,8 @@ class TorchAdam(keras.optimizers.Adam):
         bias_correction2 = 1 - keras.ops.power(keras.ops.convert_to_tensor(self.beta_2, "float64"), local_step)
         step_size = keras.ops.cast(learning_rate, "float64") / bias_correction1
         bias_correction2_sqrt = keras.ops.sqrt(bias_correction2)
-        # Every scalar of the update in each variable dtype, made once here rather than once per
-        # variable (two casts and three constants of each variable's ~27 ops): the same values.
+        # Every scalar of the update in each variable dtype, made once per step here and passed to
+        # every variable's update (`_update_variable`), not cast and made again for each variable.
         step = {}
         for variable in trainable_variables:
             dtype = tf.as_dtype(variable.dtype)
