@@ -196,8 +196,3 @@ def test_the_python_executable_runs_a_script_warm_and_ends_as_its_child(tmp_path
                             capture_output=True, text=True, timeout=120)
     assert echoed.stdout == "TO THE CHILD\n"
 
-
-@pytest.mark.skipif(not os.environ.get("PYTEST_XDIST_WORKER"), reason="only a pytest-xdist worker is forked")
-def test_this_test_worker_was_forked_from_the_sessions_server():
-    # tests/conftest.py has xdist start its workers through warm_python.python_executable.
-    assert os.getppid() == int(os.environ[warm_python.SHARED_SERVER].split(":")[0])
