@@ -50,7 +50,8 @@ def pytest_xdist_auto_num_workers(config):
     return len(os.sched_getaffinity(0)) + 1
 
 
-MALLOC_TOP_PAD = "MALLOC_TOP_PAD_"  # glibc's M_TOP_PAD, read when a process starts
+# glibc's M_TOP_PAD and M_MMAP_THRESHOLD (32 MiB: its largest on 64-bit), read when a process starts.
+MALLOC_SETTINGS = {"MALLOC_TOP_PAD_": str(64 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -66,8 +67,12 @@ def pytest_configure(config):
     # Every process started from here on (the warm servers, the workers forked from them, their
     # children) keeps 64 MiB of freed heap above the top instead of handing it back to the kernel and
     # faulting it in again: the paper-setup test's WRN-28-10 step took 1.9 million page faults and
-    # 9.2 s of system time with glibc's default, 0.5 million and 5.7 s with it.
-    os.environ.setdefault(MALLOC_TOP_PAD, str(64 << 20))
+    # 9.2 s of system time with glibc's default, 0.5 million and 5.5 s with it. Setting the pad
+    # turns off glibc's sliding mmap threshold, so the threshold is set to that sliding one's
+    # largest value: left at 128 KiB, every larger tensor was mapped and faulted in afresh
+    # (docs/development.md has the measurements).
+    for variable, value in MALLOC_SETTINGS.items():
+        os.environ.setdefault(variable, value)
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         import atexit  # noqa: PLC0415
         import shutil  # noqa: PLC0415
