@@ -50,10 +50,6 @@ def pytest_xdist_auto_num_workers(config):
     return len(os.sched_getaffinity(0)) + 1
 
 
-# glibc's M_TOP_PAD and M_MMAP_THRESHOLD (32 MiB: its largest on 64-bit), read when a process starts.
-MALLOC_SETTINGS = {"MALLOC_TOP_PAD_": str(64 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     """Under xdist the session's controller runs no test: it never imports TensorFlow (about 8 s of
@@ -63,16 +59,7 @@ def pytest_configure(config):
     A second shared server forks the TensorFlow-only (Keras-free) serving processes: four of them
     otherwise imported TensorFlow each. The workers themselves are forked from the first server
     (xdist starts `python` as the executable `warm_python.python_executable` writes): each then
-    starts with TensorFlow and Keras imported, not importing them once more (about 6 s of CPU each)."""
-    # Every process started from here on (the warm servers, the workers forked from them, their
-    # children) keeps 64 MiB of freed heap above the top instead of handing it back to the kernel and
-    # faulting it in again: the paper-setup test's WRN-28-10 step took 1.9 million page faults and
-    # 9.2 s of system time with glibc's default, 0.5 million and 5.5 s with it. Setting the pad
-    # turns off glibc's sliding mmap threshold, so the threshold is set to that sliding one's
-    # largest value: left at 128 KiB, every larger tensor was mapped and faulted in afresh
-    # (docs/development.md has the measurements).
-    for variable, value in MALLOC_SETTINGS.items():
-        os.environ.setdefault(variable, value)
+    starts with TensorFlow and Keras imported, not importing them once more (11.5 s of CPU each)."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         import atexit  # noqa: PLC0415
         import shutil  # noqa: PLC0415

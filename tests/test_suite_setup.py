@@ -60,13 +60,6 @@ print(open(option.tx[0].removeprefix("popen//python=")).read())
     assert f"--run {warm_python.SESSION_SERVER} " in "\n".join(lines[4:]).replace('"', "")
 
 
-def test_the_processes_the_tests_start_keep_freed_memory_for_reuse():
-    # Set before any server, worker or child started, so glibc read it in each of them.
-    code = "import os; print(os.environ.get('MALLOC_TOP_PAD_'), os.environ.get('MALLOC_MMAP_THRESHOLD_'))"
-    result = warm_python.run(["-c", code], capture_output=True, text=True)
-    assert result.stdout.split() == [str(64 << 20), str(32 << 20)]
-
-
 def test_this_xdist_worker_was_forked_from_the_sessions_shared_server(worker_id):
     if worker_id == "master":
         pytest.skip("not run by an xdist worker (-n 0)")
