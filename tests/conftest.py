@@ -57,23 +57,12 @@ def pytest_configure(config):
     that all its workers share: one more TensorFlow import in all, not one per worker. Every other
     process (a worker, or this one under `-n 0`) prepares TensorFlow before it imports a test module.
     A second shared server forks the TensorFlow-only (Keras-free) serving processes: four of them
-    otherwise imported TensorFlow each. The workers themselves are forked from the first server
-    (xdist starts `python` as the executable `warm_python.python_executable` writes): each then
-    starts with TensorFlow and Keras imported, not importing them once more (11.5 s of CPU each)."""
+    otherwise imported TensorFlow each."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
-        import atexit  # noqa: PLC0415
-        import shutil  # noqa: PLC0415
-        import tempfile  # noqa: PLC0415
-
         import warm_python  # noqa: PLC0415
 
         warm_python.start_shared_server()
         warm_python.start_shared_server(warm_python.TENSORFLOW_ONLY)
-        folder = tempfile.mkdtemp(prefix="warm_workers_")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        python = warm_python.python_executable(folder, warm_python.SESSION_SERVER)
-        # `-n N` made N plain "popen" specs (xdist's own pytest_cmdline_main); a --tx the user gave stays.
-        config.option.tx = [f"popen//python={python}" if spec == "popen" else spec for spec in config.option.tx]
     else:
         _prepare_tensorflow()
 

@@ -80,7 +80,7 @@ def _run_child(request, standard_fds, inherited_fds):
         os._exit(70)
     code = 0
     try:
-        argv = _apply_interpreter_options(request["argv"])
+        argv = request["argv"]
         if argv[0] == "-m":
             import runpy  # noqa: PLC0415
 
@@ -134,23 +134,6 @@ def _run_child(request, standard_fds, inherited_fds):
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
         os._exit(code & 0xFF)
-
-
-def _apply_interpreter_options(argv):
-    """What `python -u` and `python -B` would have set up (execnet starts a pytest-xdist worker as
-    `python -u -c ...`); returns the command that follows them."""
-    while argv and argv[0] in ("-u", "-B"):
-        if argv[0] == "-u":  # unbuffered standard streams
-            import io  # noqa: PLC0415
-
-            for name, fd in (("stdout", 1), ("stderr", 2)):
-                stream = getattr(sys, name)
-                setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding=stream.encoding,
-                                                    errors=stream.errors, write_through=True))
-        else:
-            sys.dont_write_bytecode = True
-        argv = argv[1:]
-    return argv
 
 
 def serve(socket_path, preload=PRELOAD):
@@ -229,8 +212,6 @@ _server_lock = threading.Lock()
 # process started (tests/conftest.py), inherited by the test workers it starts.
 SHARED_SERVER = "WARM_PYTHON_SERVER"
 SHARED_SERVER_TIMEOUT_S = 600
-# What `python_executable` and `launch` take for "the session's shared server, once it listens".
-SESSION_SERVER = "-"
 # subprocess's own functions, for PythonCommandsWarm to fall back on when it is patched in.
 _POPEN, _RUN = subprocess.Popen, subprocess.run
 
@@ -336,10 +317,9 @@ def _stop_server(process, path):
 class WarmProcess:
     """The parts of `subprocess.Popen` the tests use, for a child of the warm server."""
 
-    def __init__(self, argv, cwd=None, env=None, stdin=subprocess.DEVNULL, stdout=None, stderr=None, text=False,
-                 kind=DEFAULT, memory_limit_bytes=None):
-        """`argv` is what follows `python` on a command line. stdin: subprocess.DEVNULL (the
-        default: the tests never write to a child) or None (inherit). stdout/stderr: None (inherit),
+    def __init__(self, argv, cwd=None, env=None, stdout=None, stderr=None, text=False, kind=DEFAULT,
+                 memory_limit_bytes=None):
+        """`argv` is what follows `python` on a command line. stdout/stderr: None (inherit),
         subprocess.DEVNULL, subprocess.PIPE (read by `communicate`), subprocess.STDOUT (stderr only),
         or an open file. `kind`: the server that forks it; `memory_limit_bytes`: its address space
         capped (RLIMIT_AS) as `export.serving_check.runner.memory_limited` caps a new process's."""
@@ -347,8 +327,8 @@ class WarmProcess:
         self.returncode = None
         self._text = text
         self._captured = {}
-        opened = [] if stdin is None else [os.open(os.devnull, os.O_RDONLY)]
-        fds = [0 if stdin is None else opened[0]]
+        opened = [os.open(os.devnull, os.O_RDONLY)]  # stdin, as the tests never write to a child
+        fds = [opened[0]]
         for name, target, inherited in (("stdout", stdout, 1), ("stderr", stderr, 2)):
             if target is None:
                 fds.append(inherited)
@@ -474,14 +454,12 @@ class PythonCommandsWarm:
 
 def launch(socket_path, argv):
     """`python tests/warm_python.py --run SOCKET ARGS...`: `python ARGS` forked by the server at
-    SOCKET (SESSION_SERVER: the session's shared server, waited for until it listens), with this
-    process's standard streams, environment and folder; SIGTERM and SIGINT are passed on, and this
-    process ends as the child did. What a script that starts `$PYTHON` (the GPU check's bash script)
-    is given as `PYTHON`, and what pytest-xdist starts its test workers with, through
+    SOCKET, with this process's stdout, stderr, environment and folder (stdin is /dev/null, as for
+    every warm child); SIGTERM and SIGINT are passed on, and this process ends as the child did.
+    What a script that starts `$PYTHON` (the GPU check's bash script) is given as `PYTHON`, through
     `python_executable`."""
-    if socket_path != SESSION_SERVER:
-        use_server(socket_path)
-    process = WarmProcess(argv, stdin=None)
+    use_server(socket_path)
+    process = WarmProcess(argv)
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda number, frame: process.send_signal(number))
     code = process.wait()
@@ -491,14 +469,12 @@ def launch(socket_path, argv):
     sys.exit(code)
 
 
-def python_executable(directory, socket_path=None):
-    """An executable in `directory` that runs `python ARGS` warm (`launch`) in the server at
-    `socket_path` (this process's server by default), for a program that starts Python by a path of
-    our choosing."""
+def python_executable(directory):
+    """An executable in `directory` that runs `python ARGS` warm (`launch`), for a script that
+    starts Python as `$PYTHON`."""
     path = os.path.join(directory, "warm_python")
     with open(path, "w") as f:
-        f.write(f'#!/bin/sh\nexec "{sys.executable}" -S "{os.path.abspath(__file__)}" --run '
-                f'"{socket_path or server_socket()}" "$@"\n')
+        f.write(f'#!/bin/sh\nexec "{sys.executable}" -S "{os.path.abspath(__file__)}" --run "{server_socket()}" "$@"\n')
     os.chmod(path, 0o755)
     return path
 
