@@ -464,7 +464,8 @@ def launch(socket_path, argv):
         signal.signal(signal_number, lambda number, frame: process.send_signal(number))
     code = process.wait()
     if code < 0:
-        signal.signal(-code, signal.SIG_DFL)
+        if -code != signal.SIGKILL:  # SIGKILL's disposition cannot be set, and is always the default
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     sys.exit(code)
 
