@@ -13,6 +13,8 @@ _LOGICAL_CPU_PROBLEM = None
 def _prepare_tensorflow():
     """What every process that runs tests needs before its first test module is imported."""
     global _LOGICAL_CPU_PROBLEM  # noqa: PLW0603
+    import fcntl  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
     import warnings  # noqa: PLC0415
 
     import tensorflow as tf  # noqa: PLC0415
@@ -34,7 +36,14 @@ def _prepare_tensorflow():
     # first (the robustness evaluation does, lazily) then failed at teardown with "I/O operation on
     # closed file". Imported here, before pytest's logging plugin makes its handlers (its
     # pytest_configure runs last).
-    with warnings.catch_warnings():
+    # ART also writes ~/.art/config.json at its first import, and fails with NameError ('_config')
+    # when another process creates that file between its two checks for it: three workers starting
+    # on a fresh machine did. The lock makes the workers import it one at a time.
+    with (
+        open(os.path.join(tempfile.gettempdir(), "jem_tf_tests_art_import.lock"), "w") as lock,
+        warnings.catch_warnings(),
+    ):
+        fcntl.flock(lock, fcntl.LOCK_EX)
         warnings.filterwarnings("ignore", message="PyTorch not found", category=UserWarning)
         import art  # noqa: F401, PLC0415
 
